@@ -1,0 +1,246 @@
+"""Torch-facing batch norm: custom ops with autograd and fake implementations, routed to the Numba kernels.
+
+The shared core of every layer in this package is two steps (see `../shared/DESIGN.md`):
+
+    1. statistics  mean_c, var_c   from the batch (training) or the running buffers (inference);
+    2. transform   y = (x - mean_c) * gamma_c / sqrt(var_c + eps) + beta_c,
+
+and the backward of the transform, with g = dL/dy, xhat = (x - mean) / sqrt(var + eps), m values per channel:
+
+    dbeta = sum g,   dgamma = sum g * xhat,
+    dx = gamma / sqrt(var + eps) * (g - [batch] (dbeta + xhat * dgamma) / m)
+
+where the bracketed term is present only when the statistics came from the batch itself.
+
+Ops registered under the `batchnorm::` namespace (usable in `torch.compile(fullgraph=True)`):
+  * `batchnorm::batch_norm_train(x, weight?, bias?, eps) -> (y, mean, var)`  batch statistics + transform
+  * `batchnorm::normalize(x, mean, var, weight?, bias?, eps) -> y`            given statistics + transform
+  * `batchnorm::normalize_backward(dy, x, mean, var, weight?, eps, batch_stats, need_dx) -> (dx, dw, db)`
+`mean` and `var` (biased) are float64 vectors of length C and are not differentiable.
+
+Routing: CPU float32 and float64 inputs run on this package's kernels. Every other device or dtype (CUDA,
+float16, bfloat16, ...) goes to `torch.nn.functional.batch_norm`, torch's own implementation.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import kernels
+
+__all__ = ["batch_norm", "uses_own_kernels", "check_batch_size", "update_running_stats"]
+
+_OWN_DTYPES = (torch.float32, torch.float64)
+
+
+def uses_own_kernels(x: Tensor) -> bool:
+    """True when x runs on this package's kernels (CPU float32/float64), False when routed to torch."""
+    return x.device.type == "cpu" and x.dtype in _OWN_DTYPES
+
+
+# ------------------------------------------------------------------------------------ per-channel algebra
+def _np(t: Optional[Tensor], size: int, fill: float) -> np.ndarray:
+    """A per-channel tensor as a float64 NumPy vector (`fill` when the tensor is None)."""
+    if t is None:
+        return np.full(size, fill)
+    return t.detach().to(torch.float64).numpy().reshape(size)
+
+
+def _inv_std(var: np.ndarray, eps: float) -> np.ndarray:
+    return 1.0 / np.sqrt(var + eps)
+
+
+def _transform(x: Tensor, mean: np.ndarray, var: np.ndarray, weight: Optional[Tensor], bias: Optional[Tensor],
+               eps: float) -> Tensor:
+    channels = x.shape[1]
+    scale = _inv_std(var, eps) * _np(weight, channels, 1.0)
+    return kernels.affine(x, mean, scale, _np(bias, channels, 0.0))
+
+
+def _transform_backward(dy: Tensor, x: Tensor, mean: np.ndarray, var: np.ndarray, weight: Optional[Tensor],
+                        eps: float, batch_stats: bool, need_dx: bool):
+    """(dx or None, dgamma, dbeta) as float64 NumPy vectors for the two reductions."""
+    channels = x.shape[1]
+    inv_std = _inv_std(var, eps)
+    sum_dy, sum_dy_xc = kernels.grad_sums(dy, x, mean)
+    dgamma = sum_dy_xc * inv_std
+    dx = None
+    if need_dx:
+        k_dy = _np(weight, channels, 1.0) * inv_std
+        if batch_stats:
+            count = max(x.numel() // max(channels, 1), 1)
+            k_x = -k_dy * inv_std * dgamma / count
+            k_0 = -k_dy * sum_dy / count
+        else:
+            k_x = np.zeros(channels)
+            k_0 = np.zeros(channels)
+        dx = kernels.grad_input(dy, x, mean, k_dy, k_x, k_0)
+    return dx, dgamma, sum_dy
+
+
+def _stats_tensor(v: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64))
+
+
+# ------------------------------------------------------------------------------------------- custom ops
+@torch.library.custom_op("batchnorm::batch_norm_train", mutates_args=())
+def _batch_norm_train(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                      eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    channels = x.shape[1]
+    if x.numel() == 0:
+        mean, var = np.zeros(channels), np.ones(channels)
+    else:
+        mean, var = kernels.batch_stats(x)
+    y = _transform(x, mean, var, weight, bias, eps)
+    return y, _stats_tensor(mean), _stats_tensor(var)
+
+
+@_batch_norm_train.register_fake
+def _(x, weight, bias, eps):
+    stats = x.new_empty(x.shape[1], dtype=torch.float64)
+    return kernels.empty_output_like(x), stats, torch.empty_like(stats)
+
+
+@torch.library.custom_op("batchnorm::normalize", mutates_args=())
+def _normalize(x: Tensor, mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+               eps: float) -> Tensor:
+    channels = x.shape[1]
+    return _transform(x, _np(mean, channels, 0.0), _np(var, channels, 1.0), weight, bias, eps)
+
+
+@_normalize.register_fake
+def _(x, mean, var, weight, bias, eps):
+    return kernels.empty_output_like(x)
+
+
+@torch.library.custom_op("batchnorm::normalize_backward", mutates_args=())
+def _normalize_backward(dy: Tensor, x: Tensor, mean: Tensor, var: Tensor, weight: Optional[Tensor], eps: float,
+                        batch_stats: bool, need_dx: bool) -> tuple[Tensor, Tensor, Tensor]:
+    channels = x.shape[1]
+    dx, dgamma, dbeta = _transform_backward(dy, x, _np(mean, channels, 0.0), _np(var, channels, 1.0), weight,
+                                            eps, batch_stats, need_dx)
+    if dx is None:
+        dx = x.new_empty(0)
+    dtype = x.dtype if weight is None else weight.dtype
+    return dx, torch.from_numpy(dgamma).to(dtype), torch.from_numpy(dbeta).to(dtype)
+
+
+@_normalize_backward.register_fake
+def _(dy, x, mean, var, weight, eps, batch_stats, need_dx):
+    dtype = x.dtype if weight is None else weight.dtype
+    dx = kernels.empty_output_like(x) if need_dx else x.new_empty(0)
+    return dx, x.new_empty(x.shape[1], dtype=dtype), x.new_empty(x.shape[1], dtype=dtype)
+
+
+def _backward_common(ctx, dy, batch_stats: bool):
+    x, mean, var, weight = ctx.saved_tensors
+    need_dx = ctx.needs_input_grad[0]
+    dx, dgamma, dbeta = torch.ops.batchnorm.normalize_backward(dy, x, mean, var, weight, ctx.eps, batch_stats,
+                                                               need_dx)
+    return (dx if need_dx else None), dgamma, dbeta
+
+
+def _setup_train(ctx, inputs, output):
+    x, weight, _bias, eps = inputs
+    _y, mean, var = output
+    ctx.save_for_backward(x, mean, var, weight)
+    ctx.eps = eps
+    ctx.has_weight, ctx.has_bias = weight is not None, inputs[2] is not None
+
+
+def _train_backward(ctx, dy, _dmean, _dvar):
+    dx, dgamma, dbeta = _backward_common(ctx, dy, batch_stats=True)
+    return dx, (dgamma if ctx.has_weight else None), (dbeta if ctx.has_bias else None), None
+
+
+def _setup_normalize(ctx, inputs, output):
+    x, mean, var, weight, bias, eps = inputs
+    ctx.save_for_backward(x, mean, var, weight)
+    ctx.eps = eps
+    ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
+
+
+def _normalize_autograd_backward(ctx, dy):
+    dx, dgamma, dbeta = _backward_common(ctx, dy, batch_stats=False)
+    return dx, None, None, (dgamma if ctx.has_weight else None), (dbeta if ctx.has_bias else None), None
+
+
+_batch_norm_train.register_autograd(_train_backward, setup_context=_setup_train)
+_normalize.register_autograd(_normalize_autograd_backward, setup_context=_setup_normalize)
+
+
+# ------------------------------------------------------------------------------------------ public API
+def check_batch_size(x: Tensor, where: str = "batch_norm") -> None:
+    """Raise ValueError when training would normalize a single value per channel (variance undefined)."""
+    if x.dim() < 2:
+        raise ValueError(f"{where} expected input of shape (N, C, *spatial) with at least 2 dimensions, "
+                         f"got shape {tuple(x.shape)}")
+    values = x.numel() // max(x.shape[1], 1)
+    if values == 1:
+        raise ValueError(f"{where} expected more than 1 value per channel when training, got input of shape "
+                         f"{tuple(x.shape)}: the batch variance of a single value is undefined. Use a batch of "
+                         f"at least 2 samples, or call model.eval() to normalize with the running statistics")
+
+
+def update_running_stats(running_mean: Optional[Tensor], running_var: Optional[Tensor], mean: Tensor, var: Tensor,
+                         count: int, momentum: float) -> None:
+    """In place: running <- (1 - momentum) * running + momentum * batch, with the unbiased variance stored.
+
+    An empty batch (count 0) leaves the buffers unchanged, as torch does.
+    """
+    if count == 0:
+        return
+    with torch.no_grad():
+        if running_mean is not None:
+            running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+        if running_var is not None:
+            unbiased = var * (count / (count - 1)) if count > 1 else torch.full_like(var, float("inf"))
+            running_var.mul_(1.0 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+
+
+def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
+               weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """Batch normalization with the signature and semantics of `torch.nn.functional.batch_norm`.
+
+    y = (x - mean) / sqrt(var + eps) * weight + bias, per channel (axis 1). With `training=True` the mean and
+    biased variance of the batch are used, and `running_mean`/`running_var` (if given) are updated in place:
+    running <- (1 - momentum) * running + momentum * batch, storing the unbiased variance m/(m-1) * var.
+    With `training=False` the running statistics are used.
+
+    Args:
+        input: (N, C) or (N, C, *spatial).
+        running_mean, running_var: (C,) buffers or None.
+        weight, bias: (C,) affine parameters or None.
+        training: use batch statistics (and update the running ones).
+        momentum: weight of the new batch in the running average (PyTorch's convention, 0.1).
+        eps: added to the variance inside the square root.
+
+    CPU float32/float64 inputs run on this package's kernels; other devices and dtypes go to torch's
+    `torch.nn.functional.batch_norm` unchanged. Ioffe & Szegedy 2015, arXiv 1502.03167.
+
+    Example:
+        >>> x = torch.randn(8, 3, 4, 4)
+        >>> y = batch_norm(x, None, None, training=True)
+    """
+    if not uses_own_kernels(input):
+        return torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias, training,
+                                              momentum, eps)
+    if training and eps <= 0.0:
+        raise ValueError(f"batch_norm eps must be positive during training, got eps={eps}")
+    if eps < 0.0:
+        raise ValueError(f"batch_norm eps must be non-negative, got eps={eps}")
+    if training:
+        check_batch_size(input)
+        y, mean, var = torch.ops.batchnorm.batch_norm_train(input, weight, bias, eps)
+        count = input.numel() // input.shape[1] if input.shape[1] else 0
+        update_running_stats(running_mean, running_var, mean, var, count, momentum)
+        return y
+    if running_mean is None or running_var is None:
+        raise ValueError("batch_norm with training=False needs running_mean and running_var, got None: pass "
+                         "the running statistics, or training=True to normalize with the batch statistics")
+    return torch.ops.batchnorm.normalize(input, running_mean, running_var, weight, bias, eps)

@@ -1,0 +1,30 @@
+"""Compilation flags and routing thresholds for the Numba kernels, in one place."""
+
+import os
+
+# Cache compiled kernels on disk (next to the package, or in NUMBA_CACHE_DIR), so that a fresh process
+# loads them instead of compiling again.
+CACHE = True
+
+# Floating-point freedoms given to LLVM. 'reassoc' lets it vectorize sums (a different but deterministic
+# summation order); 'contract' allows fused multiply-add. No 'nnan'/'ninf': NaN and Inf must propagate
+# exactly as IEEE arithmetic says, as in torch.
+FASTMATH = {"reassoc", "contract"}
+
+# Tensors with fewer elements than this run on the single-threaded kernels: starting the thread pool costs
+# more than it saves on small inputs (the paper's 60x100 MLP is 6,000 elements).
+PARALLEL_MIN_ELEMENTS = int(os.environ.get("BATCHNORM_PARALLEL_MIN_ELEMENTS", 32768))
+
+# Rows-layout kernels split the rows into blocks that run in parallel: up to BLOCKS_PER_THREAD per thread,
+# each of at least MIN_BLOCK_ROWS rows (every block keeps C partial sums in float64).
+BLOCKS_PER_THREAD = 4
+MIN_BLOCK_ROWS = 16
+
+
+def row_blocks(rows: int, threads: int) -> int:
+    """Number of parallel row blocks for a rows-layout kernel over `rows` rows."""
+    return max(1, min(threads * BLOCKS_PER_THREAD, rows // MIN_BLOCK_ROWS))
+
+
+NJIT_SERIAL = dict(cache=CACHE, fastmath=FASTMATH, nogil=True, error_model="numpy")
+NJIT_PARALLEL = dict(NJIT_SERIAL, parallel=True)

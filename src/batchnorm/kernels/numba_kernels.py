@@ -1,0 +1,204 @@
+"""Numba CPU kernels: the four per-channel primitives every batch-norm layer is built from.
+
+Two memory layouts, both C-contiguous NumPy arrays:
+  * channels-first  `x3` of shape (N, C, S): NCL, NCHW, NCDHW with the spatial dims flattened into S;
+  * rows            `x2` of shape (R, C):    (N, C) input, and channels_last NHWC/NDHWC with R = N*H*W(*D).
+
+The primitives (c is the channel, sums run over all other positions):
+  stats        mean_c, var_c (biased) in one read of x: shifted sums in float64, the shift being the
+               channel's first value, so that an offset of 1e4 costs no precision;
+  affine       out = (x - center_c) * scale_c + shift_c;
+  grad_sums    sum(dy)_c and sum(dy * (x - center_c))_c in one read of dy and x, in float64;
+  grad_input   out = k_dy_c * dy + k_x_c * (x - center_c) + k_0_c.
+
+Rows kernels take `n_blocks`, the number of row blocks that run in parallel (each keeps C partial sums).
+Each primitive is compiled twice from the same Python function: a parallel version (prange over rows or
+blocks) and a serial one for small inputs. Kernels take arrays and scalars only; the dispatcher in
+`batchnorm.kernels` chooses layout, dtype and variant.
+"""
+
+import types
+
+import numba
+import numpy as np
+from numba import prange
+
+from .config import NJIT_PARALLEL, NJIT_SERIAL
+
+
+
+
+# ----------------------------------------------------------------------------------------- channels-first
+def _stats_cf(x, mean, var):
+    n_batch, n_chan, n_space = x.shape
+    s1 = np.empty((n_batch, n_chan))
+    s2 = np.empty((n_batch, n_chan))
+    for i in prange(n_batch * n_chan):
+        b = i // n_chan
+        c = i - b * n_chan
+        shift = np.float64(x[0, c, 0])
+        a1 = 0.0
+        a2 = 0.0
+        for s in range(n_space):
+            d = np.float64(x[b, c, s]) - shift
+            a1 += d
+            a2 += d * d
+        s1[b, c] = a1
+        s2[b, c] = a2
+    count = n_batch * n_space
+    for c in prange(n_chan):
+        a1 = 0.0
+        a2 = 0.0
+        for b in range(n_batch):
+            a1 += s1[b, c]
+            a2 += s2[b, c]
+        d_mean = a1 / count
+        mean[c] = np.float64(x[0, c, 0]) + d_mean
+        v = a2 / count - d_mean * d_mean
+        var[c] = v if v > 0.0 else (v if v != v else 0.0)  # clip negatives, keep NaN
+
+
+def _affine_cf(x, center, scale, shift, out):
+    n_batch, n_chan, n_space = x.shape
+    for i in prange(n_batch * n_chan):
+        b = i // n_chan
+        c = i - b * n_chan
+        m = x.dtype.type(center[c])
+        k = x.dtype.type(scale[c])
+        t = x.dtype.type(shift[c])
+        for s in range(n_space):
+            out[b, c, s] = (x[b, c, s] - m) * k + t
+
+
+def _grad_sums_cf(dy, x, center, sum_dy, sum_dy_xc):
+    n_batch, n_chan, n_space = x.shape
+    p1 = np.empty((n_batch, n_chan))
+    p2 = np.empty((n_batch, n_chan))
+    for i in prange(n_batch * n_chan):
+        b = i // n_chan
+        c = i - b * n_chan
+        m = center[c]
+        a1 = 0.0
+        a2 = 0.0
+        for s in range(n_space):
+            g = np.float64(dy[b, c, s])
+            a1 += g
+            a2 += g * (np.float64(x[b, c, s]) - m)
+        p1[b, c] = a1
+        p2[b, c] = a2
+    for c in prange(n_chan):
+        a1 = 0.0
+        a2 = 0.0
+        for b in range(n_batch):
+            a1 += p1[b, c]
+            a2 += p2[b, c]
+        sum_dy[c] = a1
+        sum_dy_xc[c] = a2
+
+
+def _grad_input_cf(dy, x, center, k_dy, k_x, k_0, out):
+    n_batch, n_chan, n_space = x.shape
+    for i in prange(n_batch * n_chan):
+        b = i // n_chan
+        c = i - b * n_chan
+        m = x.dtype.type(center[c])
+        a = x.dtype.type(k_dy[c])
+        k = x.dtype.type(k_x[c])
+        t = x.dtype.type(k_0[c])
+        for s in range(n_space):
+            out[b, c, s] = a * dy[b, c, s] + k * (x[b, c, s] - m) + t
+
+
+# ---------------------------------------------------------------------------------------------------- rows
+def _stats_rows(n_blocks, x, mean, var):
+    n_rows, n_chan = x.shape
+    s1 = np.zeros((n_blocks, n_chan))
+    s2 = np.zeros((n_blocks, n_chan))
+    shift = np.empty(n_chan)
+    for c in range(n_chan):
+        shift[c] = x[0, c]
+    for blk in prange(n_blocks):
+        start = blk * n_rows // n_blocks
+        stop = (blk + 1) * n_rows // n_blocks
+        a1 = s1[blk]
+        a2 = s2[blk]
+        for r in range(start, stop):
+            for c in range(n_chan):
+                d = np.float64(x[r, c]) - shift[c]
+                a1[c] += d
+                a2[c] += d * d
+    for c in range(n_chan):
+        a1 = 0.0
+        a2 = 0.0
+        for blk in range(n_blocks):
+            a1 += s1[blk, c]
+            a2 += s2[blk, c]
+        d_mean = a1 / n_rows
+        mean[c] = shift[c] + d_mean
+        v = a2 / n_rows - d_mean * d_mean
+        var[c] = v if v > 0.0 else (v if v != v else 0.0)
+
+
+def _affine_rows(n_blocks, x, center, scale, shift, out):
+    n_rows, n_chan = x.shape
+    m = center.astype(x.dtype)
+    k = scale.astype(x.dtype)
+    t = shift.astype(x.dtype)
+    for blk in prange(n_blocks):
+        for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
+            for c in range(n_chan):
+                out[r, c] = (x[r, c] - m[c]) * k[c] + t[c]
+
+
+def _grad_sums_rows(n_blocks, dy, x, center, sum_dy, sum_dy_xc):
+    n_rows, n_chan = x.shape
+    p1 = np.zeros((n_blocks, n_chan))
+    p2 = np.zeros((n_blocks, n_chan))
+    for blk in prange(n_blocks):
+        a1 = p1[blk]
+        a2 = p2[blk]
+        for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
+            for c in range(n_chan):
+                g = np.float64(dy[r, c])
+                a1[c] += g
+                a2[c] += g * (np.float64(x[r, c]) - center[c])
+    for c in range(n_chan):
+        a1 = 0.0
+        a2 = 0.0
+        for blk in range(n_blocks):
+            a1 += p1[blk, c]
+            a2 += p2[blk, c]
+        sum_dy[c] = a1
+        sum_dy_xc[c] = a2
+
+
+def _grad_input_rows(n_blocks, dy, x, center, k_dy, k_x, k_0, out):
+    n_rows, n_chan = x.shape
+    m = center.astype(x.dtype)
+    a = k_dy.astype(x.dtype)
+    k = k_x.astype(x.dtype)
+    t = k_0.astype(x.dtype)
+    for blk in prange(n_blocks):
+        for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
+            for c in range(n_chan):
+                out[r, c] = a[c] * dy[r, c] + k[c] * (x[r, c] - m[c]) + t[c]
+
+
+def _compile(fn):
+    """(serial, parallel) compiled versions of one kernel function.
+
+    The parallel one is compiled from a copy with its own name, so the two never share a disk-cache entry.
+    """
+    twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_parallel", fn.__defaults__)
+    twin.__qualname__ = fn.__qualname__ + "_parallel"
+    return numba.njit(**NJIT_SERIAL)(fn), numba.njit(**NJIT_PARALLEL)(twin)
+
+
+stats_cf = _compile(_stats_cf)
+affine_cf = _compile(_affine_cf)
+grad_sums_cf = _compile(_grad_sums_cf)
+grad_input_cf = _compile(_grad_input_cf)
+stats_rows = _compile(_stats_rows)
+affine_rows = _compile(_affine_rows)
+grad_sums_rows = _compile(_grad_sums_rows)
+grad_input_rows = _compile(_grad_input_rows)

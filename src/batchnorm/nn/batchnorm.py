@@ -1,0 +1,119 @@
+"""Drop-in `BatchNorm1d/2d/3d`: torch's modules with this package's forward and backward passes."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import functional
+
+__all__ = ["BatchNormMixin", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+
+
+class BatchNormMixin:
+    """The forward pass shared by this package's batch-norm modules (mixed into torch's `_BatchNorm`).
+
+    Subclasses set `_input_shapes` (accepted input ranks and their shape names). Everything torch's module
+    owns stays torch's: constructor, parameters, buffers, `state_dict` keys, `_version`, `reset_*`, repr.
+    """
+
+    _input_shapes: dict[int, str] = {}
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        name = type(self).__name__
+        if input.dim() not in self._input_shapes:
+            expected = " or ".join(self._input_shapes.values())
+            raise ValueError(f"{name} expected input of shape {expected}, got a {input.dim()}-D input of shape "
+                             f"{tuple(input.shape)}")
+        if input.shape[1] != self.num_features:
+            shape = self._input_shapes[input.dim()].replace("C", f"C={self.num_features}", 1)
+            raise ValueError(f"{name} expected input of shape {shape}, got {tuple(input.shape)}: num_features="
+                             f"{self.num_features} does not match the channel dimension {input.shape[1]}; "
+                             f"use {name}({input.shape[1]}) or check the layer before it")
+
+    def _averaging_factor(self) -> float:
+        """The weight of the current batch in the running average; counts the batch as torch does."""
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                return 1.0 / float(self.num_batches_tracked)
+        return 0.0 if self.momentum is None else self.momentum
+
+    def _uses_batch_stats(self) -> bool:
+        """Batch statistics in training, and in eval when there are no running buffers (as in torch)."""
+        return self.training or (self.running_mean is None and self.running_var is None)
+
+    def _buffers_to_update(self):
+        """Running buffers that this forward reads or updates (None when they must be left alone)."""
+        if not self.training or self.track_running_stats:
+            return self.running_mean, self.running_var
+        return None, None
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        factor = self._averaging_factor()
+        running_mean, running_var = self._buffers_to_update()
+        return functional.batch_norm(input, running_mean, running_var, self.weight, self.bias,
+                                     self._uses_batch_stats(), factor, self.eps)
+
+
+class BatchNorm1d(BatchNormMixin, torch.nn.BatchNorm1d):
+    r"""Batch normalization over a 2-D (N, C) or 3-D (N, C, L) input; a drop-in for `torch.nn.BatchNorm1d`.
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
+
+    statistics per channel over N (and L). Training normalizes with the biased batch variance and stores the
+    unbiased one in `running_var`: running <- (1 - momentum) running + momentum batch (momentum=None: cumulative
+    average). Same constructor, parameters, buffers and `state_dict` as torch's, so checkpoints interchange.
+
+    Args:
+        num_features: C. eps: 1e-5, inside the square root. momentum: 0.1 (weight of the new batch) or None.
+        affine: True (learnable gamma, beta). track_running_stats: True. device, dtype: factory arguments.
+        bias: True (keyword only); False keeps gamma without beta.
+
+    Shape: input (N, C) or (N, C, L); output the same.
+
+    CPU float32/float64 run on this package's kernels; other devices and dtypes on torch's.
+    Ioffe & Szegedy 2015, arXiv 1502.03167.
+
+    Example:
+        >>> bn = BatchNorm1d(100)
+        >>> y = bn(torch.randn(60, 100))
+    """
+
+    _input_shapes = {2: "(N, C)", 3: "(N, C, L)"}
+
+
+class BatchNorm2d(BatchNormMixin, torch.nn.BatchNorm2d):
+    r"""Batch normalization over a 4-D (N, C, H, W) input; a drop-in for `torch.nn.BatchNorm2d`.
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
+
+    statistics per channel over N, H, W. Arguments, buffers and conventions as in `BatchNorm1d`.
+    channels_last input gives channels_last output.
+
+    Shape: input (N, C, H, W); output the same.
+
+    Example:
+        >>> bn = BatchNorm2d(64)
+        >>> y = bn(torch.randn(8, 64, 32, 32))
+    """
+
+    _input_shapes = {4: "(N, C, H, W)"}
+
+
+class BatchNorm3d(BatchNormMixin, torch.nn.BatchNorm3d):
+    r"""Batch normalization over a 5-D (N, C, D, H, W) input; a drop-in for `torch.nn.BatchNorm3d`.
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
+
+    statistics per channel over N, D, H, W. Arguments, buffers and conventions as in `BatchNorm1d`.
+
+    Shape: input (N, C, D, H, W); output the same.
+
+    Example:
+        >>> bn = BatchNorm3d(16)
+        >>> y = bn(torch.randn(2, 16, 4, 8, 8))
+    """
+
+    _input_shapes = {5: "(N, C, D, H, W)"}
