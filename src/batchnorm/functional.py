@@ -13,10 +13,12 @@ and the backward of the transform, with g = dL/dy, xhat = (x - mean) / sqrt(var 
 where the bracketed term is present only when the statistics came from the batch itself.
 
 Ops registered under the `batchnorm::` namespace (usable in `torch.compile(fullgraph=True)`):
-  * `batchnorm::batch_norm_train(x, weight?, bias?, eps) -> (y, mean, var)`  batch statistics + transform
-  * `batchnorm::normalize(x, mean, var, weight?, bias?, eps) -> y`            given statistics + transform
+  * `batchnorm::batch_stats(x) -> (mean, var)`                    per-channel statistics, one read of x
+  * `batchnorm::normalize(x, mean, var, weight?, bias?, eps, batch_stats) -> y`        the transform
   * `batchnorm::normalize_backward(dy, x, mean, var, weight?, eps, batch_stats, need_dx) -> (dx, dw, db)`
-`mean` and `var` (biased) are float64 vectors of length C and are not differentiable.
+`batch_stats=True` says that mean/var are the statistics of x itself, so the backward includes their
+dependence on x. The statistics are not differentiable tensors of their own: a variant that derives them
+another way (ghost chunks, other processes, masks) reuses `normalize` with the flag that describes them.
 
 Routing: CPU float32 and float64 inputs run on this package's kernels. Every other device or dtype (CUDA,
 float16, bfloat16, ...) goes to `torch.nn.functional.batch_norm`, torch's own implementation.
@@ -87,39 +89,39 @@ def _stats_tensor(v: np.ndarray) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------- custom ops
-@torch.library.custom_op("batchnorm::batch_norm_train", mutates_args=())
-def _batch_norm_train(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-                      eps: float) -> tuple[Tensor, Tensor, Tensor]:
+@torch.library.custom_op("batchnorm::batch_stats", mutates_args=())
+def _batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and biased variance (float64, not differentiable); zeros and ones for an empty batch."""
     channels = x.shape[1]
     if x.numel() == 0:
-        mean, var = np.zeros(channels), np.ones(channels)
-    else:
-        mean, var = kernels.batch_stats(x)
-    y = _transform(x, mean, var, weight, bias, eps)
-    return y, _stats_tensor(mean), _stats_tensor(var)
+        return torch.zeros(channels, dtype=torch.float64), torch.ones(channels, dtype=torch.float64)
+    mean, var = kernels.batch_stats(x)
+    return _stats_tensor(mean), _stats_tensor(var)
 
 
-@_batch_norm_train.register_fake
-def _(x, weight, bias, eps):
+@_batch_stats.register_fake
+def _(x):
     stats = x.new_empty(x.shape[1], dtype=torch.float64)
-    return kernels.empty_output_like(x), stats, torch.empty_like(stats)
+    return stats, torch.empty_like(stats)
 
 
 @torch.library.custom_op("batchnorm::normalize", mutates_args=())
 def _normalize(x: Tensor, mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-               eps: float) -> Tensor:
+               eps: float, batch_stats: bool) -> Tensor:
+    """y = (x - mean) / sqrt(var + eps) * weight + bias; `batch_stats` says whether mean/var came from x."""
     channels = x.shape[1]
     return _transform(x, _np(mean, channels, 0.0), _np(var, channels, 1.0), weight, bias, eps)
 
 
 @_normalize.register_fake
-def _(x, mean, var, weight, bias, eps):
+def _(x, mean, var, weight, bias, eps, batch_stats):
     return kernels.empty_output_like(x)
 
 
 @torch.library.custom_op("batchnorm::normalize_backward", mutates_args=())
 def _normalize_backward(dy: Tensor, x: Tensor, mean: Tensor, var: Tensor, weight: Optional[Tensor], eps: float,
                         batch_stats: bool, need_dx: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, dweight, dbias) of `normalize`; dx is empty when need_dx is False."""
     channels = x.shape[1]
     dx, dgamma, dbeta = _transform_backward(dy, x, _np(mean, channels, 0.0), _np(var, channels, 1.0), weight,
                                             eps, batch_stats, need_dx)
@@ -136,41 +138,23 @@ def _(dy, x, mean, var, weight, eps, batch_stats, need_dx):
     return dx, x.new_empty(x.shape[1], dtype=dtype), x.new_empty(x.shape[1], dtype=dtype)
 
 
-def _backward_common(ctx, dy, batch_stats: bool):
-    x, mean, var, weight = ctx.saved_tensors
-    need_dx = ctx.needs_input_grad[0]
-    dx, dgamma, dbeta = torch.ops.batchnorm.normalize_backward(dy, x, mean, var, weight, ctx.eps, batch_stats,
-                                                               need_dx)
-    return (dx if need_dx else None), dgamma, dbeta
-
-
-def _setup_train(ctx, inputs, output):
-    x, weight, _bias, eps = inputs
-    _y, mean, var = output
-    ctx.save_for_backward(x, mean, var, weight)
-    ctx.eps = eps
-    ctx.has_weight, ctx.has_bias = weight is not None, inputs[2] is not None
-
-
-def _train_backward(ctx, dy, _dmean, _dvar):
-    dx, dgamma, dbeta = _backward_common(ctx, dy, batch_stats=True)
-    return dx, (dgamma if ctx.has_weight else None), (dbeta if ctx.has_bias else None), None
-
-
 def _setup_normalize(ctx, inputs, output):
-    x, mean, var, weight, bias, eps = inputs
+    x, mean, var, weight, bias, eps, batch_stats = inputs
     ctx.save_for_backward(x, mean, var, weight)
-    ctx.eps = eps
+    ctx.eps, ctx.batch_stats = eps, batch_stats
     ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
 
 
-def _normalize_autograd_backward(ctx, dy):
-    dx, dgamma, dbeta = _backward_common(ctx, dy, batch_stats=False)
-    return dx, None, None, (dgamma if ctx.has_weight else None), (dbeta if ctx.has_bias else None), None
+def _backward_normalize(ctx, dy):
+    x, mean, var, weight = ctx.saved_tensors
+    need_dx = ctx.needs_input_grad[0]
+    dx, dgamma, dbeta = torch.ops.batchnorm.normalize_backward(dy, x, mean, var, weight, ctx.eps,
+                                                               ctx.batch_stats, need_dx)
+    return ((dx if need_dx else None), None, None, (dgamma if ctx.has_weight else None),
+            (dbeta if ctx.has_bias else None), None, None)
 
 
-_batch_norm_train.register_autograd(_train_backward, setup_context=_setup_train)
-_normalize.register_autograd(_normalize_autograd_backward, setup_context=_setup_normalize)
+_normalize.register_autograd(_backward_normalize, setup_context=_setup_normalize)
 
 
 # ------------------------------------------------------------------------------------------ public API
@@ -236,11 +220,12 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
         raise ValueError(f"batch_norm eps must be non-negative, got eps={eps}")
     if training:
         check_batch_size(input)
-        y, mean, var = torch.ops.batchnorm.batch_norm_train(input, weight, bias, eps)
+        mean, var = torch.ops.batchnorm.batch_stats(input.detach())
         count = input.numel() // input.shape[1] if input.shape[1] else 0
         update_running_stats(running_mean, running_var, mean, var, count, momentum)
-        return y
-    if running_mean is None or running_var is None:
+    elif running_mean is None or running_var is None:
         raise ValueError("batch_norm with training=False needs running_mean and running_var, got None: pass "
                          "the running statistics, or training=True to normalize with the batch statistics")
-    return torch.ops.batchnorm.normalize(input, running_mean, running_var, weight, bias, eps)
+    else:
+        mean, var = running_mean, running_var
+    return torch.ops.batchnorm.normalize(input, mean, var, weight, bias, eps, training)

@@ -1,0 +1,28 @@
+"""The `batchnorm` command: one subcommand per module, each providing `add_arguments(parser)` and `run(args)`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module implementing it, one-line help). Modules are imported only when needed.
+SUBCOMMANDS = {
+    "lab": ("batchnorm.lab.cli", "run the lab: experiments on the claims about batch norm, and an HTML report"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="batchnorm", description="Exact, fast batch normalization for PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(sub_parser)
+        sub_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    return int(args._run(args) or 0)

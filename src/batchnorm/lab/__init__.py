@@ -1,0 +1,1 @@
+"""The lab: experiments that test the common claims about batch normalization, and their report."""
