@@ -63,25 +63,35 @@ def _transform(x: Tensor, mean: np.ndarray, var: np.ndarray, weight: Optional[Te
     return kernels.affine(x, mean, scale, _np(bias, channels, 0.0))
 
 
+def input_grad_coefficients(sum_dy: np.ndarray, sum_dy_xc: np.ndarray, inv_std: np.ndarray, gamma: np.ndarray,
+                            count: int, batch_stats: bool):
+    """Per-channel (k_dy, k_x, k_0) with dx = k_dy * dy + k_x * (x - mean) + k_0.
+
+    From the two gradient sums over all `count` values of a channel (on one process or reduced over many):
+    k_dy = gamma * inv_std and, when the statistics are the batch's own,
+    k_x = -k_dy * inv_std^2 * sum(dy * (x - mean)) / count,  k_0 = -k_dy * sum(dy) / count.
+    """
+    k_dy = gamma * inv_std
+    if not batch_stats:
+        zeros = np.zeros_like(k_dy)
+        return k_dy, zeros, zeros
+    count = max(count, 1)
+    return k_dy, -k_dy * inv_std * inv_std * sum_dy_xc / count, -k_dy * sum_dy / count
+
+
 def _transform_backward(dy: Tensor, x: Tensor, mean: np.ndarray, var: np.ndarray, weight: Optional[Tensor],
                         eps: float, batch_stats: bool, need_dx: bool):
-    """(dx or None, dgamma, dbeta) as float64 NumPy vectors for the two reductions."""
+    """(dx or None, dgamma, dbeta), the last two as float64 NumPy vectors."""
     channels = x.shape[1]
     inv_std = _inv_std(var, eps)
     sum_dy, sum_dy_xc = kernels.grad_sums(dy, x, mean)
-    dgamma = sum_dy_xc * inv_std
     dx = None
     if need_dx:
-        k_dy = _np(weight, channels, 1.0) * inv_std
-        if batch_stats:
-            count = max(x.numel() // max(channels, 1), 1)
-            k_x = -k_dy * inv_std * dgamma / count
-            k_0 = -k_dy * sum_dy / count
-        else:
-            k_x = np.zeros(channels)
-            k_0 = np.zeros(channels)
+        count = x.numel() // max(channels, 1)
+        k_dy, k_x, k_0 = input_grad_coefficients(sum_dy, sum_dy_xc, inv_std, _np(weight, channels, 1.0), count,
+                                                 batch_stats)
         dx = kernels.grad_input(dy, x, mean, k_dy, k_x, k_0)
-    return dx, dgamma, sum_dy
+    return dx, sum_dy_xc * inv_std, sum_dy
 
 
 def _stats_tensor(v: np.ndarray) -> Tensor:
