@@ -1,0 +1,117 @@
+"""Cross-process reductions for batch norm over `torch.distributed`: exact moment merges and gradient-sum reduction.
+
+Everything here is a no-op in a single process (torch.distributed unavailable, not initialized, or a group of one
+rank), so callers use the same code path with and without a process group. The transport is torch's own
+(gloo on CPU, NCCL on CUDA); this module only decides what to exchange and how to combine it.
+
+Merging per-rank moments (Chan, Golub & LeVeque 1979, "Updating formulae and a pairwise algorithm for computing
+sample variances"), for ranks i with count n_i, mean mu_i and M2_i = sum (x - mu_i)^2:
+
+    N  = sum_i n_i
+    mu = sum_i n_i mu_i / N
+    M2 = sum_i M2_i + sum_i n_i (mu_i - mu)^2
+
+which is the k-way form of Chan's pairwise update delta = mu_b - mu_a, M2 = M2_a + M2_b + delta^2 n_a n_b / N.
+A rank with n_i = 0 takes part in the collective and contributes nothing.
+"""
+
+from __future__ import annotations
+
+
+import torch
+from torch import Tensor
+
+__all__ = ["is_active", "world_size", "merge_moments", "all_reduce_sum"]
+
+
+def is_active(group=None) -> bool:
+    """True when torch.distributed is available, initialized, and `group` (default: WORLD) has more than one rank."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return False
+    return torch.distributed.get_world_size(group) > 1
+
+
+def world_size(group=None) -> int:
+    """Number of ranks in `group` (1 when torch.distributed is not available or not initialized)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return 1
+    return torch.distributed.get_world_size(group)
+
+
+def _check_moments(count: Tensor, mean: Tensor, m2: Tensor) -> None:
+    for name, t in (("count", count), ("mean", mean), ("m2", m2)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"merge_moments expected {name} to be a torch.Tensor, got {type(t).__name__}: "
+                            f"wrap it with torch.as_tensor(..., dtype=torch.float64)")
+    if mean.dim() != 1 or m2.shape != mean.shape:
+        raise ValueError(f"merge_moments expected mean and m2 of the same shape (C,), got mean "
+                         f"{tuple(mean.shape)} and m2 {tuple(m2.shape)}: pass one value per channel")
+    if count.dim() > 1 or (count.dim() == 1 and count.shape != mean.shape):
+        raise ValueError(f"merge_moments expected count of shape () or (C,)={tuple(mean.shape)}, got "
+                         f"{tuple(count.shape)}: pass one count for all channels or one per channel")
+
+
+def merge_moments(count: Tensor, mean: Tensor, m2: Tensor, group=None) -> tuple[Tensor, Tensor, Tensor]:
+    """Merge per-rank (count, mean, M2) over a process group exactly (Chan's parallel formula).
+
+        N = sum_i n_i,   mu = sum_i n_i mu_i / N,   M2 = sum_i M2_i + sum_i n_i (mu_i - mu)^2
+
+    One all_gather of a (3, C) float64 tensor per call. When torch.distributed is not available or not
+    initialized, or the group has a single rank, the inputs are returned unchanged. Every rank of the group must
+    call it (ranks with an empty batch pass count 0; their mean and M2 are ignored). Channels with N = 0 get
+    mean 0 and M2 0. The variance is M2 / N (biased) or M2 / (N - 1) (unbiased).
+
+    Args:
+        count: float64 tensor of shape () or (C,): the number of values behind each mean on this rank.
+        mean: float64 (C,) per-channel mean on this rank.
+        m2: float64 (C,) per-channel sum of squared deviations from `mean` on this rank.
+        group: the process group (default None: torch.distributed's WORLD group).
+
+    Returns:
+        (count, mean, m2) over all ranks, count in the shape it was given, float64, on the inputs' device.
+
+    Shape: count () or (C,); mean, m2 (C,).
+
+    Example:
+        >>> count, mean, m2 = merge_moments(torch.tensor(8.0, dtype=torch.float64), x.mean((0, 2, 3)), m2)
+        >>> var = m2 / count
+
+    Chan, Golub & LeVeque 1979; used by SyncBatchNorm (Peng et al. 2018, MegDet, arXiv 1711.07240).
+    """
+    _check_moments(count, mean, m2)
+    if not is_active(group):
+        return count, mean, m2
+    channels = mean.shape[0]
+    local = torch.stack([count.to(torch.float64).expand(channels), mean.to(torch.float64),
+                         m2.to(torch.float64)]).contiguous()
+    gathered = [torch.empty_like(local) for _ in range(world_size(group))]
+    torch.distributed.all_gather(gathered, local, group=group)
+    stacked = torch.stack(gathered)                       # (ranks, 3, C)
+    counts, means, m2s = stacked[:, 0], stacked[:, 1], stacked[:, 2]
+    means = torch.where(counts > 0, means, torch.zeros_like(means))   # empty ranks may send anything
+    m2s = torch.where(counts > 0, m2s, torch.zeros_like(m2s))
+    total = counts.sum(0)
+    safe_total = torch.where(total > 0, total, torch.ones_like(total))
+    merged_mean = (counts * means).sum(0) / safe_total
+    merged_m2 = m2s.sum(0) + (counts * (means - merged_mean) ** 2).sum(0)
+    merged_count = total if count.dim() == 1 else total[0]
+    return merged_count, merged_mean, merged_m2
+
+
+def all_reduce_sum(tensor: Tensor, group=None) -> Tensor:
+    """Sum of `tensor` over the ranks of `group` (a new tensor; the input itself when not distributed).
+
+    Used for the backward of SyncBatchNorm (the two per-channel gradient sums and the count) and by tools that
+    reduce population sums across ranks.
+
+    Args:
+        tensor: any tensor with the same shape and dtype on every rank.
+        group: the process group (default None: WORLD).
+    """
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"all_reduce_sum expected a torch.Tensor, got {type(tensor).__name__}")
+    if not is_active(group):
+        return tensor
+    total = tensor.clone().contiguous()
+    torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM, group=group)
+    return total
