@@ -17,7 +17,6 @@ A rank with n_i = 0 takes part in the collective and contributes nothing.
 
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor
 
