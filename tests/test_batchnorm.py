@@ -275,12 +275,10 @@ def test_torch_compile_fullgraph_matches_eager():
 
 
 # ------------------------------------------------------------------------------------------- functional
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("with_running", [True, False], ids=["running", "no-running"])
+@pytest.mark.parametrize("training, with_running", [(True, True), (True, False), (False, True)],
+                         ids=["train-running", "train-no-running", "eval"])
 @pytest.mark.parametrize("with_affine", [True, False], ids=["affine", "no-affine"])
 def test_functional_matches_torch_functional(training, with_running, with_affine):
-    if not training and not with_running:
-        pytest.skip(reason="eval needs running statistics; covered by test_functional_eval_without_running_stats")
     generator = torch.Generator().manual_seed(14)
     x = torch.randn(5, 4, 3, 3, generator=generator, dtype=torch.float64) * 2 + 3
     weight = torch.randn(4, generator=generator, dtype=torch.float64) if with_affine else None
