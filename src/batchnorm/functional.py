@@ -14,8 +14,10 @@ where the bracketed term is present only when the statistics came from the batch
 
 Ops registered under the `batchnorm::` namespace (usable in `torch.compile(fullgraph=True)`):
   * `batchnorm::batch_stats(x) -> (mean, var)`                    per-channel statistics, one read of x
-  * `batchnorm::normalize(x, mean, var, weight?, bias?, eps, batch_stats) -> y`        the transform
-  * `batchnorm::normalize_backward(dy, x, mean, var, weight?, eps, batch_stats, need_dx) -> (dx, dw, db)`
+  * `batchnorm::normalize(x, mean, var, weight?, bias?, eps, batch_stats, r?, d?) -> y`  the transform
+  * `batchnorm::normalize_backward(dy, x, mean, var, weight?, eps, batch_stats, need_dx, r?, d?) -> (dx, dw, db)`
+Optional per-channel `r`, `d` (Batch Renorm) make the transform ((x - mean) / sqrt(var + eps) * r + d) * gamma
++ beta with r, d constants in the backward.
 `batch_stats=True` says that mean/var are the statistics of x itself, so the backward includes their
 dependence on x. The statistics are not differentiable tensors of their own: a variant that derives them
 another way (ghost chunks, other processes, masks) reuses `normalize` with the flag that describes them.
@@ -57,10 +59,17 @@ def _inv_std(var: np.ndarray, eps: float) -> np.ndarray:
 
 
 def _transform(x: Tensor, mean: np.ndarray, var: np.ndarray, weight: Optional[Tensor], bias: Optional[Tensor],
-               eps: float) -> Tensor:
+               eps: float, r: Optional[np.ndarray] = None, d: Optional[np.ndarray] = None) -> Tensor:
+    """y = (xhat * r + d) * gamma + beta; r, d (Batch Renorm's per-channel constants) default to 1 and 0."""
     channels = x.shape[1]
-    scale = _inv_std(var, eps) * _np(weight, channels, 1.0)
-    return kernels.affine(x, mean, scale, _np(bias, channels, 0.0))
+    gamma = _np(weight, channels, 1.0)
+    scale = _inv_std(var, eps) * gamma
+    shift = _np(bias, channels, 0.0)
+    if r is not None:
+        scale = scale * r
+    if d is not None:
+        shift = shift + gamma * d
+    return kernels.affine(x, mean, scale, shift)
 
 
 def input_grad_coefficients(sum_dy: np.ndarray, sum_dy_xc: np.ndarray, inv_std: np.ndarray, gamma: np.ndarray,
@@ -80,18 +89,30 @@ def input_grad_coefficients(sum_dy: np.ndarray, sum_dy_xc: np.ndarray, inv_std: 
 
 
 def _transform_backward(dy: Tensor, x: Tensor, mean: np.ndarray, var: np.ndarray, weight: Optional[Tensor],
-                        eps: float, batch_stats: bool, need_dx: bool):
-    """(dx or None, dgamma, dbeta), the last two as float64 NumPy vectors."""
+                        eps: float, batch_stats: bool, need_dx: bool, r: Optional[np.ndarray] = None,
+                        d: Optional[np.ndarray] = None):
+    """(dx or None, dgamma, dbeta), the last two as float64 NumPy vectors.
+
+    With Batch Renorm's constants r, d (xhat' = xhat * r + d): dx is the backward with gamma * r in place of
+    gamma, dgamma = r * sum(dy * xhat) + d * sum(dy).
+    """
     channels = x.shape[1]
     inv_std = _inv_std(var, eps)
     sum_dy, sum_dy_xc = kernels.grad_sums(dy, x, mean)
     dx = None
     if need_dx:
         count = x.numel() // max(channels, 1)
-        k_dy, k_x, k_0 = input_grad_coefficients(sum_dy, sum_dy_xc, inv_std, _np(weight, channels, 1.0), count,
-                                                 batch_stats)
+        gamma = _np(weight, channels, 1.0)
+        if r is not None:
+            gamma = gamma * r
+        k_dy, k_x, k_0 = input_grad_coefficients(sum_dy, sum_dy_xc, inv_std, gamma, count, batch_stats)
         dx = kernels.grad_input(dy, x, mean, k_dy, k_x, k_0)
-    return dx, sum_dy_xc * inv_std, sum_dy
+    dgamma = sum_dy_xc * inv_std
+    if r is not None:
+        dgamma = dgamma * r
+    if d is not None:
+        dgamma = dgamma + d * sum_dy
+    return dx, dgamma, sum_dy
 
 
 def _stats_tensor(v: np.ndarray) -> Tensor:
@@ -117,24 +138,31 @@ def _(x):
 
 @torch.library.custom_op("batchnorm::normalize", mutates_args=())
 def _normalize(x: Tensor, mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-               eps: float, batch_stats: bool) -> Tensor:
-    """y = (x - mean) / sqrt(var + eps) * weight + bias; `batch_stats` says whether mean/var came from x."""
+               eps: float, batch_stats: bool, r: Optional[Tensor] = None, d: Optional[Tensor] = None) -> Tensor:
+    """y = ((x - mean) / sqrt(var + eps) * r + d) * weight + bias; `batch_stats` says whether mean/var came from x.
+
+    r and d (optional, per channel; 1 and 0 when None) are Batch Renorm's corrections, constants in backprop.
+    """
     channels = x.shape[1]
-    return _transform(x, _np(mean, channels, 0.0), _np(var, channels, 1.0), weight, bias, eps)
+    return _transform(x, _np(mean, channels, 0.0), _np(var, channels, 1.0), weight, bias, eps,
+                      None if r is None else _np(r, channels, 1.0), None if d is None else _np(d, channels, 0.0))
 
 
 @_normalize.register_fake
-def _(x, mean, var, weight, bias, eps, batch_stats):
+def _(x, mean, var, weight, bias, eps, batch_stats, r=None, d=None):
     return kernels.empty_output_like(x)
 
 
 @torch.library.custom_op("batchnorm::normalize_backward", mutates_args=())
 def _normalize_backward(dy: Tensor, x: Tensor, mean: Tensor, var: Tensor, weight: Optional[Tensor], eps: float,
-                        batch_stats: bool, need_dx: bool) -> tuple[Tensor, Tensor, Tensor]:
+                        batch_stats: bool, need_dx: bool, r: Optional[Tensor] = None,
+                        d: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dweight, dbias) of `normalize`; dx is empty when need_dx is False."""
     channels = x.shape[1]
     dx, dgamma, dbeta = _transform_backward(dy, x, _np(mean, channels, 0.0), _np(var, channels, 1.0), weight,
-                                            eps, batch_stats, need_dx)
+                                            eps, batch_stats, need_dx,
+                                            None if r is None else _np(r, channels, 1.0),
+                                            None if d is None else _np(d, channels, 0.0))
     if dx is None:
         dx = x.new_empty(0)
     dtype = x.dtype if weight is None else weight.dtype
@@ -142,26 +170,26 @@ def _normalize_backward(dy: Tensor, x: Tensor, mean: Tensor, var: Tensor, weight
 
 
 @_normalize_backward.register_fake
-def _(dy, x, mean, var, weight, eps, batch_stats, need_dx):
+def _(dy, x, mean, var, weight, eps, batch_stats, need_dx, r=None, d=None):
     dtype = x.dtype if weight is None else weight.dtype
     dx = kernels.empty_output_like(x) if need_dx else x.new_empty(0)
     return dx, x.new_empty(x.shape[1], dtype=dtype), x.new_empty(x.shape[1], dtype=dtype)
 
 
 def _setup_normalize(ctx, inputs, output):
-    x, mean, var, weight, bias, eps, batch_stats = inputs
-    ctx.save_for_backward(x, mean, var, weight)
+    x, mean, var, weight, bias, eps, batch_stats, r, d = tuple(inputs) + (None,) * (9 - len(inputs))
+    ctx.save_for_backward(x, mean, var, weight, r, d)
     ctx.eps, ctx.batch_stats = eps, batch_stats
     ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
 
 
 def _backward_normalize(ctx, dy):
-    x, mean, var, weight = ctx.saved_tensors
+    x, mean, var, weight, r, d = ctx.saved_tensors
     need_dx = ctx.needs_input_grad[0]
     dx, dgamma, dbeta = torch.ops.batchnorm.normalize_backward(dy, x, mean, var, weight, ctx.eps,
-                                                               ctx.batch_stats, need_dx)
+                                                               ctx.batch_stats, need_dx, r, d)
     return ((dx if need_dx else None), None, None, (dgamma if ctx.has_weight else None),
-            (dbeta if ctx.has_bias else None), None, None)
+            (dbeta if ctx.has_bias else None), None, None, None, None)
 
 
 _normalize.register_autograd(_backward_normalize, setup_context=_setup_normalize)
