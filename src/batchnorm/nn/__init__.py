@@ -1,5 +1,6 @@
 """Batch-norm modules: drop-in replacements for torch.nn and the layers built on the same core."""
 
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .sync import SyncBatchNorm, convert_sync_batchnorm
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "convert_sync_batchnorm"]
