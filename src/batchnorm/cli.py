@@ -9,6 +9,7 @@ import sys
 # subcommand -> (module implementing it, one-line help). Modules are imported only when needed.
 SUBCOMMANDS = {
     "lab": ("batchnorm.lab.cli", "run the lab: experiments on the claims about batch norm, and an HTML report"),
+    "bench": ("batchnorm.benchmark", "time batch norm (ours and torch) against a plain copy, per shape"),
 }
 
 

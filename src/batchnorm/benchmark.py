@@ -1,0 +1,295 @@
+"""`batchnorm bench`: batch norm timed against a plain copy of the same tensor, ours and torch eager.
+
+For every shape of the suite it times, in the same run and interleaved round by round (so that a noisy,
+shared machine slows all of them alike):
+
+    copy        `dst.copy_(x)` into a preallocated tensor of the same shape and layout (the memory floor);
+    train fwd   `batch_norm(x, rm, rv, w, b, training=True)` (statistics, transform, running update);
+    train f+b   the same forward plus `y.backward(dy)` (dx, dweight, dbias);
+    eval fwd    `batch_norm(x, rm, rv, w, b, training=False)`;
+
+for this package (`batchnorm.functional.batch_norm`) and for `torch.nn.functional.batch_norm`, and reports the
+median of each as a multiple of the median copy time, plus the ours/torch ratio (below 1: ours is faster).
+It also measures the first call in a fresh process (a subprocess that imports the package and runs one
+training forward+backward, with the compiled kernels loaded from Numba's disk cache).
+
+Example:
+    batchnorm bench                         # the whole suite, 2 threads, float32
+    batchnorm bench --shapes 32,64,56,56 60,100 --repeats 20 --json bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+__all__ = ["Shape", "SUITE", "Row", "measure_shape", "first_call_seconds", "run_suite", "format_table",
+           "add_arguments", "run"]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One benchmark case: a tensor shape and whether it is stored channels_last."""
+
+    dims: tuple[int, ...]
+    channels_last: bool = False
+
+    def __str__(self) -> str:
+        text = "x".join(str(d) for d in self.dims)
+        return text + " (channels_last)" if self.channels_last else text
+
+
+# The issue's shape suite (also in ../shared/DESIGN.md).
+SUITE = (
+    Shape((32, 64, 56, 56)), Shape((32, 256, 28, 28)), Shape((32, 1024, 14, 14)), Shape((32, 2048, 7, 7)),
+    Shape((64, 64, 112, 112)), Shape((4096, 1024)), Shape((60, 100)), Shape((4, 32, 16, 56, 56)),
+    Shape((32, 64, 56, 56), True), Shape((32, 2048, 7, 7), True),
+)
+
+MODES = ("train_fwd", "train_fwd_bwd", "eval_fwd")
+
+
+@dataclass
+class Row:
+    """Medians (seconds) of one shape, and the same as multiples of the copy and as ours/torch ratios."""
+
+    shape: str
+    megabytes: float
+    copy_s: float
+    seconds: dict = field(default_factory=dict)     # "ours/train_fwd" -> median seconds
+    x_copy: dict = field(default_factory=dict)      # "ours/train_fwd" -> median / copy median
+    ours_over_torch: dict = field(default_factory=dict)  # "train_fwd" -> ours median / torch median
+
+
+def _make_input(shape: Shape, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
+    x = torch.randn(shape.dims, generator=generator, dtype=dtype) * 2.0 + 0.5
+    if shape.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
+    return x
+
+
+def _timer(fn, inner: int) -> float:
+    start = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    return (time.perf_counter() - start) / inner
+
+
+def measure_shape(shape: Shape, dtype: torch.dtype = torch.float32, repeats: int = 15, warmup: int = 3,
+                  min_round_seconds: float = 0.02, seed: int = 0) -> Row:
+    """Median times of copy, ours and torch eager on one shape, interleaved round by round.
+
+    Args:
+        shape: the case. dtype: torch.float32 (default) or torch.float64.
+        repeats: 15, rounds measured after `warmup` (3) unmeasured rounds.
+        min_round_seconds: 0.02, each measurement repeats its call until it lasts about this long
+            (small shapes), and reports the mean per call of that round.
+        seed: 0, seed of the random input.
+    """
+    from . import functional
+
+    generator = torch.Generator().manual_seed(seed)
+    x = _make_input(shape, dtype, generator)
+    dy = _make_input(shape, dtype, generator)
+    channels = shape.dims[1]
+    dst = torch.empty_like(x)
+    weight = (torch.rand(channels, generator=generator, dtype=dtype) + 0.5).requires_grad_()
+    bias = torch.randn(channels, generator=generator, dtype=dtype).requires_grad_()
+    running = {name: (torch.zeros(channels, dtype=dtype), torch.ones(channels, dtype=dtype))
+               for name in ("ours", "torch")}
+    impls = {"ours": functional.batch_norm, "torch": torch.nn.functional.batch_norm}
+    x_grad = x.clone().requires_grad_()
+
+    def calls(name):
+        bn = impls[name]
+        rm, rv = running[name]
+
+        def train_fwd():
+            bn(x, rm, rv, weight, bias, True, 0.1, 1e-5)
+
+        def train_fwd_bwd():
+            x_grad.grad = None
+            weight.grad = None
+            bias.grad = None
+            bn(x_grad, rm, rv, weight, bias, True, 0.1, 1e-5).backward(dy)
+
+        def eval_fwd():
+            with torch.no_grad():
+                bn(x, rm, rv, weight, bias, False, 0.1, 1e-5)
+
+        return {"train_fwd": train_fwd, "train_fwd_bwd": train_fwd_bwd, "eval_fwd": eval_fwd}
+
+    fns = {"copy": lambda: dst.copy_(x)}
+    for name in impls:
+        for mode, fn in calls(name).items():
+            fns[f"{name}/{mode}"] = fn
+    inner = {}
+    for key, fn in fns.items():
+        fn()
+        once = max(_timer(fn, 1), 1e-7)
+        inner[key] = max(1, int(min_round_seconds / once))
+    samples = {key: [] for key in fns}
+    for round_index in range(warmup + repeats):
+        for key, fn in fns.items():
+            t = _timer(fn, inner[key])
+            if round_index >= warmup:
+                samples[key].append(t)
+    medians = {key: statistics.median(v) for key, v in samples.items()}
+    copy_s = medians.pop("copy")
+    row = Row(shape=str(shape), megabytes=x.numel() * x.element_size() / 1e6, copy_s=copy_s, seconds=medians)
+    row.x_copy = {key: value / copy_s for key, value in medians.items()}
+    row.ours_over_torch = {mode: medians[f"ours/{mode}"] / medians[f"torch/{mode}"] for mode in MODES}
+    return row
+
+
+_FIRST_CALL_SCRIPT = """
+import time
+start = time.perf_counter()
+import torch
+torch.set_num_threads({threads})
+import_torch = time.perf_counter() - start
+start = time.perf_counter()
+import batchnorm.nn as bnn
+bn = bnn.BatchNorm2d(8)
+x = torch.randn(4, 8, 5, 5, requires_grad=True)
+bn(x).sum().backward()
+bn.eval()
+bn(torch.randn(4, 8, 5, 5))
+xl = torch.randn(64, 8, requires_grad=True)
+bnn.BatchNorm1d(8)(xl).sum().backward()
+print(import_torch, time.perf_counter() - start)
+"""
+
+
+def first_call_seconds(threads: int = 2) -> dict:
+    """Seconds to import torch, and then to import this package and run its first calls, in a fresh process.
+
+    The first calls are a BatchNorm2d training forward+backward, an eval forward and a BatchNorm1d (N, C)
+    forward+backward; the compiled kernels come from Numba's disk cache (a first run fills it).
+    """
+    result = subprocess.run([sys.executable, "-c", _FIRST_CALL_SCRIPT.format(threads=threads)],
+                            capture_output=True, text=True, check=True)
+    import_torch, first_calls = (float(v) for v in result.stdout.split()[-2:])
+    return {"import_torch_s": import_torch, "import_and_first_calls_s": first_calls}
+
+
+def _header(threads: int, dtype: torch.dtype) -> dict:
+    import numba
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"machine": cpu, "logical_cpus": os.cpu_count(), "threads": threads, "dtype": str(dtype),
+            "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "numba": numba.__version__, "platform": platform.platform(),
+            "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
+
+
+def run_suite(shapes=SUITE, threads: int = 2, dtype: torch.dtype = torch.float32, repeats: int = 15,
+              first_call: bool = True, progress=None) -> dict:
+    """Measure every shape (and the fresh-process first call); returns the JSON-ready report."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        rows = []
+        for shape in shapes:
+            rows.append(measure_shape(shape, dtype, repeats))
+            if progress:
+                progress(rows[-1])
+    finally:
+        torch.set_num_threads(previous)
+    report = {"header": _header(threads, dtype), "rows": [asdict(r) for r in rows]}
+    report["summary"] = _summary(rows)
+    if first_call:
+        report["first_call"] = first_call_seconds(threads)
+    return report
+
+
+def _summary(rows: list[Row]) -> dict:
+    summary = {}
+    for mode in MODES:
+        ratios = [r.ours_over_torch[mode] for r in rows]
+        summary[f"median ours/torch {mode}"] = statistics.median(ratios) if ratios else float("nan")
+    return summary
+
+
+def format_table(report: dict) -> str:
+    """The report as Markdown: header, one row per shape, the summary and the first-call time."""
+    h = report["header"]
+    lines = [f"machine: {h['machine']} ({h['logical_cpus']} logical CPUs), threads: {h['threads']}, "
+             f"dtype: {h['dtype']}",
+             f"python {h['python']}, torch {h['torch']}, numpy {h['numpy']}, numba {h['numba']}; {h['date_utc']} UTC",
+             "",
+             "Time as a multiple of a plain copy of the same tensor (median; lower is better), and ours/torch:",
+             "",
+             "| shape | MB | copy (ms) | train fwd ours | torch | ours/torch | train fwd+bwd ours | torch | "
+             "ours/torch | eval fwd ours | torch | ours/torch |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in report["rows"]:
+        cells = [r["shape"], f"{r['megabytes']:.2f}", f"{r['copy_s'] * 1e3:.3f}"]
+        for mode in MODES:
+            cells += [f"{r['x_copy'][f'ours/{mode}']:.2f}", f"{r['x_copy'][f'torch/{mode}']:.2f}",
+                      f"{r['ours_over_torch'][mode]:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for key, value in report["summary"].items():
+        lines.append(f"{key}: {value:.2f}")
+    small = [r for r in report["rows"] if r["megabytes"] < 0.1]
+    for r in small:
+        lines.append(f"{r['shape']}: absolute medians (us): " + ", ".join(
+            f"{key} {value * 1e6:.0f}" for key, value in r["seconds"].items()))
+    if "first_call" in report:
+        fc = report["first_call"]
+        lines.append(f"fresh process: import torch {fc['import_torch_s']:.2f} s; then import batchnorm + first "
+                     f"training fwd+bwd, eval fwd and (N, C) fwd+bwd {fc['import_and_first_calls_s']:.2f} s")
+    return "\n".join(lines)
+
+
+def _parse_shape(text: str) -> Shape:
+    channels_last = text.endswith("cl")
+    dims = tuple(int(v) for v in text.removesuffix("cl").strip(",").split(","))
+    if len(dims) < 2:
+        raise argparse.ArgumentTypeError(f"--shapes expects comma-separated sizes with at least 2 dimensions "
+                                         f"(N,C[,spatial...], 'cl' suffix for channels_last), got {text!r}")
+    return Shape(dims, channels_last)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shapes", nargs="+", type=_parse_shape, default=None,
+                        help="shapes as N,C[,H,W...] with a 'cl' suffix for channels_last, e.g. 32,64,56,56cl "
+                             "(default: the issue's suite)")
+    parser.add_argument("--threads", type=int, default=2, help="torch (and Numba) thread count (default 2)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="default float32")
+    parser.add_argument("--repeats", type=int, default=15, help="measured rounds per shape (default 15)")
+    parser.add_argument("--json", default=None, help="also write the report as JSON to this path")
+    parser.add_argument("--no-first-call", action="store_true", help="skip the fresh-process first-call timing")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads < 1:
+        raise ValueError(f"bench --threads must be at least 1, got {args.threads}")
+    shapes = tuple(args.shapes) if args.shapes else SUITE
+    report = run_suite(shapes, args.threads, getattr(torch, args.dtype), args.repeats,
+                       first_call=not args.no_first_call,
+                       progress=lambda r: print(f"measured {r.shape}", file=sys.stderr, flush=True))
+    print(format_table(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
