@@ -143,6 +143,7 @@ _ACTIVATIONS_BY_NAME = {
                                                             0.01))),
     "elu": lambda m: nn.ELU(float(_first_attr(m, ("alpha", "activation_param"), 1.0))),
     "gelu": lambda m: nn.GELU(),
+    "gelu_tanh": lambda m: nn.GELU(approximate="tanh"),
     "silu": lambda m: nn.SiLU(),
     "swish": lambda m: nn.SiLU(),
     "sigmoid": lambda m: nn.Sigmoid(),
