@@ -37,6 +37,18 @@ def world_size(group=None) -> int:
     return torch.distributed.get_world_size(group)
 
 
+def _collective(name: str, what: str, call, group) -> None:
+    """Run one collective; turn a transport failure into an error that says what was being exchanged."""
+    try:
+        call()
+    except RuntimeError as error:   # torch.distributed.DistBackendError and gloo/NCCL errors derive from it
+        rank = torch.distributed.get_rank(group)
+        raise RuntimeError(
+            f"{name}: the {what} across {world_size(group)} ranks failed on rank {rank}: another rank has died, "
+            f"timed out, or ran a different sequence of collectives (every rank must run each SyncBatchNorm "
+            f"forward and backward, with an empty batch if it has no data). Cause: {error}") from error
+
+
 def _check_moments(count: Tensor, mean: Tensor, m2: Tensor) -> None:
     for name, t in (("count", count), ("mean", mean), ("m2", m2)):
         if not isinstance(t, Tensor):
@@ -84,7 +96,8 @@ def merge_moments(count: Tensor, mean: Tensor, m2: Tensor, group=None) -> tuple[
     local = torch.stack([count.to(torch.float64).expand(channels), mean.to(torch.float64),
                          m2.to(torch.float64)]).contiguous()
     gathered = [torch.empty_like(local) for _ in range(world_size(group))]
-    torch.distributed.all_gather(gathered, local, group=group)
+    _collective("merge_moments", "all_gather of per-channel (count, mean, M2)",
+                lambda: torch.distributed.all_gather(gathered, local, group=group), group)
     stacked = torch.stack(gathered)                       # (ranks, 3, C)
     counts, means, m2s = stacked[:, 0], stacked[:, 1], stacked[:, 2]
     means = torch.where(counts > 0, means, torch.zeros_like(means))   # empty ranks may send anything
@@ -112,5 +125,6 @@ def all_reduce_sum(tensor: Tensor, group=None) -> Tensor:
     if not is_active(group):
         return tensor
     total = tensor.clone().contiguous()
-    torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM, group=group)
+    _collective("all_reduce_sum", f"all_reduce of a tensor of shape {tuple(total.shape)}",
+                lambda: torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM, group=group), group)
     return total

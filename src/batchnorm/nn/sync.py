@@ -19,6 +19,7 @@ from typing import Optional
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from .. import distributed, functional, kernels
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormMixin
@@ -152,7 +153,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
 
 
 # ------------------------------------------------------------------------------------------- modules
-class SyncBatchNorm(BatchNormMixin, torch.nn.SyncBatchNorm):
+class SyncBatchNorm(BatchNormMixin, _BatchNorm):
     r"""Batch normalization with statistics over the global batch of a process group; drop-in for torch's.
 
     .. math:: y = \frac{x - \mathrm{E}_{global}[x]}{\sqrt{\mathrm{Var}_{global}[x] + \epsilon}} \gamma + \beta
@@ -164,7 +165,9 @@ class SyncBatchNorm(BatchNormMixin, torch.nn.SyncBatchNorm):
     gradients are those of single-process batch norm over the global batch; weight and bias gradients are the
     local ones (DistributedDataParallel averages them, as for torch's SyncBatchNorm). Every rank must run the
     forward and the backward (a rank without data passes an empty batch). In eval mode, and when not
-    distributed, it is this package's BatchNorm. Unlike torch's SyncBatchNorm it runs on CPU (gloo).
+    distributed, it is this package's BatchNorm. Unlike torch's SyncBatchNorm it runs on CPU (gloo). It subclasses
+    torch's `_BatchNorm` (like this package's BatchNorm) but not `torch.nn.SyncBatchNorm`: DistributedDataParallel
+    refuses instances of torch's class on CPU.
 
     Args:
         num_features: C. eps: 1e-5, inside the square root. momentum: 0.1 (weight of the new batch) or None
@@ -182,6 +185,13 @@ class SyncBatchNorm(BatchNormMixin, torch.nn.SyncBatchNorm):
 
     Ioffe & Szegedy 2015 (arXiv 1502.03167); cross-GPU batch norm: Peng et al. 2018, MegDet (arXiv 1711.07240).
     """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, process_group=None, device=None, dtype=None, *,
+                 bias: bool = True) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype,
+                         bias=bias)
+        self.process_group = process_group
 
     def _check_input_dim(self, input: Tensor) -> None:
         name = type(self).__name__
