@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from . import kernels
+from .kernels import fused
 
 __all__ = ["batch_norm", "uses_own_kernels", "check_batch_size", "update_running_stats"]
 
@@ -58,10 +59,9 @@ def _inv_std(var: np.ndarray, eps: float) -> np.ndarray:
     return 1.0 / np.sqrt(var + eps)
 
 
-def _transform(x: Tensor, mean: np.ndarray, var: np.ndarray, weight: Optional[Tensor], bias: Optional[Tensor],
-               eps: float, r: Optional[np.ndarray] = None, d: Optional[np.ndarray] = None) -> Tensor:
-    """y = (xhat * r + d) * gamma + beta; r, d (Batch Renorm's per-channel constants) default to 1 and 0."""
-    channels = x.shape[1]
+def _scale_shift(channels: int, var: np.ndarray, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
+                 r: Optional[np.ndarray], d: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (scale, shift) with (xhat * r + d) * gamma + beta = (x - mean) * scale + shift."""
     gamma = _np(weight, channels, 1.0)
     scale = _inv_std(var, eps) * gamma
     shift = _np(bias, channels, 0.0)
@@ -69,6 +69,16 @@ def _transform(x: Tensor, mean: np.ndarray, var: np.ndarray, weight: Optional[Te
         scale = scale * r
     if d is not None:
         shift = shift + gamma * d
+    return scale, shift
+
+
+def _transform(x: Tensor, mean: np.ndarray, var: np.ndarray, weight: Optional[Tensor], bias: Optional[Tensor],
+               eps: float, r: Optional[np.ndarray] = None, d: Optional[np.ndarray] = None,
+               activation: str = "identity", activation_param: float = 0.0) -> Tensor:
+    """y = act((xhat * r + d) * gamma + beta); r, d (Batch Renorm's per-channel constants) default to 1 and 0."""
+    scale, shift = _scale_shift(x.shape[1], var, weight, bias, eps, r, d)
+    if activation != "identity":
+        return fused.affine_act(x, mean, scale, shift, activation, activation_param)
     return kernels.affine(x, mean, scale, shift)
 
 
@@ -90,15 +100,21 @@ def input_grad_coefficients(sum_dy: np.ndarray, sum_dy_xc: np.ndarray, inv_std: 
 
 def _transform_backward(dy: Tensor, x: Tensor, mean: np.ndarray, var: np.ndarray, weight: Optional[Tensor],
                         eps: float, batch_stats: bool, need_dx: bool, r: Optional[np.ndarray] = None,
-                        d: Optional[np.ndarray] = None):
+                        d: Optional[np.ndarray] = None, bias: Optional[Tensor] = None, activation: str = "identity",
+                        activation_param: float = 0.0):
     """(dx or None, dgamma, dbeta), the last two as float64 NumPy vectors.
 
     With Batch Renorm's constants r, d (xhat' = xhat * r + d): dx is the backward with gamma * r in place of
-    gamma, dgamma = r * sum(dy * xhat) + d * sum(dy).
+    gamma, dgamma = r * sum(dy * xhat) + d * sum(dy). With an activation, every formula holds with dy replaced
+    by g = dy * act'(z), the pre-activation z being recomputed from x (and bias) inside the kernels.
     """
     channels = x.shape[1]
     inv_std = _inv_std(var, eps)
-    sum_dy, sum_dy_xc = kernels.grad_sums(dy, x, mean)
+    if activation == "identity":
+        sum_dy, sum_dy_xc = kernels.grad_sums(dy, x, mean)
+    else:
+        scale, shift = _scale_shift(channels, var, weight, bias, eps, r, d)
+        sum_dy, sum_dy_xc = fused.grad_sums_act(dy, x, mean, scale, shift, activation, activation_param)
     dx = None
     if need_dx:
         count = x.numel() // max(channels, 1)
@@ -106,7 +122,10 @@ def _transform_backward(dy: Tensor, x: Tensor, mean: np.ndarray, var: np.ndarray
         if r is not None:
             gamma = gamma * r
         k_dy, k_x, k_0 = input_grad_coefficients(sum_dy, sum_dy_xc, inv_std, gamma, count, batch_stats)
-        dx = kernels.grad_input(dy, x, mean, k_dy, k_x, k_0)
+        if activation == "identity":
+            dx = kernels.grad_input(dy, x, mean, k_dy, k_x, k_0)
+        else:
+            dx = fused.grad_input_act(dy, x, mean, scale, shift, activation, activation_param, k_dy, k_x, k_0)
     dgamma = sum_dy_xc * inv_std
     if r is not None:
         dgamma = dgamma * r
@@ -138,31 +157,36 @@ def _(x):
 
 @torch.library.custom_op("batchnorm::normalize", mutates_args=())
 def _normalize(x: Tensor, mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-               eps: float, batch_stats: bool, r: Optional[Tensor] = None, d: Optional[Tensor] = None) -> Tensor:
-    """y = ((x - mean) / sqrt(var + eps) * r + d) * weight + bias; `batch_stats` says whether mean/var came from x.
+               eps: float, batch_stats: bool, r: Optional[Tensor] = None, d: Optional[Tensor] = None,
+               activation: str = "identity", activation_param: float = 0.0) -> Tensor:
+    """y = act(((x - mean) / sqrt(var + eps) * r + d) * weight + bias); `batch_stats`: mean/var came from x.
 
     r and d (optional, per channel; 1 and 0 when None) are Batch Renorm's corrections, constants in backprop.
+    `activation` is one of `kernels.fused_kernels.ACTIVATIONS` with its parameter (slope, alpha).
     """
     channels = x.shape[1]
     return _transform(x, _np(mean, channels, 0.0), _np(var, channels, 1.0), weight, bias, eps,
-                      None if r is None else _np(r, channels, 1.0), None if d is None else _np(d, channels, 0.0))
+                      None if r is None else _np(r, channels, 1.0), None if d is None else _np(d, channels, 0.0),
+                      activation, activation_param)
 
 
 @_normalize.register_fake
-def _(x, mean, var, weight, bias, eps, batch_stats, r=None, d=None):
+def _(x, mean, var, weight, bias, eps, batch_stats, r=None, d=None, activation="identity", activation_param=0.0):
     return kernels.empty_output_like(x)
 
 
 @torch.library.custom_op("batchnorm::normalize_backward", mutates_args=())
 def _normalize_backward(dy: Tensor, x: Tensor, mean: Tensor, var: Tensor, weight: Optional[Tensor], eps: float,
                         batch_stats: bool, need_dx: bool, r: Optional[Tensor] = None,
-                        d: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
-    """(dx, dweight, dbias) of `normalize`; dx is empty when need_dx is False."""
+                        d: Optional[Tensor] = None, bias: Optional[Tensor] = None, activation: str = "identity",
+                        activation_param: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, dweight, dbias) of `normalize`; dx is empty when need_dx is False (bias only matters with an activation)."""
     channels = x.shape[1]
     dx, dgamma, dbeta = _transform_backward(dy, x, _np(mean, channels, 0.0), _np(var, channels, 1.0), weight,
                                             eps, batch_stats, need_dx,
                                             None if r is None else _np(r, channels, 1.0),
-                                            None if d is None else _np(d, channels, 0.0))
+                                            None if d is None else _np(d, channels, 0.0),
+                                            bias, activation, activation_param)
     if dx is None:
         dx = x.new_empty(0)
     dtype = x.dtype if weight is None else weight.dtype
@@ -170,26 +194,30 @@ def _normalize_backward(dy: Tensor, x: Tensor, mean: Tensor, var: Tensor, weight
 
 
 @_normalize_backward.register_fake
-def _(dy, x, mean, var, weight, eps, batch_stats, need_dx, r=None, d=None):
+def _(dy, x, mean, var, weight, eps, batch_stats, need_dx, r=None, d=None, bias=None, activation="identity",
+      activation_param=0.0):
     dtype = x.dtype if weight is None else weight.dtype
     dx = kernels.empty_output_like(x) if need_dx else x.new_empty(0)
     return dx, x.new_empty(x.shape[1], dtype=dtype), x.new_empty(x.shape[1], dtype=dtype)
 
 
 def _setup_normalize(ctx, inputs, output):
-    x, mean, var, weight, bias, eps, batch_stats, r, d = tuple(inputs) + (None,) * (9 - len(inputs))
-    ctx.save_for_backward(x, mean, var, weight, r, d)
+    x, mean, var, weight, bias, eps, batch_stats, r, d, activation, activation_param = (
+        tuple(inputs) + (None, None, "identity", 0.0)[len(inputs) - 7:])
+    ctx.save_for_backward(x, mean, var, weight, r, d, bias if activation != "identity" else None)
     ctx.eps, ctx.batch_stats = eps, batch_stats
+    ctx.activation, ctx.activation_param = activation, activation_param
     ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
 
 
 def _backward_normalize(ctx, dy):
-    x, mean, var, weight, r, d = ctx.saved_tensors
+    x, mean, var, weight, r, d, bias = ctx.saved_tensors
     need_dx = ctx.needs_input_grad[0]
     dx, dgamma, dbeta = torch.ops.batchnorm.normalize_backward(dy, x, mean, var, weight, ctx.eps,
-                                                               ctx.batch_stats, need_dx, r, d)
+                                                               ctx.batch_stats, need_dx, r, d, bias,
+                                                               ctx.activation, ctx.activation_param)
     return ((dx if need_dx else None), None, None, (dgamma if ctx.has_weight else None),
-            (dbeta if ctx.has_bias else None), None, None, None, None)
+            (dbeta if ctx.has_bias else None), None, None, None, None, None, None)
 
 
 _normalize.register_autograd(_backward_normalize, setup_context=_setup_normalize)
@@ -226,7 +254,8 @@ def update_running_stats(running_mean: Optional[Tensor], running_var: Optional[T
 
 def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
                weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, training: bool = False,
-               momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+               momentum: float = 0.1, eps: float = 1e-5, *, activation: str = "identity",
+               activation_param: float = 0.0) -> Tensor:
     """Batch normalization with the signature and semantics of `torch.nn.functional.batch_norm`.
 
     y = (x - mean) / sqrt(var + eps) * weight + bias, per channel (axis 1). With `training=True` the mean and
@@ -241,6 +270,8 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
         training: use batch statistics (and update the running ones).
         momentum: weight of the new batch in the running average (PyTorch's convention, 0.1).
         eps: added to the variance inside the square root.
+        activation, activation_param: an activation fused into the same pass, y = act(BN(x)) (keyword only;
+            "identity" by default; see `batchnorm.nn.BatchNormAct2d` for the list).
 
     CPU float32/float64 inputs run on this package's kernels; other devices and dtypes go to torch's
     `torch.nn.functional.batch_norm` unchanged. Ioffe & Szegedy 2015, arXiv 1502.03167.
@@ -250,8 +281,8 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
         >>> y = batch_norm(x, None, None, training=True)
     """
     if not uses_own_kernels(input):
-        return torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias, training,
-                                              momentum, eps)
+        y = torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+        return torch_activation(y, activation, activation_param)
     if training and eps <= 0.0:
         raise ValueError(f"batch_norm eps must be positive during training, got eps={eps}")
     if eps < 0.0:
@@ -266,4 +297,21 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
                          "the running statistics, or training=True to normalize with the batch statistics")
     else:
         mean, var = running_mean, running_var
-    return torch.ops.batchnorm.normalize(input, mean, var, weight, bias, eps, training)
+    if activation == "identity":
+        return torch.ops.batchnorm.normalize(input, mean, var, weight, bias, eps, training)
+    return torch.ops.batchnorm.normalize(input, mean, var, weight, bias, eps, training, None, None, activation,
+                                         float(activation_param))
+
+
+def torch_activation(z: Tensor, activation: str, param: float) -> Tensor:
+    """The activation `activation` computed with torch's own functions (the unfused oracle and the fallback)."""
+    functions = {
+        "identity": lambda t: t,
+        "relu": torch.nn.functional.relu,
+        "leaky_relu": lambda t: torch.nn.functional.leaky_relu(t, param),
+        "elu": lambda t: torch.nn.functional.elu(t, param),
+        "silu": torch.nn.functional.silu,
+        "gelu": torch.nn.functional.gelu,
+        "gelu_tanh": lambda t: torch.nn.functional.gelu(t, approximate="tanh"),
+    }
+    return functions[activation](z)

@@ -1,0 +1,302 @@
+"""Numba kernels that fuse an activation (and a residual add) into the batch-norm transform and its backward.
+
+Activations are selected by an integer code (see `ACTIVATIONS`) with one float parameter:
+  identity  y = z
+  relu      y = max(z, 0)
+  leaky     y = z if z > 0 else slope * z
+  elu       y = z if z > 0 else alpha * (exp(z) - 1)
+  silu      y = z * sigmoid(z)
+  gelu      y = z * Phi(z)                        (exact, erf form: torch's default)
+  gelu_tanh y = z/2 * (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3)))
+
+With z = (x - center_c) * scale_c + shift_c (+ residual), the kernels are, per layout (channels-first
+(N, C, S) and rows (R, C), as in `numba_kernels`):
+  affine_act       out = act(z)                        (out may be x itself: in-place)
+  grad_sums_act    sum(g)_c, sum(g * (x - center_c))_c with g = dy * act'(z), z recomputed from x
+  grad_input_act   out = k_dy_c * g + k_x_c * (x - center_c) + k_0_c, g recomputed
+  grad_add_act     like grad_sums_act with z = affine + residual, and writes g (the residual's gradient)
+  grad_sums_out    like grad_sums_act but from the output y of an invertible activation: z = act^-1(y), and
+                   the sums are of g and g * (z - center_c)   (in-place activated BN)
+  grad_input_out   out = k_dy_c * g + k_x_c * (z - center_c) + k_0_c with g, z from y
+"""
+
+import math
+
+import numba
+import numpy as np
+from numba import prange
+
+from .config import NJIT_SERIAL
+from .numba_kernels import _compile
+
+ACTIVATIONS = {"identity": 0, "relu": 1, "leaky_relu": 2, "elu": 3, "silu": 4, "gelu": 5, "gelu_tanh": 6}
+INVERTIBLE = ("identity", "leaky_relu", "elu")
+
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_TANH_K = math.sqrt(2.0 / math.pi)
+
+
+@numba.njit(inline="always", **NJIT_SERIAL)
+def _act(z, code, param):
+    if code == 0:
+        return z
+    if code == 1:
+        return z if z > 0.0 else 0.0 * z
+    if code == 2:
+        return z if z > 0.0 else param * z
+    if code == 3:
+        return z if z > 0.0 else param * (math.exp(z) - 1.0)
+    if code == 4:
+        return z / (1.0 + math.exp(-z))
+    if code == 5:
+        return 0.5 * z * (1.0 + math.erf(z * _SQRT_HALF))
+    inner = _TANH_K * (z + 0.044715 * z * z * z)
+    return 0.5 * z * (1.0 + math.tanh(inner))
+
+
+@numba.njit(inline="always", **NJIT_SERIAL)
+def _act_grad(z, code, param):
+    """d act / d z at z (at z = 0: relu 0, leaky slope, elu 1 * alpha, as torch's backward)."""
+    if code == 0:
+        return 1.0
+    if code == 1:
+        return 1.0 if z > 0.0 else 0.0
+    if code == 2:
+        return 1.0 if z > 0.0 else param
+    if code == 3:
+        return 1.0 if z > 0.0 else param * math.exp(z)
+    if code == 4:
+        s = 1.0 / (1.0 + math.exp(-z))
+        return s * (1.0 + z * (1.0 - s))
+    if code == 5:
+        return 0.5 * (1.0 + math.erf(z * _SQRT_HALF)) + z * _INV_SQRT_2PI * math.exp(-0.5 * z * z)
+    inner = _TANH_K * (z + 0.044715 * z * z * z)
+    t = math.tanh(inner)
+    return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * _TANH_K * (1.0 + 3.0 * 0.044715 * z * z)
+
+
+@numba.njit(inline="always", **NJIT_SERIAL)
+def _act_inverse(y, code, param):
+    """(z, act'(z)) from the output y of an invertible activation (identity, leaky_relu, elu)."""
+    if code == 0:
+        return y, 1.0
+    if code == 2:
+        return (y, 1.0) if y > 0.0 else (y / param, param)
+    if y > 0.0:  # elu
+        return y, 1.0
+    return math.log1p(y / param), y + param
+
+
+# ----------------------------------------------------------------------------------------- channels-first
+def _affine_act_cf(x, center, scale, shift, code, param, out):
+    n_batch, n_chan, n_space = x.shape
+    for i in prange(n_batch * n_chan):
+        b = i // n_chan
+        c = i - b * n_chan
+        m, k, t = center[c], scale[c], shift[c]
+        for s in range(n_space):
+            out[b, c, s] = _act((np.float64(x[b, c, s]) - m) * k + t, code, param)
+
+
+def _affine_add_act_cf(x, center, scale, shift, residual, code, param, out):
+    n_batch, n_chan, n_space = x.shape
+    for i in prange(n_batch * n_chan):
+        b = i // n_chan
+        c = i - b * n_chan
+        m, k, t = center[c], scale[c], shift[c]
+        for s in range(n_space):
+            out[b, c, s] = _act((np.float64(x[b, c, s]) - m) * k + t + residual[b, c, s], code, param)
+
+
+def _grad_sums_act_cf(dy, x, center, scale, shift, code, param, sum_g, sum_g_xc):
+    n_batch, n_chan, n_space = x.shape
+    p1 = np.empty((n_batch, n_chan))
+    p2 = np.empty((n_batch, n_chan))
+    for i in prange(n_batch * n_chan):
+        b = i // n_chan
+        c = i - b * n_chan
+        m, k, t = center[c], scale[c], shift[c]
+        a1 = 0.0
+        a2 = 0.0
+        for s in range(n_space):
+            xc = np.float64(x[b, c, s]) - m
+            g = dy[b, c, s] * _act_grad(xc * k + t, code, param)
+            a1 += g
+            a2 += g * xc
+        p1[b, c] = a1
+        p2[b, c] = a2
+    for c in prange(n_chan):
+        sum_g[c] = p1[:, c].sum()
+        sum_g_xc[c] = p2[:, c].sum()
+
+
+def _grad_input_act_cf(dy, x, center, scale, shift, code, param, k_dy, k_x, k_0, out):
+    n_batch, n_chan, n_space = x.shape
+    for i in prange(n_batch * n_chan):
+        b = i // n_chan
+        c = i - b * n_chan
+        m, k, t = center[c], scale[c], shift[c]
+        a, q, r = k_dy[c], k_x[c], k_0[c]
+        for s in range(n_space):
+            xc = np.float64(x[b, c, s]) - m
+            g = dy[b, c, s] * _act_grad(xc * k + t, code, param)
+            out[b, c, s] = a * g + q * xc + r
+
+
+def _grad_add_act_cf(dy, x, center, scale, shift, residual, code, param, g_out, sum_g, sum_g_xc):
+    n_batch, n_chan, n_space = x.shape
+    p1 = np.empty((n_batch, n_chan))
+    p2 = np.empty((n_batch, n_chan))
+    for i in prange(n_batch * n_chan):
+        b = i // n_chan
+        c = i - b * n_chan
+        m, k, t = center[c], scale[c], shift[c]
+        a1 = 0.0
+        a2 = 0.0
+        for s in range(n_space):
+            xc = np.float64(x[b, c, s]) - m
+            g = dy[b, c, s] * _act_grad(xc * k + t + residual[b, c, s], code, param)
+            g_out[b, c, s] = g
+            a1 += g
+            a2 += g * xc
+        p1[b, c] = a1
+        p2[b, c] = a2
+    for c in prange(n_chan):
+        sum_g[c] = p1[:, c].sum()
+        sum_g_xc[c] = p2[:, c].sum()
+
+
+def _grad_sums_out_cf(dy, y, center, code, param, sum_g, sum_g_zc):
+    n_batch, n_chan, n_space = y.shape
+    p1 = np.empty((n_batch, n_chan))
+    p2 = np.empty((n_batch, n_chan))
+    for i in prange(n_batch * n_chan):
+        b = i // n_chan
+        c = i - b * n_chan
+        m = center[c]
+        a1 = 0.0
+        a2 = 0.0
+        for s in range(n_space):
+            z, d = _act_inverse(np.float64(y[b, c, s]), code, param)
+            g = dy[b, c, s] * d
+            a1 += g
+            a2 += g * (z - m)
+        p1[b, c] = a1
+        p2[b, c] = a2
+    for c in prange(n_chan):
+        sum_g[c] = p1[:, c].sum()
+        sum_g_zc[c] = p2[:, c].sum()
+
+
+def _grad_input_out_cf(dy, y, center, code, param, k_dy, k_x, k_0, out):
+    n_batch, n_chan, n_space = y.shape
+    for i in prange(n_batch * n_chan):
+        b = i // n_chan
+        c = i - b * n_chan
+        m, a, q, r = center[c], k_dy[c], k_x[c], k_0[c]
+        for s in range(n_space):
+            z, d = _act_inverse(np.float64(y[b, c, s]), code, param)
+            out[b, c, s] = a * (dy[b, c, s] * d) + q * (z - m) + r
+
+
+# ---------------------------------------------------------------------------------------------------- rows
+def _affine_act_rows(n_blocks, x, center, scale, shift, code, param, out):
+    n_rows, n_chan = x.shape
+    for blk in prange(n_blocks):
+        for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
+            for c in range(n_chan):
+                out[r, c] = _act((np.float64(x[r, c]) - center[c]) * scale[c] + shift[c], code, param)
+
+
+def _affine_add_act_rows(n_blocks, x, center, scale, shift, residual, code, param, out):
+    n_rows, n_chan = x.shape
+    for blk in prange(n_blocks):
+        for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
+            for c in range(n_chan):
+                z = (np.float64(x[r, c]) - center[c]) * scale[c] + shift[c] + residual[r, c]
+                out[r, c] = _act(z, code, param)
+
+
+def _grad_sums_act_rows(n_blocks, dy, x, center, scale, shift, code, param, sum_g, sum_g_xc):
+    n_rows, n_chan = x.shape
+    p1 = np.zeros((n_blocks, n_chan))
+    p2 = np.zeros((n_blocks, n_chan))
+    for blk in prange(n_blocks):
+        for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
+            for c in range(n_chan):
+                xc = np.float64(x[r, c]) - center[c]
+                g = dy[r, c] * _act_grad(xc * scale[c] + shift[c], code, param)
+                p1[blk, c] += g
+                p2[blk, c] += g * xc
+    for c in range(n_chan):
+        sum_g[c] = p1[:, c].sum()
+        sum_g_xc[c] = p2[:, c].sum()
+
+
+def _grad_input_act_rows(n_blocks, dy, x, center, scale, shift, code, param, k_dy, k_x, k_0, out):
+    n_rows, n_chan = x.shape
+    for blk in prange(n_blocks):
+        for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
+            for c in range(n_chan):
+                xc = np.float64(x[r, c]) - center[c]
+                g = dy[r, c] * _act_grad(xc * scale[c] + shift[c], code, param)
+                out[r, c] = k_dy[c] * g + k_x[c] * xc + k_0[c]
+
+
+def _grad_add_act_rows(n_blocks, dy, x, center, scale, shift, residual, code, param, g_out, sum_g, sum_g_xc):
+    n_rows, n_chan = x.shape
+    p1 = np.zeros((n_blocks, n_chan))
+    p2 = np.zeros((n_blocks, n_chan))
+    for blk in prange(n_blocks):
+        for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
+            for c in range(n_chan):
+                xc = np.float64(x[r, c]) - center[c]
+                g = dy[r, c] * _act_grad(xc * scale[c] + shift[c] + residual[r, c], code, param)
+                g_out[r, c] = g
+                p1[blk, c] += g
+                p2[blk, c] += g * xc
+    for c in range(n_chan):
+        sum_g[c] = p1[:, c].sum()
+        sum_g_xc[c] = p2[:, c].sum()
+
+
+def _grad_sums_out_rows(n_blocks, dy, y, center, code, param, sum_g, sum_g_zc):
+    n_rows, n_chan = y.shape
+    p1 = np.zeros((n_blocks, n_chan))
+    p2 = np.zeros((n_blocks, n_chan))
+    for blk in prange(n_blocks):
+        for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
+            for c in range(n_chan):
+                z, d = _act_inverse(np.float64(y[r, c]), code, param)
+                g = dy[r, c] * d
+                p1[blk, c] += g
+                p2[blk, c] += g * (z - center[c])
+    for c in range(n_chan):
+        sum_g[c] = p1[:, c].sum()
+        sum_g_zc[c] = p2[:, c].sum()
+
+
+def _grad_input_out_rows(n_blocks, dy, y, center, code, param, k_dy, k_x, k_0, out):
+    n_rows, n_chan = y.shape
+    for blk in prange(n_blocks):
+        for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
+            for c in range(n_chan):
+                z, d = _act_inverse(np.float64(y[r, c]), code, param)
+                out[r, c] = k_dy[c] * (dy[r, c] * d) + k_x[c] * (z - center[c]) + k_0[c]
+
+
+affine_act_cf = _compile(_affine_act_cf)
+affine_add_act_cf = _compile(_affine_add_act_cf)
+grad_sums_act_cf = _compile(_grad_sums_act_cf)
+grad_input_act_cf = _compile(_grad_input_act_cf)
+grad_add_act_cf = _compile(_grad_add_act_cf)
+grad_sums_out_cf = _compile(_grad_sums_out_cf)
+grad_input_out_cf = _compile(_grad_input_out_cf)
+affine_act_rows = _compile(_affine_act_rows)
+affine_add_act_rows = _compile(_affine_add_act_rows)
+grad_sums_act_rows = _compile(_grad_sums_act_rows)
+grad_input_act_rows = _compile(_grad_input_act_rows)
+grad_add_act_rows = _compile(_grad_add_act_rows)
+grad_sums_out_rows = _compile(_grad_sums_out_rows)
+grad_input_out_rows = _compile(_grad_input_out_rows)
