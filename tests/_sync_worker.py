@@ -3,10 +3,13 @@
 Usage (the test launches one process per rank, with RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the env):
     python tests/_sync_worker.py SCENARIO OUTDIR
 Scenarios:
-    exact   3 ranks, local batches 8, 5, 0 of a global 13-sample batch: SyncBatchNorm under DDP, several layer
-            configurations; saves local outputs, input gradients, parameter gradients and buffers.
-    ddp     2 ranks: a small CNN converted with convert_sync_batchnorm, trained 5 SGD steps under DDP on 8 + 8
-            samples of a global batch of 16; saves the final state_dict.
+    job     3 ranks, two parts in one launch (each process start with torch, DDP and Numba costs seconds):
+            exact: local batches 8, 5, 0 of a global 13-sample batch: SyncBatchNorm under DDP, several layer
+              configurations; saves local outputs, input gradients, parameter gradients and buffers;
+            ddp: ranks 0 and 1 in their own process group (rank 2 waits): a small CNN converted with
+              convert_sync_batchnorm(process_group=...), trained 5 SGD steps under DDP on 8 + 8 samples of a global
+              batch of 16; saves the final state_dict.
+    ddp     the ddp part alone on 2 ranks in the default group.
     die     2 ranks: rank 1 exits in the middle of the second training step; rank 0 must fail with a clear error.
 The inputs are drawn from fixed seeds, so the test process regenerates the same global data for its oracle.
 """
@@ -102,7 +105,8 @@ def ddp_model() -> torch.nn.Module:
     return torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
         torch.nn.Conv2d(8, 8, 3, padding=1, stride=2, bias=False), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10, bias=False), torch.nn.BatchNorm1d(10))
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10, bias=False),
+        torch.nn.BatchNorm1d(10))
 
 
 def ddp_data(step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,8 +116,9 @@ def ddp_data(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, 3, 8, 8, generator=generator), torch.randint(0, 10, (n,), generator=generator)
 
 
-def run_ddp(rank: int) -> dict:
-    model = torch.nn.parallel.DistributedDataParallel(bnn.convert_sync_batchnorm(ddp_model()))
+def run_ddp(rank: int, group=None) -> dict:
+    model = torch.nn.parallel.DistributedDataParallel(bnn.convert_sync_batchnorm(ddp_model(), group),
+                                                      process_group=group)
     optimizer = torch.optim.SGD(model.parameters(), lr=DDP_LR)
     for step in range(DDP_STEPS):
         x, labels = ddp_data(step)
@@ -137,6 +142,14 @@ def run_die(rank: int) -> dict:
     return {}
 
 
+def run_job(rank: int) -> dict:
+    result = {"exact": run_exact(rank)}
+    pair = torch.distributed.new_group([0, 1])     # every rank must call new_group
+    if rank in (0, 1):
+        result["ddp"] = run_ddp(rank, pair)
+    return result
+
+
 _default_uses_own_kernels = sync._uses_own_kernels
 
 
@@ -146,7 +159,7 @@ def main() -> None:
     timeout = datetime.timedelta(seconds=float(os.environ.get("SYNC_TEST_PG_TIMEOUT", "30")))
     torch.distributed.init_process_group("gloo", timeout=timeout)
     try:
-        result = {"exact": run_exact, "ddp": run_ddp, "die": run_die}[scenario](rank)
+        result = {"job": run_job, "ddp": run_ddp, "die": run_die}[scenario](rank)
         torch.save(result, os.path.join(outdir, f"rank{rank}.pt"))
         torch.distributed.barrier()
     finally:

@@ -257,8 +257,14 @@ def _oracle_exact(name: str) -> dict:
     return out
 
 
-def test_three_ranks_uneven_and_empty_batches_equal_single_process(tmp_path):
-    ranks = _run_ok("exact", len(worker.EXACT_SIZES), tmp_path)
+@pytest.fixture(scope="module")
+def gloo_job(tmp_path_factory) -> list[dict]:
+    """One 3-rank launch shared by the exactness and the DDP tests (process start-up dominates their cost)."""
+    return _run_ok("job", len(worker.EXACT_SIZES), tmp_path_factory.mktemp("sync_job"))
+
+
+def test_three_ranks_uneven_and_empty_batches_equal_single_process(gloo_job):
+    ranks = [r["exact"] for r in gloo_job]
     world = len(ranks)
     for name, (_, _, _, _, dtype) in worker.EXACT_CASES.items():
         tol = 1e-10 if dtype == torch.float64 else 2e-2      # bfloat16 has an 8-bit mantissa
@@ -285,8 +291,10 @@ def test_three_ranks_uneven_and_empty_batches_equal_single_process(tmp_path):
             assert all(g["y"][0].dtype == torch.bfloat16 for g in got)
 
 
-def test_ddp_training_on_two_ranks_equals_single_process(tmp_path):
-    ranks = _run_ok("ddp", len(worker.DDP_SIZES), tmp_path)
+def test_ddp_training_on_two_ranks_equals_single_process(gloo_job):
+    """DDP on ranks 0 and 1 (their own process group inside the 3-rank job) vs one process on the 16 samples."""
+    ranks = [r["ddp"] for r in gloo_job[:2]]
+    assert "ddp" not in gloo_job[2]
     assert "SyncBatchNorm" in ranks[0]["types"] and "BatchNorm2d" not in ranks[0]["types"]
     model = worker.ddp_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=worker.DDP_LR)
