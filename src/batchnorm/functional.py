@@ -101,16 +101,19 @@ def input_grad_coefficients(sum_dy: np.ndarray, sum_dy_xc: np.ndarray, inv_std: 
 def _transform_backward(dy: Tensor, x: Tensor, mean: np.ndarray, var: np.ndarray, weight: Optional[Tensor],
                         eps: float, batch_stats: bool, need_dx: bool, r: Optional[np.ndarray] = None,
                         d: Optional[np.ndarray] = None, bias: Optional[Tensor] = None, activation: str = "identity",
-                        activation_param: float = 0.0):
+                        activation_param: float = 0.0, sums: Optional[tuple[np.ndarray, np.ndarray]] = None):
     """(dx or None, dgamma, dbeta), the last two as float64 NumPy vectors.
 
     With Batch Renorm's constants r, d (xhat' = xhat * r + d): dx is the backward with gamma * r in place of
     gamma, dgamma = r * sum(dy * xhat) + d * sum(dy). With an activation, every formula holds with dy replaced
     by g = dy * act'(z), the pre-activation z being recomputed from x (and bias) inside the kernels.
+    `sums` = (sum(dy), sum(dy * (x - mean))) when a fused kernel has already computed them.
     """
     channels = x.shape[1]
     inv_std = _inv_std(var, eps)
-    if activation == "identity":
+    if sums is not None:
+        sum_dy, sum_dy_xc = sums
+    elif activation == "identity":
         sum_dy, sum_dy_xc = kernels.grad_sums(dy, x, mean)
     else:
         scale, shift = _scale_shift(channels, var, weight, bias, eps, r, d)
@@ -252,6 +255,25 @@ def update_running_stats(running_mean: Optional[Tensor], running_var: Optional[T
             running_var.mul_(1.0 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
 
 
+def _statistics(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor], training: bool,
+                momentum: float, eps: float) -> tuple[Tensor, Tensor]:
+    """The (mean, var) to normalize with: the batch's (updating the running buffers) or the running ones."""
+    if training and eps <= 0.0:
+        raise ValueError(f"batch_norm eps must be positive during training, got eps={eps}")
+    if eps < 0.0:
+        raise ValueError(f"batch_norm eps must be non-negative, got eps={eps}")
+    if not training:
+        if running_mean is None or running_var is None:
+            raise ValueError("batch_norm with training=False needs running_mean and running_var, got None: pass "
+                             "the running statistics, or training=True to normalize with the batch statistics")
+        return running_mean, running_var
+    check_batch_size(input)
+    mean, var = torch.ops.batchnorm.batch_stats(input.detach())
+    count = input.numel() // input.shape[1] if input.shape[1] else 0
+    update_running_stats(running_mean, running_var, mean, var, count, momentum)
+    return mean, var
+
+
 def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
                weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, training: bool = False,
                momentum: float = 0.1, eps: float = 1e-5, *, activation: str = "identity",
@@ -283,20 +305,7 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     if not uses_own_kernels(input):
         y = torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
         return torch_activation(y, activation, activation_param)
-    if training and eps <= 0.0:
-        raise ValueError(f"batch_norm eps must be positive during training, got eps={eps}")
-    if eps < 0.0:
-        raise ValueError(f"batch_norm eps must be non-negative, got eps={eps}")
-    if training:
-        check_batch_size(input)
-        mean, var = torch.ops.batchnorm.batch_stats(input.detach())
-        count = input.numel() // input.shape[1] if input.shape[1] else 0
-        update_running_stats(running_mean, running_var, mean, var, count, momentum)
-    elif running_mean is None or running_var is None:
-        raise ValueError("batch_norm with training=False needs running_mean and running_var, got None: pass "
-                         "the running statistics, or training=True to normalize with the batch statistics")
-    else:
-        mean, var = running_mean, running_var
+    mean, var = _statistics(input, running_mean, running_var, training, momentum, eps)
     if activation == "identity":
         return torch.ops.batchnorm.normalize(input, mean, var, weight, bias, eps, training)
     return torch.ops.batchnorm.normalize(input, mean, var, weight, bias, eps, training, None, None, activation,
@@ -315,3 +324,84 @@ def torch_activation(z: Tensor, activation: str, param: float) -> Tensor:
         "gelu_tanh": lambda t: torch.nn.functional.gelu(t, approximate="tanh"),
     }
     return functions[activation](z)
+
+
+# ------------------------------------------------------------------------- BN + add + activation (ResNet)
+@torch.library.custom_op("batchnorm::normalize_add_act", mutates_args=())
+def _normalize_add_act(x: Tensor, residual: Tensor, mean: Tensor, var: Tensor, weight: Optional[Tensor],
+                       bias: Optional[Tensor], eps: float, batch_stats: bool, activation: str,
+                       activation_param: float) -> Tensor:
+    """y = act((x - mean) / sqrt(var + eps) * weight + bias + residual)."""
+    channels = x.shape[1]
+    scale, shift = _scale_shift(channels, _np(var, channels, 1.0), weight, bias, eps, None, None)
+    return fused.affine_add_act(x, _np(mean, channels, 0.0), scale, shift, residual, activation, activation_param)
+
+
+@_normalize_add_act.register_fake
+def _(x, residual, mean, var, weight, bias, eps, batch_stats, activation, activation_param):
+    return kernels.empty_output_like(x)
+
+
+@torch.library.custom_op("batchnorm::normalize_add_act_backward", mutates_args=())
+def _normalize_add_act_backward(dy: Tensor, x: Tensor, residual: Tensor, mean: Tensor, var: Tensor,
+                                weight: Optional[Tensor], bias: Optional[Tensor], eps: float, batch_stats: bool,
+                                need_dx: bool, activation: str,
+                                activation_param: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dx, dresidual, dweight, dbias): g = dy * act'(z) is the residual's gradient, then BN's backward of g."""
+    channels = x.shape[1]
+    mean_np, var_np = _np(mean, channels, 0.0), _np(var, channels, 1.0)
+    scale, shift = _scale_shift(channels, var_np, weight, bias, eps, None, None)
+    g, sum_g, sum_g_xc = fused.grad_add_act(dy, x, mean_np, scale, shift, residual, activation, activation_param)
+    dx, dgamma, dbeta = _transform_backward(g, x, mean_np, var_np, weight, eps, batch_stats, need_dx,
+                                            sums=(sum_g, sum_g_xc))
+    dtype = x.dtype if weight is None else weight.dtype
+    return (x.new_empty(0) if dx is None else dx), g, torch.from_numpy(dgamma).to(dtype), \
+        torch.from_numpy(dbeta).to(dtype)
+
+
+@_normalize_add_act_backward.register_fake
+def _(dy, x, residual, mean, var, weight, bias, eps, batch_stats, need_dx, activation, activation_param):
+    dtype = x.dtype if weight is None else weight.dtype
+    dx = kernels.empty_output_like(x) if need_dx else x.new_empty(0)
+    return dx, kernels.empty_output_like(x), x.new_empty(x.shape[1], dtype=dtype), \
+        x.new_empty(x.shape[1], dtype=dtype)
+
+
+def _setup_add_act(ctx, inputs, output):
+    x, residual, mean, var, weight, bias, eps, batch_stats, activation, activation_param = inputs
+    ctx.save_for_backward(x, residual, mean, var, weight, bias)
+    ctx.eps, ctx.batch_stats, ctx.activation, ctx.activation_param = eps, batch_stats, activation, activation_param
+    ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
+
+
+def _backward_add_act(ctx, dy):
+    x, residual, mean, var, weight, bias = ctx.saved_tensors
+    need_dx = ctx.needs_input_grad[0]
+    dx, dresidual, dgamma, dbeta = torch.ops.batchnorm.normalize_add_act_backward(
+        dy, x, residual, mean, var, weight, bias, ctx.eps, ctx.batch_stats, need_dx, ctx.activation,
+        ctx.activation_param)
+    return ((dx if need_dx else None), (dresidual if ctx.needs_input_grad[1] else None), None, None,
+            (dgamma if ctx.has_weight else None), (dbeta if ctx.has_bias else None), None, None, None, None)
+
+
+_normalize_add_act.register_autograd(_backward_add_act, setup_context=_setup_add_act)
+
+
+def batch_norm_add_act(input: Tensor, residual: Tensor, running_mean: Optional[Tensor],
+                       running_var: Optional[Tensor], weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+                       training: bool = False, momentum: float = 0.1, eps: float = 1e-5,
+                       activation: str = "relu", activation_param: float = 0.0) -> Tensor:
+    """y = act(BN(input) + residual) in one pass (ResNet's BN + add + ReLU); BN as in `batch_norm`.
+
+    The residual's gradient is g = dy * act'(z), the input's is BN's backward of g. Only `input` and `residual`
+    are saved for the backward. Other devices/dtypes: torch's batch_norm, add and activation.
+    """
+    if residual.shape != input.shape:
+        raise ValueError(f"batch_norm_add_act expected residual of the input's shape {tuple(input.shape)}, got "
+                         f"{tuple(residual.shape)}: the skip connection must match the block's output")
+    if not (uses_own_kernels(input) and residual.dtype == input.dtype and residual.device == input.device):
+        y = torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+        return torch_activation(y + residual, activation, activation_param)
+    mean, var = _statistics(input, running_mean, running_var, training, momentum, eps)
+    return torch.ops.batchnorm.normalize_add_act(input, residual, mean, var, weight, bias, eps, training,
+                                                 activation, float(activation_param))
