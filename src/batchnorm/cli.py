@@ -10,6 +10,9 @@ import sys
 SUBCOMMANDS = {
     "lab": ("batchnorm.lab.cli", "run the lab: experiments on the claims about batch norm, and an HTML report"),
     "bench": ("batchnorm.benchmark", "time batch norm (ours and torch) against a plain copy, per shape"),
+    "fold": ("batchnorm.tools.cli.fold", "fold a model's batch norms into the layers before them (and export ONNX)"),
+    "recalibrate": ("batchnorm.tools.cli.recalibrate", "precise batch-norm statistics on data (PreciseBN / AdaBN)"),
+    "doctor": ("batchnorm.tools.cli.doctor", "find batch-norm problems in a model, with a fix for each"),
 }
 
 

@@ -1,0 +1,74 @@
+"""Export a model to ONNX with its batch norms folded away (the ones that can be), for inference runtimes."""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import warnings
+
+import torch
+from torch import nn
+
+from .convert import convert
+from .fold import FoldReport, fold
+
+__all__ = ["export_onnx"]
+
+
+def export_onnx(model: nn.Module, example_inputs, path, *, fold_batchnorm: bool = True, opset_version: int = 18,
+                dynamic_batch: bool = True) -> FoldReport | None:
+    r"""Export `model` in eval mode to an ONNX file, folding its batch norms into the layers before them first.
+
+    Folding (`fold`) removes every foldable batch norm,
+    W' = W gamma / sqrt(var + eps), b' = (b - mean) gamma / sqrt(var + eps) + beta, so the graph has no
+    `BatchNormalization` node for them; the batch norms that cannot be folded (listed in the returned report)
+    are exported as ONNX `BatchNormalization` (this package's layers are converted to torch's for the export,
+    same numbers). Uses torch's TorchScript-based exporter (`dynamo=False`), which needs no extra packages.
+
+    Args:
+        model: the model; not modified (the export runs on an eval-mode copy).
+        example_inputs: a tensor or a tuple of positional input tensors, used to trace the export.
+        path: the output file (str or os.PathLike).
+        fold_batchnorm: True; False exports the batch norms as they are.
+        opset_version: 18.
+        dynamic_batch: True: the first dimension of every input and output is symbolic ("batch").
+
+    Returns:
+        The `FoldReport` of the folding (None when `fold_batchnorm=False`).
+
+    Shape: as the model's.
+
+    Example:
+        >>> report = export_onnx(model, torch.randn(1, 3, 224, 224), "model.onnx")
+        >>> import onnxruntime; session = onnxruntime.InferenceSession("model.onnx")
+
+    Jacob et al. 2018 (arXiv 1712.05877): batch-norm folding for inference.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"export_onnx expected model to be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(path, (str, os.PathLike, io.IOBase)):
+        raise TypeError(f"export_onnx expected path to be a file name, got {type(path).__name__}")
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
+        raise TypeError("export_onnx expected example_inputs to be a tensor or a tuple of tensors, got "
+                        f"{type(example_inputs).__name__}: pass e.g. torch.randn(1, 3, 224, 224)")
+    work = copy.deepcopy(model).eval()
+    report = None
+    if fold_batchnorm:
+        work, report = fold(work, inputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")          # the convert warnings list variants left as they are
+        work = convert(work, to="torch").eval()   # our remaining layers: torch's (exportable) equivalents
+    input_names = [f"input{i}" if len(inputs) > 1 else "input" for i in range(len(inputs))]
+    with torch.no_grad():
+        outputs = work(*inputs)
+    count = len(outputs) if isinstance(outputs, (tuple, list)) else 1
+    output_names = [f"output{i}" if count > 1 else "output" for i in range(count)]
+    dynamic_axes = {name: {0: "batch"} for name in input_names + output_names} if dynamic_batch else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        torch.onnx.export(work, inputs, path, input_names=input_names, output_names=output_names,
+                          dynamic_axes=dynamic_axes, opset_version=opset_version, dynamo=False,
+                          do_constant_folding=True)
+    return report
