@@ -255,9 +255,9 @@ def update_running_stats(running_mean: Optional[Tensor], running_var: Optional[T
             running_var.mul_(1.0 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
 
 
-def _statistics(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor], training: bool,
-                momentum: float, eps: float) -> tuple[Tensor, Tensor]:
-    """The (mean, var) to normalize with: the batch's (updating the running buffers) or the running ones."""
+def _check_statistics_arguments(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
+                                training: bool, eps: float) -> None:
+    """The argument checks of `batch_norm` (eps, running buffers in eval, more than 1 value per channel)."""
     if training and eps <= 0.0:
         raise ValueError(f"batch_norm eps must be positive during training, got eps={eps}")
     if eps < 0.0:
@@ -266,8 +266,82 @@ def _statistics(input: Tensor, running_mean: Optional[Tensor], running_var: Opti
         if running_mean is None or running_var is None:
             raise ValueError("batch_norm with training=False needs running_mean and running_var, got None: pass "
                              "the running statistics, or training=True to normalize with the batch statistics")
-        return running_mean, running_var
+        return
     check_batch_size(input)
+
+
+# ------------------------------------------------------------------------------------------ eager path
+# Outside torch.compile/export/tracing, `batch_norm` (activation "identity") runs through this one
+# autograd.Function: one fused kernel call for the forward (statistics, running update, normalize) and one for
+# the backward (both sums, dweight, dbias, dx), with no custom-op dispatch and no per-channel tensors in between.
+# It computes exactly what `batch_stats` + `normalize` + `normalize_backward` compute; those custom ops remain
+# the path for torch.compile (and every variant that builds on them).
+def _eager_eligible(input: Tensor, *per_channel: Optional[Tensor]) -> bool:
+    """True when the fused eager path applies: not compiling/tracing, plain tensors, dense per-channel vectors."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active():
+        return False
+    if torch.overrides.has_torch_function((input,) + per_channel):
+        return False
+    if input.dim() < 2:
+        return False
+    channels = input.shape[1]
+    for t in per_channel:
+        if t is not None and not (t.dtype == input.dtype and t.device.type == "cpu" and t.dim() == 1
+                                  and t.shape[0] == channels and t.is_contiguous()):
+            return False
+    return True
+
+
+class _EagerBatchNorm(torch.autograd.Function):
+    """Forward and backward of batch norm on the fused kernels (`kernels.train_forward/normalize/train_backward`)."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, running_mean, running_var, training, momentum, eps):
+        y, mean, var = _eager_forward(input, weight, bias, running_mean, running_var, training, momentum, eps)
+        ctx.save_for_backward(input, weight)
+        ctx.stats = (mean, var, training, eps)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        mean, var, training, eps = ctx.stats
+        need_dx, need_dweight, need_dbias = ctx.needs_input_grad[:3]
+        dx, dweight, dbias = kernels.train_backward(dy, x, mean, var, weight, eps, training, need_dx,
+                                                    need_dweight)
+        return dx, dweight, (dbias if need_dbias else None), None, None, None, None, None
+
+
+def _eager_forward(input, weight, bias, running_mean, running_var, training, momentum, eps):
+    """(y, mean, var) with float64 NumPy statistics; updates the running buffers in training."""
+    if training:
+        y, mean, var = kernels.train_forward(input, weight, bias, eps, momentum, running_mean, running_var)
+        if input.numel():
+            for buffer in (running_mean, running_var):
+                if buffer is not None:
+                    torch.autograd.graph.increment_version(buffer)
+        return y, mean, var
+    y = kernels.normalize(input, running_mean, running_var, weight, bias, eps)
+    return y, running_mean.detach().numpy().astype(np.float64), running_var.detach().numpy().astype(np.float64)
+
+
+def _eager_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps) -> Tensor:
+    _check_statistics_arguments(input, running_mean, running_var, training, eps)
+    if torch.is_grad_enabled() and (input.requires_grad or (weight is not None and weight.requires_grad)
+                                    or (bias is not None and bias.requires_grad)):
+        return _EagerBatchNorm.apply(input, weight, bias, running_mean, running_var, training, momentum, eps)
+    if training:
+        return _eager_forward(input, weight, bias, running_mean, running_var, training, momentum, eps)[0]
+    return kernels.normalize(input, running_mean, running_var, weight, bias, eps)
+
+
+def _statistics(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor], training: bool,
+                momentum: float, eps: float) -> tuple[Tensor, Tensor]:
+    """The (mean, var) to normalize with: the batch's (updating the running buffers) or the running ones."""
+    _check_statistics_arguments(input, running_mean, running_var, training, eps)
+    if not training:
+        return running_mean, running_var
     mean, var = torch.ops.batchnorm.batch_stats(input.detach())
     count = input.numel() // input.shape[1] if input.shape[1] else 0
     update_running_stats(running_mean, running_var, mean, var, count, momentum)
@@ -305,6 +379,8 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     if not uses_own_kernels(input):
         y = torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
         return torch_activation(y, activation, activation_param)
+    if activation == "identity" and _eager_eligible(input, weight, bias, running_mean, running_var):
+        return _eager_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
     mean, var = _statistics(input, running_mean, running_var, training, momentum, eps)
     if activation == "identity":
         return torch.ops.batchnorm.normalize(input, mean, var, weight, bias, eps, training)
@@ -405,3 +481,107 @@ def batch_norm_add_act(input: Tensor, residual: Tensor, running_mean: Optional[T
     mean, var = _statistics(input, running_mean, running_var, training, momentum, eps)
     return torch.ops.batchnorm.normalize_add_act(input, residual, mean, var, weight, bias, eps, training,
                                                  activation, float(activation_param))
+
+
+# ----------------------------------------------------------------------------- in-place activated batch norm
+def effective_weight(weight: Optional[Tensor], channels: int, min_abs_weight: float) -> np.ndarray:
+    """gamma with |gamma| raised to at least `min_abs_weight` (sign kept, 0 counts as +): keeps BN invertible."""
+    gamma = _np(weight, channels, 1.0)
+    return np.where(gamma < 0, -1.0, 1.0) * np.maximum(np.abs(gamma), min_abs_weight)
+
+
+def check_overwritable(x: Tensor, owner: str) -> None:
+    """Raise ValueError if overwriting x in place would lose something autograd or the caller still needs."""
+    if x.is_leaf and x.requires_grad:
+        raise ValueError(f"{owner} overwrites its input, but the input is a leaf tensor that requires grad (its "
+                         f"gradient would be lost): feed it the output of another layer, or use the out-of-place "
+                         f"BatchNormAct layer")
+    producer = x.grad_fn
+    if producer is not None:
+        for name in dir(producer):
+            if not name.startswith("_saved_"):
+                continue
+            try:
+                saved = getattr(producer, name)
+            except RuntimeError:
+                continue
+            if isinstance(saved, Tensor) and saved.data_ptr() == x.data_ptr() and saved.shape == x.shape:
+                raise ValueError(f"{owner} overwrites its input, but {type(producer).__name__} (the operation that "
+                                 f"produced it) saved it for its own backward pass: put {owner} after a layer "
+                                 f"that does not need its output (a convolution or linear layer), or use the "
+                                 f"out-of-place BatchNormAct layer")
+    if not (x.is_contiguous() or kernels.is_channels_last(x)):
+        raise ValueError(f"{owner} overwrites its input in place and needs it dense (contiguous or channels_last), "
+                         f"got shape {tuple(x.shape)} with strides {x.stride()}: call .contiguous() first")
+
+
+class _InPlaceABN(torch.autograd.Function):
+    """y = act(BN(x)) written over x; the backward recovers z = act^-1(y) and x_hat = (z - beta) / gamma."""
+
+    @staticmethod
+    def forward(ctx, x, mean, var, weight, bias, eps, batch_stats, activation, activation_param, min_abs_weight):
+        channels = x.shape[1]
+        gamma = effective_weight(weight, channels, min_abs_weight)
+        beta = _np(bias, channels, 0.0)
+        inv_std = _inv_std(_np(var, channels, 1.0), eps)
+        fused.affine_act(x, _np(mean, channels, 0.0), inv_std * gamma, beta, activation, activation_param, out=x)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x)
+        ctx.gamma, ctx.beta, ctx.inv_std = gamma, beta, inv_std
+        ctx.batch_stats, ctx.activation, ctx.activation_param = batch_stats, activation, activation_param
+        ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
+        return x
+
+    @staticmethod
+    def backward(ctx, dy):
+        (y,) = ctx.saved_tensors
+        gamma, beta, inv_std = ctx.gamma, ctx.beta, ctx.inv_std
+        sum_g, sum_g_zc = fused.grad_sums_from_output(dy, y, beta, ctx.activation, ctx.activation_param)
+        dgamma = sum_g_zc / gamma  # sum(g * x_hat), x_hat = (z - beta) / gamma
+        dx = None
+        if ctx.needs_input_grad[0]:
+            count = y.numel() // max(y.shape[1], 1)
+            k_dy, _, k_0 = input_grad_coefficients(sum_g, sum_g_zc, inv_std, gamma, count, ctx.batch_stats)
+            # k_x multiplies (x - mean) = (z - beta) / (gamma * inv_std)
+            k_z = -inv_std * dgamma / max(count, 1) if ctx.batch_stats else np.zeros_like(gamma)
+            dx = fused.grad_input_from_output(dy, y, beta, ctx.activation, ctx.activation_param, k_dy, k_z, k_0)
+        dtype = y.dtype
+        dweight = torch.from_numpy(dgamma).to(dtype) if ctx.has_weight else None
+        dbias = torch.from_numpy(sum_g).to(dtype) if ctx.has_bias else None
+        return dx, None, None, dweight, dbias, None, None, None, None, None
+
+
+def inplace_abn(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
+                weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, training: bool = False,
+                momentum: float = 0.1, eps: float = 1e-5, activation: str = "leaky_relu",
+                activation_param: float = 0.01, min_abs_weight: float = 1e-5, owner: str = "inplace_abn") -> Tensor:
+    """In-place activated batch norm (Rota Bulo et al. 2018, arXiv 1712.02616): input <- act(BN(input)).
+
+    Saves only the output. The backward inverts the activation, z = act^-1(y), recovers
+    x_hat = (z - beta) / gamma, and then applies BN's backward: with g = dy * act'(z),
+    dbeta = sum g, dgamma = sum(g (z - beta)) / gamma, dx = gamma inv_std (g - dbeta/m) - inv_std dgamma (z - beta)/m.
+    The activation must be invertible (identity, leaky_relu with slope > 0, elu with alpha > 0).
+
+    gamma close to 0: x_hat is recovered by dividing by gamma, so a gamma of exactly 0 would lose it. This layer
+    normalizes with gamma' = sign(gamma) * max(|gamma|, min_abs_weight) (1e-5 by default; identical to gamma for
+    every |gamma| >= min_abs_weight) and passes gamma's gradient straight through. (inplace_abn uses
+    |gamma| + eps for every channel, which also flips negative gammas; we keep the sign and change nothing above
+    the threshold, so a trained BatchNormAct checkpoint gives the same outputs.)
+
+    Under torch.compile, and for devices/dtypes other than CPU float32/float64, it computes the same values out
+    of place (BatchNormAct's path) and returns a new tensor.
+    """
+    if torch.compiler.is_compiling() or not uses_own_kernels(input):
+        gamma = weight
+        if weight is not None:
+            gamma = torch.where(weight < 0, -1.0, 1.0) * weight.abs().clamp_min(min_abs_weight)
+            gamma = weight + (gamma - weight).detach()  # straight-through, as in the in-place path
+        return batch_norm(input, running_mean, running_var, gamma, bias, training, momentum, eps,
+                          activation=activation, activation_param=activation_param)
+    if torch.is_grad_enabled():
+        check_overwritable(input, owner)
+    elif not (input.is_contiguous() or kernels.is_channels_last(input)):
+        check_overwritable(input, owner)
+    mean, var = _statistics(input, running_mean, running_var, training, momentum, eps)
+    return _InPlaceABN.apply(input, mean, var, weight, bias, eps, training, activation, float(activation_param),
+                             float(min_abs_weight))
