@@ -174,6 +174,9 @@ def test_convert_keeps_parameters_buffers_and_flags():
     assert type(single) is bnn.SyncBatchNorm and single.weight.dtype == torch.float64
     assert single.running_var.dtype == torch.float64
     assert type(bnn.SyncBatchNorm.convert_sync_batchnorm(torch.nn.BatchNorm3d(2))) is bnn.SyncBatchNorm
+    variant = torch.nn.BatchNorm2d(3)
+    variant.freeze_stats = True     # this package's variant keyword (as set by BatchNorm2d(..., freeze_stats=True))
+    assert bnn.convert_sync_batchnorm(variant) is variant
     with pytest.raises(TypeError, match="expected a torch.nn.Module, got list"):
         bnn.convert_sync_batchnorm([torch.nn.BatchNorm1d(3)])
 

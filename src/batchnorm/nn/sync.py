@@ -229,6 +229,15 @@ _CONVERTIBLE = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d
                 BatchNorm1d, BatchNorm2d, BatchNorm3d, SyncBatchNorm)
 
 
+_VARIANT_DEFAULTS = (("virtual_batch_size", None), ("freeze_stats", False), ("skip_nonfinite", False))
+
+
+def _convertible(module: torch.nn.Module) -> bool:
+    """A plain batch norm: one of the classes above, with none of this package's variant keywords switched on."""
+    return type(module) in _CONVERTIBLE and all(getattr(module, name, default) == default
+                                                for name, default in _VARIANT_DEFAULTS)
+
+
 def _to_sync(bn: torch.nn.Module, process_group) -> SyncBatchNorm:
     sync = SyncBatchNorm(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, process_group,
                          device="meta")
@@ -247,8 +256,9 @@ def convert_sync_batchnorm(module: torch.nn.Module, process_group=None) -> torch
 
     The new layers take over the same parameter and buffer tensors (no copy: values, devices, dtypes and
     `requires_grad` are kept) and the training flag. Other layers, including the other batch-norm variants of
-    this package (renorm, ghost, frozen, fused activation, ...), are left as they are because a plain
-    SyncBatchNorm would change what they compute. A module that is itself a batch norm is returned converted;
+    this package (renorm, fused activation, ...) and BatchNorm layers with a variant keyword switched on
+    (`virtual_batch_size`, `freeze_stats`, `skip_nonfinite`), are left as they are because a plain SyncBatchNorm
+    would change what they compute. A module that is itself a batch norm is returned converted;
     otherwise its children are converted in place and the module itself is returned.
 
     Args:
@@ -260,7 +270,7 @@ def convert_sync_batchnorm(module: torch.nn.Module, process_group=None) -> torch
     """
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"convert_sync_batchnorm expected a torch.nn.Module, got {type(module).__name__}")
-    if type(module) in _CONVERTIBLE:
+    if _convertible(module):
         return _to_sync(module, process_group)
     for name, child in module.named_children():
         converted = convert_sync_batchnorm(child, process_group)
