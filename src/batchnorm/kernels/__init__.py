@@ -8,6 +8,15 @@ Routing (documented here and tested):
     ones on `torch.get_num_threads()` Numba threads;
   * a gradient `dy` is brought into the layout of its `x` before the kernels read both.
 
+Fused entry points (`train_forward`, `normalize`, `train_backward`) do a whole layer pass in one kernel call:
+  * channels-first with at least `config.FUSED_MIN_CHANNELS_PER_THREAD` channels per thread: one channel at a
+    time per thread (statistics, then the normalize/dx sweep while the channel is still in the cache);
+  * channels-first with fewer channels (e.g. C=1 with a large image): statistics parallel over (sample,
+    channel) slices, then the transform, through the four primitives;
+  * rows: row blocks in parallel, partial sums per block, then the transform over the same blocks.
+Optional per-channel tensors (weight, bias, running buffers) must be contiguous 1-D CPU tensors or None;
+running buffers are updated in place by the kernel.
+
 Only CPU float32/float64 tensors reach this module; `batchnorm.functional` routes everything else to torch.
 Per-channel vectors are float64 NumPy arrays of length C.
 """
@@ -21,7 +30,8 @@ import torch
 from . import config
 from . import numba_kernels as nk
 
-__all__ = ["is_channels_last", "empty_output_like", "batch_stats", "affine", "grad_sums", "grad_input"]
+__all__ = ["is_channels_last", "empty_output_like", "batch_stats", "affine", "grad_sums", "grad_input",
+           "train_forward", "normalize", "train_backward"]
 
 
 def is_channels_last(x: torch.Tensor) -> bool:
@@ -124,3 +134,138 @@ def grad_input(dy: torch.Tensor, x: torch.Tensor, center: np.ndarray, k_dy: np.n
         xv = _view(x)
         _launch(nk.grad_input_cf, nk.grad_input_rows, x, xv, _view(dy), xv, center, k_dy, k_x, k_0, _view(out))
     return out
+
+
+# -------------------------------------------------------------------------------------- fused entry points
+_ABSENT = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0, np.float64)}
+
+
+def _vector(t, dtype: np.dtype) -> np.ndarray:
+    """A per-channel tensor as a NumPy view sharing its memory, or a length-0 array (of `dtype`) for None."""
+    if t is None:
+        return _ABSENT[dtype]
+    if isinstance(t, np.ndarray):
+        return t
+    return t.detach().numpy()
+
+
+def _fused_channels_first(kernel, threads: int, channels: int) -> bool:
+    """Whether the per-channel fused sweep keeps every thread busy (the serial kernel always is fused)."""
+    return kernel is not None and (threads == 1 or channels >= config.FUSED_MIN_CHANNELS_PER_THREAD * threads)
+
+
+def _pick(kernel, x: torch.Tensor):
+    """(compiled kernel, thread count) for x: the serial one below the parallel threshold."""
+    chosen = _variant(kernel, x)
+    return chosen, (1 if chosen is kernel[0] else numba.get_num_threads())
+
+
+def train_forward(x: torch.Tensor, weight, bias, eps: float, momentum: float = 0.0, running_mean=None,
+                  running_var=None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """(y, mean, var): batch statistics (float64 NumPy, biased variance), running update, normalized output.
+
+    y = (x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c. The running buffers (if given) are updated in
+    place: running <- (1 - momentum) * running + momentum * batch, with the unbiased variance. An empty
+    batch gives an empty y, mean 0 and var 1, and leaves the running buffers alone.
+    """
+    x = _dense(x, x)
+    channels = x.shape[1]
+    y = empty_output_like(x)
+    if x.numel() == 0:
+        return y, np.zeros(channels), np.ones(channels)
+    xv = _view(x)
+    mean = np.empty(channels)
+    var = np.empty(channels)
+    dtype = xv.dtype
+    w, b = _vector(weight, dtype), _vector(bias, dtype)
+    rm, rv = _vector(running_mean, dtype), _vector(running_var, dtype)
+    if xv.ndim == 2:
+        kernel, threads = _pick(nk.train_forward_rows, x)
+        n_blocks = 1 if threads == 1 else config.row_blocks(xv.shape[0], threads)
+        kernel(n_blocks, xv, w, b, float(eps), float(momentum), rm, rv, _view(y), mean, var)
+        return y, mean, var
+    kernel, threads = _pick(nk.train_forward_cf, x)
+    if _fused_channels_first(kernel, threads, channels):
+        kernel(xv, w, b, float(eps), float(momentum), rm, rv, _view(y), mean, var)
+        return y, mean, var
+    mean, var = batch_stats(x)
+    count = x.numel() // channels
+    if running_mean is not None:
+        rm *= 1.0 - momentum
+        rm += (momentum * mean).astype(rm.dtype)
+    if running_var is not None:
+        unbiased = var * (count / (count - 1)) if count > 1 else np.full(channels, np.inf)
+        rv *= 1.0 - momentum
+        rv += (momentum * unbiased).astype(rv.dtype)
+    scale = (1.0 / np.sqrt(var + eps)) * (w.astype(np.float64) if w.size else 1.0)
+    shift = b.astype(np.float64) if b.size else np.zeros(channels)
+    return affine(x, mean, scale, shift), mean, var
+
+
+def normalize(x: torch.Tensor, mean, var, weight, bias, eps: float) -> torch.Tensor:
+    """y = (x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c with given statistics (tensors or arrays)."""
+    x = _dense(x, x)
+    y = empty_output_like(x)
+    if x.numel() == 0:
+        return y
+    xv = _view(x)
+    dtype = xv.dtype
+    args = (_vector(mean, dtype), _vector(var, dtype), _vector(weight, dtype), _vector(bias, dtype), float(eps),
+            _view(y))
+    if xv.ndim == 2:
+        kernel, threads = _pick(nk.normalize_rows, x)
+        kernel(1 if threads == 1 else config.row_blocks(xv.shape[0], threads), xv, *args)
+    else:
+        _variant(nk.normalize_cf, x)(xv, *args)
+    return y
+
+
+def train_backward(dy: torch.Tensor, x: torch.Tensor, mean: np.ndarray, var: np.ndarray, weight, eps: float,
+                   batch_stats: bool, need_dx: bool = True, need_dweight: bool = True):
+    """(dx or None, dweight or None, dbias) of y = (x - mean) / sqrt(var + eps) * weight + bias.
+
+    With g = dy, inv_std = 1 / sqrt(var + eps), m values per channel: dbias = sum g,
+    dweight = inv_std * sum g (x - mean), and dx = k_dy g + k_x (x - mean) + k_0 where k_dy = weight * inv_std
+    and, when `batch_stats` (mean, var are x's own statistics), k_x = -k_dy inv_std^2 sum g (x - mean) / m,
+    k_0 = -k_dy sum g / m (otherwise 0). dweight and dbias have weight's dtype (x's when weight is None).
+    """
+    x = _dense(x, x)
+    channels = x.shape[1]
+    dtype = x.dtype if weight is None else weight.dtype
+    dbias = torch.empty(channels, dtype=dtype)
+    dweight = torch.empty(channels, dtype=dtype) if need_dweight else None
+    dx = empty_output_like(x) if need_dx else None
+    if x.numel() == 0:
+        dbias.zero_()
+        if dweight is not None:
+            dweight.zero_()
+        return dx, dweight, dbias
+    dy = _dense(dy, x)
+    xv = _view(x)
+    np_dtype = xv.dtype
+    mean = np.ascontiguousarray(mean, dtype=np.float64)
+    var = np.ascontiguousarray(var, dtype=np.float64)
+    args = (_view(dy), xv, mean, var, _vector(weight, np_dtype), float(eps), bool(batch_stats),
+            _view(dx) if need_dx else _ABSENT[np_dtype],
+            dweight.numpy() if need_dweight else _ABSENT[dbias.numpy().dtype], dbias.numpy())
+    if xv.ndim == 2:
+        kernel, threads = _pick(nk.train_backward_rows, x)
+        kernel(1 if threads == 1 else config.row_blocks(xv.shape[0], threads), *args)
+        return dx, dweight, dbias
+    kernel, threads = _pick(nk.train_backward_cf, x)
+    if _fused_channels_first(kernel, threads, channels):
+        kernel(*args)
+        return dx, dweight, dbias
+    sum_dy, sum_dy_xc = grad_sums(dy, x, mean)
+    inv_std = 1.0 / np.sqrt(var + eps)
+    dbias.copy_(torch.from_numpy(sum_dy))
+    if dweight is not None:
+        dweight.copy_(torch.from_numpy(sum_dy_xc * inv_std))
+    if need_dx:
+        gamma = np.ones(channels) if weight is None else weight.detach().to(torch.float64).numpy()
+        k_dy = gamma * inv_std
+        count = x.numel() // channels
+        k_x = -k_dy * inv_std * inv_std * sum_dy_xc / count if batch_stats else np.zeros(channels)
+        k_0 = -k_dy * sum_dy / count if batch_stats else np.zeros(channels)
+        dx = grad_input(dy, x, mean, k_dy, k_x, k_0)
+    return dx, dweight, dbias

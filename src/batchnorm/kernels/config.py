@@ -21,6 +21,11 @@ BLOCKS_PER_THREAD = 4
 MIN_BLOCK_ROWS = 16
 
 
+# Channels-first fused kernels (one channel at a time per thread) need this many channels per thread to
+# keep the threads evenly busy; below it, the statistics run in parallel over (sample, channel) slices.
+FUSED_MIN_CHANNELS_PER_THREAD = 4
+
+
 def row_blocks(rows: int, threads: int) -> int:
     """Number of parallel row blocks for a rows-layout kernel over `rows` rows."""
     return max(1, min(threads * BLOCKS_PER_THREAD, rows // MIN_BLOCK_ROWS))
@@ -28,3 +33,5 @@ def row_blocks(rows: int, threads: int) -> int:
 
 NJIT_SERIAL = dict(cache=CACHE, fastmath=FASTMATH, nogil=True, error_model="numpy")
 NJIT_PARALLEL = dict(NJIT_SERIAL, parallel=True)
+# Small helpers called from the kernels (compiled into them).
+NJIT_INLINE = dict(cache=CACHE, fastmath=FASTMATH, nogil=True, error_model="numpy", inline="always")

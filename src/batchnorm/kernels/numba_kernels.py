@@ -11,6 +11,17 @@ The primitives (c is the channel, sums run over all other positions):
   grad_sums    sum(dy)_c and sum(dy * (x - center_c))_c in one read of dy and x, in float64;
   grad_input   out = k_dy_c * dy + k_x_c * (x - center_c) + k_0_c.
 
+Fused kernels (one call per layer and pass; the per-channel algebra happens inside them):
+  train_forward     stats + running-statistics update + normalize. The channels-first version works one
+                    channel at a time per thread, so the second read of x (to normalize) comes from the cache:
+                    x is read once from memory, y written once;
+  normalize         y = (x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c from given statistics (inference);
+  train_backward    both gradient sums, dweight, dbias, and dx in the same per-channel sweep (the second read
+                    of dy and x again from the cache in the channels-first version).
+Optional per-channel arrays (weight, bias, running buffers, dx, dweight) are passed as length-0 arrays when
+absent. Elementwise work goes through `_affine_value`/`_grad_value` so that fused activations can be added
+in one place later.
+
 Rows kernels take `n_blocks`, the number of row blocks that run in parallel (each keeps C partial sums).
 Each primitive is compiled twice from the same Python function: a parallel version (prange over rows or
 blocks) and a serial one for small inputs. Kernels take arrays and scalars only; the dispatcher in
@@ -23,9 +34,43 @@ import numba
 import numpy as np
 from numba import prange
 
-from .config import NJIT_PARALLEL, NJIT_SERIAL
+from .config import NJIT_PARALLEL, NJIT_SERIAL, NJIT_INLINE
 
 
+@numba.njit(**NJIT_INLINE)
+def _clip_variance(v):
+    """Negative rounding residue -> 0; NaN stays NaN."""
+    return v if v > 0.0 else (v if v != v else 0.0)
+
+
+@numba.njit(**NJIT_INLINE)
+def _optional(values, c, default):
+    """values[c] as float64, or `default` when the optional array is absent (length 0)."""
+    return np.float64(values[c]) if values.shape[0] else default
+
+
+@numba.njit(**NJIT_INLINE)
+def _update_running(running_mean, running_var, c, mean, var, count, momentum):
+    """running <- (1 - momentum) * running + momentum * batch (unbiased variance), when the buffers exist."""
+    if count == 0:
+        return
+    if running_mean.shape[0]:
+        running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * mean
+    if running_var.shape[0]:
+        unbiased = var * count / (count - 1) if count > 1 else np.inf
+        running_var[c] = (1.0 - momentum) * running_var[c] + momentum * unbiased
+
+
+@numba.njit(**NJIT_INLINE)
+def _affine_value(v, center, scale, shift):
+    """The forward's elementwise map (the place where a fused activation goes)."""
+    return (v - center) * scale + shift
+
+
+@numba.njit(**NJIT_INLINE)
+def _grad_value(g, v, center, k_dy, k_x, k_0):
+    """The backward's elementwise map dx = k_dy * dy + k_x * (x - center) + k_0."""
+    return k_dy * g + k_x * (v - center) + k_0
 
 
 # ----------------------------------------------------------------------------------------- channels-first
@@ -109,6 +154,96 @@ def _grad_input_cf(dy, x, center, k_dy, k_x, k_0, out):
             out[b, c, s] = a * dy[b, c, s] + k * (x[b, c, s] - m) + t
 
 
+# ------------------------------------------------------------------------------ channels-first, fused
+def _train_forward_cf(x, weight, bias, eps, momentum, running_mean, running_var, y, mean, var):
+    n_batch, n_chan, n_space = x.shape
+    count = n_batch * n_space
+    for c in prange(n_chan):
+        shift = np.float64(x[0, c, 0])
+        a1 = 0.0
+        a2 = 0.0
+        for b in range(n_batch):
+            xb = x[b, c]
+            for s in range(n_space):
+                d = np.float64(xb[s]) - shift
+                a1 += d
+                a2 += d * d
+        d_mean = a1 / count
+        m = shift + d_mean
+        v = _clip_variance(a2 / count - d_mean * d_mean)
+        mean[c] = m
+        var[c] = v
+        _update_running(running_mean, running_var, c, m, v, count, momentum)
+        k64 = _optional(weight, c, 1.0) / np.sqrt(v + eps)
+        center = x.dtype.type(m)
+        scale = x.dtype.type(k64)
+        offset = x.dtype.type(_optional(bias, c, 0.0))
+        for b in range(n_batch):
+            xb = x[b, c]
+            yb = y[b, c]
+            for s in range(n_space):
+                yb[s] = _affine_value(xb[s], center, scale, offset)
+
+
+def _normalize_cf(x, mean, var, weight, bias, eps, y):
+    n_batch, n_chan, n_space = x.shape
+    center = np.empty(n_chan, x.dtype)
+    scale = np.empty(n_chan, x.dtype)
+    offset = np.empty(n_chan, x.dtype)
+    for c in range(n_chan):
+        center[c] = mean[c]
+        scale[c] = _optional(weight, c, 1.0) / np.sqrt(np.float64(var[c]) + eps)
+        offset[c] = _optional(bias, c, 0.0)
+    for i in prange(n_batch * n_chan):
+        b = i // n_chan
+        c = i - b * n_chan
+        m = center[c]
+        k = scale[c]
+        t = offset[c]
+        xb = x[b, c]
+        yb = y[b, c]
+        for s in range(n_space):
+            yb[s] = _affine_value(xb[s], m, k, t)
+
+
+def _train_backward_cf(dy, x, mean, var, weight, eps, batch_stats, dx, dweight, dbias):
+    n_batch, n_chan, n_space = x.shape
+    count = max(n_batch * n_space, 1)
+    for c in prange(n_chan):
+        m = mean[c]
+        a1 = 0.0
+        a2 = 0.0
+        if batch_stats or dweight.shape[0]:
+            for b in range(n_batch):
+                gb = dy[b, c]
+                xb = x[b, c]
+                for s in range(n_space):
+                    g = np.float64(gb[s])
+                    a1 += g
+                    a2 += g * (np.float64(xb[s]) - m)
+        else:
+            for b in range(n_batch):
+                gb = dy[b, c]
+                for s in range(n_space):
+                    a1 += np.float64(gb[s])
+        inv_std = 1.0 / np.sqrt(var[c] + eps)
+        dbias[c] = a1
+        if dweight.shape[0]:
+            dweight[c] = a2 * inv_std
+        if dx.shape[0]:
+            k_dy64 = _optional(weight, c, 1.0) * inv_std
+            k_dy = x.dtype.type(k_dy64)
+            k_x = x.dtype.type(-k_dy64 * inv_std * inv_std * a2 / count if batch_stats else 0.0)
+            k_0 = x.dtype.type(-k_dy64 * a1 / count if batch_stats else 0.0)
+            center = x.dtype.type(m)
+            for b in range(n_batch):
+                gb = dy[b, c]
+                xb = x[b, c]
+                ob = dx[b, c]
+                for s in range(n_space):
+                    ob[s] = _grad_value(gb[s], xb[s], center, k_dy, k_x, k_0)
+
+
 # ---------------------------------------------------------------------------------------------------- rows
 def _stats_rows(n_blocks, x, mean, var):
     n_rows, n_chan = x.shape
@@ -184,6 +319,110 @@ def _grad_input_rows(n_blocks, dy, x, center, k_dy, k_x, k_0, out):
                 out[r, c] = a[c] * dy[r, c] + k[c] * (x[r, c] - m[c]) + t[c]
 
 
+# -------------------------------------------------------------------------------------------- rows, fused
+def _train_forward_rows(n_blocks, x, weight, bias, eps, momentum, running_mean, running_var, y, mean, var):
+    n_rows, n_chan = x.shape
+    s1 = np.zeros((n_blocks, n_chan))
+    s2 = np.zeros((n_blocks, n_chan))
+    shift = np.empty(n_chan)
+    for c in range(n_chan):
+        shift[c] = x[0, c]
+    for blk in prange(n_blocks):
+        a1 = s1[blk]
+        a2 = s2[blk]
+        for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
+            xr = x[r]
+            for c in range(n_chan):
+                d = np.float64(xr[c]) - shift[c]
+                a1[c] += d
+                a2[c] += d * d
+    center = np.empty(n_chan, x.dtype)
+    scale = np.empty(n_chan, x.dtype)
+    offset = np.empty(n_chan, x.dtype)
+    for c in range(n_chan):
+        a1 = 0.0
+        a2 = 0.0
+        for blk in range(n_blocks):
+            a1 += s1[blk, c]
+            a2 += s2[blk, c]
+        d_mean = a1 / n_rows
+        m = shift[c] + d_mean
+        v = _clip_variance(a2 / n_rows - d_mean * d_mean)
+        mean[c] = m
+        var[c] = v
+        _update_running(running_mean, running_var, c, m, v, n_rows, momentum)
+        center[c] = m
+        scale[c] = _optional(weight, c, 1.0) / np.sqrt(v + eps)
+        offset[c] = _optional(bias, c, 0.0)
+    for blk in prange(n_blocks):
+        for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
+            xr = x[r]
+            yr = y[r]
+            for c in range(n_chan):
+                yr[c] = _affine_value(xr[c], center[c], scale[c], offset[c])
+
+
+def _normalize_rows(n_blocks, x, mean, var, weight, bias, eps, y):
+    n_rows, n_chan = x.shape
+    center = np.empty(n_chan, x.dtype)
+    scale = np.empty(n_chan, x.dtype)
+    offset = np.empty(n_chan, x.dtype)
+    for c in range(n_chan):
+        center[c] = mean[c]
+        scale[c] = _optional(weight, c, 1.0) / np.sqrt(np.float64(var[c]) + eps)
+        offset[c] = _optional(bias, c, 0.0)
+    for blk in prange(n_blocks):
+        for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
+            xr = x[r]
+            yr = y[r]
+            for c in range(n_chan):
+                yr[c] = _affine_value(xr[c], center[c], scale[c], offset[c])
+
+
+def _train_backward_rows(n_blocks, dy, x, mean, var, weight, eps, batch_stats, dx, dweight, dbias):
+    n_rows, n_chan = x.shape
+    p1 = np.zeros((n_blocks, n_chan))
+    p2 = np.zeros((n_blocks, n_chan))
+    for blk in prange(n_blocks):
+        a1 = p1[blk]
+        a2 = p2[blk]
+        for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
+            gr = dy[r]
+            xr = x[r]
+            for c in range(n_chan):
+                g = np.float64(gr[c])
+                a1[c] += g
+                a2[c] += g * (np.float64(xr[c]) - mean[c])
+    count = max(n_rows, 1)
+    center = np.empty(n_chan, x.dtype)
+    k_dy = np.empty(n_chan, x.dtype)
+    k_x = np.empty(n_chan, x.dtype)
+    k_0 = np.empty(n_chan, x.dtype)
+    for c in range(n_chan):
+        a1 = 0.0
+        a2 = 0.0
+        for blk in range(n_blocks):
+            a1 += p1[blk, c]
+            a2 += p2[blk, c]
+        inv_std = 1.0 / np.sqrt(var[c] + eps)
+        dbias[c] = a1
+        if dweight.shape[0]:
+            dweight[c] = a2 * inv_std
+        k_dy64 = _optional(weight, c, 1.0) * inv_std
+        center[c] = mean[c]
+        k_dy[c] = k_dy64
+        k_x[c] = -k_dy64 * inv_std * inv_std * a2 / count if batch_stats else 0.0
+        k_0[c] = -k_dy64 * a1 / count if batch_stats else 0.0
+    if dx.shape[0]:
+        for blk in prange(n_blocks):
+            for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
+                gr = dy[r]
+                xr = x[r]
+                outr = dx[r]
+                for c in range(n_chan):
+                    outr[c] = _grad_value(gr[c], xr[c], center[c], k_dy[c], k_x[c], k_0[c])
+
+
 def _compile(fn):
     """(serial, parallel) compiled versions of one kernel function.
 
@@ -202,3 +441,9 @@ stats_rows = _compile(_stats_rows)
 affine_rows = _compile(_affine_rows)
 grad_sums_rows = _compile(_grad_sums_rows)
 grad_input_rows = _compile(_grad_input_rows)
+train_forward_cf = _compile(_train_forward_cf)
+normalize_cf = _compile(_normalize_cf)
+train_backward_cf = _compile(_train_backward_cf)
+train_forward_rows = _compile(_train_forward_rows)
+normalize_rows = _compile(_normalize_rows)
+train_backward_rows = _compile(_train_backward_rows)
