@@ -2,5 +2,9 @@
 
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from .sync import SyncBatchNorm, convert_sync_batchnorm
+from .variants import (BatchRenorm1d, BatchRenorm2d, BatchRenorm3d, FrozenBatchNorm1d, FrozenBatchNorm2d,
+                       FrozenBatchNorm3d)
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "convert_sync_batchnorm"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "convert_sync_batchnorm",
+           "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d",
+           "FrozenBatchNorm1d", "FrozenBatchNorm2d", "FrozenBatchNorm3d"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -15,9 +17,45 @@ class BatchNormMixin:
 
     Subclasses set `_input_shapes` (accepted input ranks and their shape names). Everything torch's module
     owns stays torch's: constructor, parameters, buffers, `state_dict` keys, `_version`, `reset_*`, repr.
+
+    Variant keywords (keyword-only, after torch's signature; plain attributes, not in the `state_dict`; at their
+    defaults the layer is exactly torch's; the logic is `batchnorm.nn.variants.batch_norm_forward`):
+        virtual_batch_size: None. Ghost batch norm (Hoffer et al. 2017, arXiv 1705.08741): in training, each
+            consecutive chunk of that many samples (>= 2) is normalized with its own statistics; the last chunk
+            holds the remainder (merged into the one before if it would hold a single value per channel). The
+            running statistics are updated once per forward with the mean of all values and the pooled
+            within-chunk unbiased variance sum_k n_k var_k / (n - K). Inference is unchanged.
+        freeze_stats: False. True normalizes with the running statistics in training too and never updates
+            them (nor `num_batches_tracked`); it is an attribute, so it survives `model.train()`. Gradients
+            still reach gamma and beta unless their `requires_grad` is off.
+        skip_nonfinite: False. True: a training batch whose statistics are not all finite leaves
+            `running_mean`, `running_var` and `num_batches_tracked` unchanged, with one warning per layer
+            (the output is still computed from that batch).
     """
 
     _input_shapes: dict[int, str] = {}
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum=0.1, affine: bool = True,
+                 track_running_stats: bool = True, device=None, dtype=None, *, bias: bool = True,
+                 virtual_batch_size=None, freeze_stats: bool = False, skip_nonfinite: bool = False,
+                 **kwargs) -> None:
+        if not bias:  # torch's keyword, passed only when used (older torch versions lack it)
+            kwargs["bias"] = bias
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, **kwargs)
+        from .variants import check_variant_options
+
+        self.virtual_batch_size = check_variant_options(type(self).__name__, virtual_batch_size, freeze_stats,
+                                                        skip_nonfinite, track_running_stats)
+        self.freeze_stats = freeze_stats
+        self.skip_nonfinite = skip_nonfinite
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        for name, default in (("virtual_batch_size", None), ("freeze_stats", False), ("skip_nonfinite", False)):
+            value = getattr(self, name, default)
+            if value != default:
+                text += f", {name}={value}"
+        return text
 
     def _check_input_dim(self, input: Tensor) -> None:
         name = type(self).__name__
@@ -49,8 +87,20 @@ class BatchNormMixin:
             return self.running_mean, self.running_var
         return None, None
 
+    def _variant_in_use(self) -> bool:
+        """True when a variant keyword changes this training forward (they never change inference)."""
+        return self.training and (getattr(self, "virtual_batch_size", None) is not None
+                                  or getattr(self, "freeze_stats", False) or getattr(self, "skip_nonfinite", False))
+
     def forward(self, input: Tensor) -> Tensor:
+        return self._forward(input, None)
+
+    def _forward(self, input: Tensor, mask) -> Tensor:
         self._check_input_dim(input)
+        if mask is not None or self._variant_in_use():
+            from .variants import batch_norm_forward
+
+            return batch_norm_forward(self, input, mask)
         factor = self._averaging_factor()
         running_mean, running_var = self._buffers_to_update()
         return functional.batch_norm(input, running_mean, running_var, self.weight, self.bias,
@@ -82,6 +132,15 @@ class BatchNorm1d(BatchNormMixin, torch.nn.BatchNorm1d):
     """
 
     _input_shapes = {2: "(N, C)", 3: "(N, C, L)"}
+
+    def forward(self, input: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """Normalize input (N, C) or (N, C, L); `mask` (N,) or (N, L), bool, True at valid positions.
+
+        With a mask, the statistics (and the running updates) use the valid positions only; padded positions
+        output 0 and pass no gradient back to the input. In inference (running statistics) padded positions
+        output 0 as well.
+        """
+        return self._forward(input, mask)
 
 
 class BatchNorm2d(BatchNormMixin, torch.nn.BatchNorm2d):
