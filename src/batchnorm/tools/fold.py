@@ -92,14 +92,18 @@ def _describe(node) -> str:
     return f"{node.op} {node.target}"
 
 
-def _probe_input(producer: nn.Module, channels: int, reference: torch.Tensor) -> torch.Tensor:
-    """A random input in the layout the producer emits: (N, C) after Linear, (N, C, *spatial) after a conv."""
+def _spatial_dims(producer: nn.Module) -> int:
+    """How many spatial dimensions the producer's output has: 0 after Linear, 1/2/3 after a 1d/2d/3d conv."""
     if isinstance(producer, nn.Linear):
-        shape = (5, channels)
-    else:
-        spatial = 1 if isinstance(producer, (nn.Conv1d, nn.ConvTranspose1d)) else \
-            2 if isinstance(producer, (nn.Conv2d, nn.ConvTranspose2d)) else 3
-        shape = (2, channels) + (3,) * spatial
+        return 0
+    if isinstance(producer, (nn.Conv1d, nn.ConvTranspose1d)):
+        return 1
+    return 2 if isinstance(producer, (nn.Conv2d, nn.ConvTranspose2d)) else 3
+
+
+def _probe_input(spatial_dims: int, channels: int, reference: torch.Tensor) -> torch.Tensor:
+    """A random input (N, C, *spatial) with `spatial_dims` spatial dimensions, in the reference's dtype."""
+    shape = (5, channels) if spatial_dims == 0 else (2, channels) + (3,) * spatial_dims
     generator = torch.Generator().manual_seed(0)
     return (torch.randn(shape, generator=generator, dtype=torch.float64) * 2 + 0.5).to(reference.dtype)
 
@@ -116,10 +120,10 @@ def _affine_of(bn: nn.Module):
     return scale, beta - mean * scale
 
 
-def _behaves_affine(bn: nn.Module, producer: nn.Module, activation) -> bool:
+def behaves_affine(bn: nn.Module, spatial_dims: int, activation) -> bool:
     """Check numerically that the layer computes act(x * scale + shift) from its running statistics."""
     probe_bn = copy.deepcopy(bn)
-    x = _probe_input(producer, bn.running_mean.numel(), bn.running_mean)
+    x = _probe_input(spatial_dims, bn.running_mean.numel(), bn.running_mean)
     scale, shift = _affine_of(bn)
     shape = (1, -1) + (1,) * (x.dim() - 2)
     expected = x.to(torch.float64) * scale.view(shape) + shift.view(shape)
@@ -365,7 +369,7 @@ def _decide(name, bn, calls, owners, linear_dims, have_examples, report):
         activation, activation_name = activation_of(bn)
         if activation is None and activation_name:
             return skip(f"batch norm with an activation that cannot be kept: {activation_name}")
-    if not _behaves_affine(bn, producer, activation):
+    if not behaves_affine(bn, _spatial_dims(producer), activation):
         kind = type(bn).__name__
         return skip(f"its forward ({kind}) is not the affine transform of its running statistics"
                     + (" followed by its activation" if activation is not None else ""))

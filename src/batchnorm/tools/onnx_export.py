@@ -10,8 +10,9 @@ import warnings
 import torch
 from torch import nn
 
-from .convert import convert
-from .fold import FoldReport, fold
+from ._common import activation_of, is_batchnorm, is_ours, replace_everywhere
+from .convert import _as_batchnorm, convert
+from .fold import FoldReport, behaves_affine, fold
 
 __all__ = ["export_onnx"]
 
@@ -60,6 +61,7 @@ def export_onnx(model: nn.Module, example_inputs, path, *, fold_batchnorm: bool 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")          # the convert warnings list variants left as they are
         work = convert(work, to="torch").eval()   # our remaining layers: torch's (exportable) equivalents
+    _replace_remaining_variants(work)
     input_names = [f"input{i}" if len(inputs) > 1 else "input" for i in range(len(inputs))]
     with torch.no_grad():
         outputs = work(*inputs)
@@ -72,3 +74,25 @@ def export_onnx(model: nn.Module, example_inputs, path, *, fold_batchnorm: bool 
                           dynamic_axes=dynamic_axes, opset_version=opset_version, dynamo=False,
                           do_constant_folding=True)
     return report
+
+
+def _replace_remaining_variants(model: nn.Module) -> None:
+    """Our batch-norm variants left after `convert`: torch's BatchNorm (+ activation) when that is what they
+    compute in eval mode (checked numerically), so that the exporter sees standard operators."""
+    for name, module in list(model.named_modules()):
+        if not (is_batchnorm(module) and is_ours(module)) or getattr(module, "running_mean", None) is None:
+            continue
+        dims = 1 if isinstance(module, nn.BatchNorm1d) else 2 if isinstance(module, nn.BatchNorm2d) else \
+            3 if isinstance(module, nn.BatchNorm3d) else None
+        if dims is None:
+            continue
+        activation, description = activation_of(module)
+        if activation is None and description:
+            continue
+        if not behaves_affine(module, 0 if dims == 1 else dims, activation):
+            continue
+        plain = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims]
+        replacement = _as_batchnorm(module, plain, False).eval()
+        if activation is not None:
+            replacement = nn.Sequential(replacement, activation)
+        replace_everywhere(model, module, replacement)
