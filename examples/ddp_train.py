@@ -16,10 +16,16 @@ from __future__ import annotations
 import argparse
 import os
 
-import torch
-import torch.distributed as dist
+# Each process gets its share of the cores. Numba reads NUMBA_NUM_THREADS when batchnorm first imports it; a Numba
+# pool larger than the process's share (idle OpenMP workers of several processes competing for the same cores)
+# slowed training steps ~100x in our measurements. torchrun sets LOCAL_WORLD_SIZE.
+_THREADS = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+os.environ.setdefault("NUMBA_NUM_THREADS", str(_THREADS))
 
-import batchnorm.nn as bnn
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+import batchnorm.nn as bnn  # noqa: E402
 
 
 def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -55,7 +61,7 @@ def main() -> None:
         dist.init_process_group("gloo")           # CPU transport; "nccl" with CUDA tensors
     rank = dist.get_rank() if distributed else 0
     world = dist.get_world_size() if distributed else 1
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    torch.set_num_threads(_THREADS)
 
     torch.manual_seed(0)                          # the same initial model on every rank
     model = small_cnn()
