@@ -1,10 +1,12 @@
 """Batch-norm modules: drop-in replacements for torch.nn and the layers built on the same core."""
 
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .recurrent import BNLSTM, LNLSTM
 from .sync import SyncBatchNorm, convert_sync_batchnorm
 from .variants import (BatchRenorm1d, BatchRenorm2d, BatchRenorm3d, FrozenBatchNorm1d, FrozenBatchNorm2d,
                        FrozenBatchNorm3d)
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "convert_sync_batchnorm",
            "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d",
-           "FrozenBatchNorm1d", "FrozenBatchNorm2d", "FrozenBatchNorm3d"]
+           "FrozenBatchNorm1d", "FrozenBatchNorm2d", "FrozenBatchNorm3d",
+           "BNLSTM", "LNLSTM"]
