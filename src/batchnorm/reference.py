@@ -39,6 +39,23 @@ __all__ = [
     "batch_norm_backward",
     "batch_norm_eval_backward",
     "update_running_stats",
+    "update_running_moments",
+    "update_running_stats_skip_nonfinite",
+    "BatchRenormCache",
+    "batch_renorm_limits",
+    "batch_renorm_train_forward",
+    "batch_renorm_backward",
+    "GhostBatchNormCache",
+    "ghost_batch_bounds",
+    "ghost_batch_norm_train_forward",
+    "ghost_batch_norm_backward",
+    "ghost_running_moments",
+    "MaskedBatchNormCache",
+    "masked_batch_norm_train_forward",
+    "masked_batch_norm_backward",
+    "masked_running_moments",
+    "frozen_batch_norm_forward",
+    "frozen_batch_norm_backward",
 ]
 
 
@@ -154,3 +171,266 @@ def update_running_stats(running_mean, running_var, num_batches_tracked: int, ba
     new_mean = (1.0 - factor) * running_mean + factor * np.asarray(batch_mean, dtype=np.float64)
     new_var = (1.0 - factor) * running_var + factor * unbiased
     return RunningStats(new_mean, new_var, tracked)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Statistics variants (batchnorm.nn.variants): the same transform, other sources of the statistics.
+# ------------------------------------------------------------------------------------------------------------
+def update_running_moments(running_mean, running_var, num_batches_tracked: int, mean, unbiased_var, count: int,
+                           momentum: float | None = 0.1) -> RunningStats:
+    """Running update from a mean and an already unbiased variance (the variants' pooled estimates).
+
+    factor = momentum (or 1 / (num_batches_tracked + 1) when None); running <- (1 - factor) running + factor new.
+    count 0 leaves the buffers unchanged and still counts the batch.
+    """
+    tracked = int(num_batches_tracked) + 1
+    running_mean = np.array(running_mean, dtype=np.float64)
+    running_var = np.array(running_var, dtype=np.float64)
+    if count == 0:
+        return RunningStats(running_mean, running_var, tracked)
+    factor = 1.0 / tracked if momentum is None else float(momentum)
+    return RunningStats((1.0 - factor) * running_mean + factor * np.asarray(mean, dtype=np.float64),
+                        (1.0 - factor) * running_var + factor * np.asarray(unbiased_var, dtype=np.float64), tracked)
+
+
+def update_running_stats_skip_nonfinite(running_mean, running_var, num_batches_tracked: int, batch_mean, batch_var,
+                                        count: int, momentum: float | None = 0.1) -> RunningStats:
+    """`update_running_stats`, except that a batch whose mean or unbiased variance is not all finite changes
+    nothing (not even num_batches_tracked): BatchNorm(skip_nonfinite=True)."""
+    mean = np.asarray(batch_mean, dtype=np.float64)
+    unbiased = np.asarray(batch_var, dtype=np.float64) * (count / (count - 1)) if count > 1 else np.full_like(mean, np.inf)
+    if count > 0 and not (np.isfinite(mean).all() and np.isfinite(unbiased).all()):
+        return RunningStats(np.array(running_mean, dtype=np.float64), np.array(running_var, dtype=np.float64),
+                            int(num_batches_tracked))
+    return update_running_stats(running_mean, running_var, num_batches_tracked, batch_mean, batch_var, count,
+                                momentum)
+
+
+# --- Batch Renormalization (Ioffe 2017, arXiv 1702.03275) ---------------------------------------------------
+class BatchRenormCache(NamedTuple):
+    """What the Batch Renorm training forward keeps for the backward pass."""
+
+    x_hat: np.ndarray  # (x - mu_B) / sigma_B, before r and d
+    inv_std: np.ndarray  # 1 / sigma_B = 1 / sqrt(sigma2_B + eps)
+    mean: np.ndarray  # mu_B
+    var: np.ndarray  # sigma2_B (biased)
+    count: int  # m
+    r: np.ndarray  # clip(sigma_B / sigma, 1/rmax, rmax)
+    d: np.ndarray  # clip((mu_B - mu) / sigma, -dmax, dmax)
+
+
+def batch_renorm_limits(step: int, rmax: float, dmax: float, warmup_steps: int, rmax_steps: int,
+                        dmax_steps: int) -> tuple[float, float]:
+    """The paper's schedule: (rmax_t, dmax_t) = (1, 0) up to step `warmup_steps` (steps count from 0), then
+    linear growth reaching rmax at step `rmax_steps` and dmax at step `dmax_steps`, constant from there on."""
+    def progress(end: int) -> float:
+        if step >= end:
+            return 1.0
+        if step <= warmup_steps:
+            return 0.0
+        return (step - warmup_steps) / (end - warmup_steps)
+
+    return 1.0 + (rmax - 1.0) * progress(rmax_steps), dmax * progress(dmax_steps)
+
+
+def batch_renorm_train_forward(x, running_mean, running_var, weight=None, bias=None, eps: float = 1e-5,
+                               rmax: float = 3.0, dmax: float = 5.0):
+    """Batch Renorm training forward (Ioffe 2017, Algorithm 1) with sigma = sqrt(running_var + eps).
+
+        sigma_B = sqrt(sigma2_B + eps),  r = clip(sigma_B / sigma, 1/rmax, rmax),
+        d = clip((mu_B - running_mean) / sigma, -dmax, dmax),
+        y = gamma * ((x - mu_B) / sigma_B * r + d) + beta.
+    The running statistics are updated afterwards as BatchNorm's (`update_running_stats`).
+    Returns (y, BatchRenormCache).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    mean, var, count = batch_statistics(x)
+    sigma_batch = np.sqrt(var + eps)
+    sigma = np.sqrt(np.asarray(running_var, dtype=np.float64) + eps)
+    r = np.clip(sigma_batch / sigma, 1.0 / rmax, rmax)
+    d = np.clip((mean - np.asarray(running_mean, dtype=np.float64)) / sigma, -dmax, dmax)
+    x_hat = (x - _per_channel(mean, x.ndim)) / _per_channel(sigma_batch, x.ndim)
+    y = _affine(x_hat * _per_channel(r, x.ndim) + _per_channel(d, x.ndim), weight, bias)
+    return y, BatchRenormCache(x_hat, 1.0 / sigma_batch, mean, var, count, r, d)
+
+
+def batch_renorm_backward(grad_out, cache: BatchRenormCache, weight=None):
+    """Backward of Batch Renorm with r and d held constant. Returns (dx, dgamma, dbeta).
+
+        dbeta = sum g,  dgamma = sum g * (x_hat * r + d),  g_hat = g * gamma * r,
+        dx = (1 / (m sigma_B)) * (m g_hat - sum g_hat - x_hat * sum(g_hat * x_hat)).
+    """
+    g = np.asarray(grad_out, dtype=np.float64)
+    axes = _reduce_axes(g)
+    r, d = _per_channel(cache.r, g.ndim), _per_channel(cache.d, g.ndim)
+    gamma = np.ones_like(cache.inv_std) if weight is None else np.asarray(weight, dtype=np.float64)
+    g_hat = g * _per_channel(gamma, g.ndim) * r
+    m = max(cache.count, 1)
+    dx = _per_channel(cache.inv_std / m, g.ndim) * (
+        m * g_hat - g_hat.sum(axis=axes, keepdims=True) - cache.x_hat * (g_hat * cache.x_hat).sum(axis=axes, keepdims=True))
+    return dx, (g * (cache.x_hat * r + d)).sum(axis=axes), g.sum(axis=axes)
+
+
+# --- Ghost batch norm (Hoffer et al. 2017, arXiv 1705.08741) -----------------------------------------------
+class GhostBatchNormCache(NamedTuple):
+    """Chunk bounds and each chunk's BatchNormCache."""
+
+    bounds: list  # [(start, stop), ...] sample ranges
+    caches: list  # BatchNormCache per chunk
+
+
+def ghost_batch_bounds(batch_size: int, virtual_batch_size: int | None, values_per_sample: int) -> list:
+    """Ghost batches: full chunks of `virtual_batch_size` samples, then the remainder as a chunk of its own,
+    unless the remainder would hold one value per channel, in which case it joins the last full chunk."""
+    if virtual_batch_size is None or batch_size <= virtual_batch_size:
+        return [(0, batch_size)]
+    full, remainder = divmod(batch_size, virtual_batch_size)
+    bounds = [(k * virtual_batch_size, (k + 1) * virtual_batch_size) for k in range(full)]
+    if remainder * values_per_sample == 1:
+        bounds[-1] = (bounds[-1][0], batch_size)
+    elif remainder:
+        bounds.append((full * virtual_batch_size, batch_size))
+    return bounds
+
+
+def ghost_batch_norm_train_forward(x, virtual_batch_size: int | None, weight=None, bias=None, eps: float = 1e-5):
+    """Ghost BN: each chunk of `ghost_batch_bounds` normalized with its own statistics (Algorithm 1 of the
+    paper, per chunk). Returns (y, GhostBatchNormCache)."""
+    x = np.asarray(x, dtype=np.float64)
+    values_per_sample = int(np.prod(x.shape[2:])) if x.ndim > 2 else 1
+    bounds = ghost_batch_bounds(x.shape[0], virtual_batch_size, values_per_sample)
+    y = np.empty_like(x)
+    caches = []
+    for start, stop in bounds:
+        y[start:stop], cache = batch_norm_train_forward(x[start:stop], weight, bias, eps)
+        caches.append(cache)
+    return y, GhostBatchNormCache(bounds, caches)
+
+
+def ghost_batch_norm_backward(grad_out, cache: GhostBatchNormCache, weight=None):
+    """Backward of Ghost BN: each chunk's BatchNorm backward; gamma/beta gradients summed over chunks."""
+    g = np.asarray(grad_out, dtype=np.float64)
+    dx = np.empty_like(g)
+    dgamma = dbeta = 0.0
+    for (start, stop), chunk_cache in zip(cache.bounds, cache.caches):
+        dx[start:stop], chunk_dgamma, chunk_dbeta = batch_norm_backward(g[start:stop], chunk_cache, weight)
+        dgamma, dbeta = dgamma + chunk_dgamma, dbeta + chunk_dbeta
+    return dx, dgamma, dbeta
+
+
+def ghost_running_moments(x, bounds) -> tuple[np.ndarray, np.ndarray, int]:
+    """What Ghost BN averages into the running buffers: (mean of all values, pooled within-chunk unbiased
+    variance sum_k sum_i (x_ki - mu_k)^2 / (m - K), m) for K non-empty chunks; m/(m-1) var_B for K = 1."""
+    x = np.asarray(x, dtype=np.float64)
+    axes = _reduce_axes(x)
+    total = int(np.prod([x.shape[a] for a in axes]))
+    squares = np.zeros(x.shape[1])
+    chunks = 0
+    for start, stop in bounds:
+        chunk = x[start:stop]
+        if chunk.size == 0:
+            continue
+        chunks += 1
+        squares += ((chunk - _per_channel(chunk.mean(axis=axes), x.ndim)) ** 2).sum(axis=axes)
+    unbiased = squares / (total - chunks) if total > chunks else np.full(x.shape[1], np.inf)
+    return x.mean(axis=axes), unbiased, total
+
+
+# --- Masked statistics (padded sequences) ---------------------------------------------------------------
+class MaskedBatchNormCache(NamedTuple):
+    """What the masked training forward keeps: x_hat (0 at padded positions), the valid-position weights,
+    per-sample 1/sigma (of the sample's chunk, shape (N, C)), and each chunk's valid count per sample (N,)."""
+
+    x_hat: np.ndarray
+    valid: np.ndarray  # 1.0 at valid positions, 0.0 at padded ones; shape (N, 1, L) or (N, 1)
+    inv_std: np.ndarray  # (N, C): 1 / sqrt(var + eps) of the chunk each sample belongs to
+    count: np.ndarray  # (N,): valid positions in the sample's chunk
+    bounds: list
+
+
+def masked_batch_norm_train_forward(x, mask, weight=None, bias=None, eps: float = 1e-5,
+                                    virtual_batch_size: int | None = None):
+    """BatchNorm over the valid positions of x (N, C, L) with mask (N, L) (or x (N, C), mask (N,)).
+
+        m = sum(mask),  mu = sum_valid x / m,  sigma2 = sum_valid (x - mu)^2 / m,
+        y = gamma (x - mu) / sqrt(sigma2 + eps) + beta at valid positions,  y = 0 at padded positions,
+    per ghost chunk when `virtual_batch_size` is given (a chunk without valid positions outputs 0).
+    Returns (y, MaskedBatchNormCache).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    valid = np.asarray(mask, dtype=np.float64)[:, None, ...]
+    per_sample = x.shape[2] if x.ndim == 3 else 1
+    bounds = ghost_batch_bounds(x.shape[0], virtual_batch_size, per_sample)
+    axes = _reduce_axes(x)
+    x_hat = np.zeros_like(x)
+    inv_std = np.ones((x.shape[0], x.shape[1]))
+    count = np.zeros(x.shape[0])
+    for start, stop in bounds:
+        xs, vs = x[start:stop], valid[start:stop]
+        m = vs.sum()
+        count[start:stop] = m
+        if m == 0:
+            continue
+        mean = (xs * vs).sum(axis=axes) / m
+        centered = xs - _per_channel(mean, x.ndim)
+        var = (centered ** 2 * vs).sum(axis=axes) / m
+        inv_std[start:stop] = 1.0 / np.sqrt(var + eps)
+        x_hat[start:stop] = centered * _per_channel(1.0 / np.sqrt(var + eps), x.ndim) * vs
+    y = _affine(x_hat, weight, bias) * valid
+    return y, MaskedBatchNormCache(x_hat, valid, inv_std, count, bounds)
+
+
+def masked_batch_norm_backward(grad_out, cache: MaskedBatchNormCache, weight=None):
+    """Backward of the masked forward: gradients only from and to valid positions. Returns (dx, dgamma, dbeta).
+
+        g_v = g * valid,  dbeta = sum g_v,  dgamma = sum g_v x_hat,
+        dx = valid * gamma / (m sigma) * (m g_v - sum_chunk g_v - x_hat sum_chunk(g_v x_hat)).
+    """
+    g = np.asarray(grad_out, dtype=np.float64) * cache.valid
+    axes = _reduce_axes(g)
+    gamma = np.ones(g.shape[1]) if weight is None else np.asarray(weight, dtype=np.float64)
+    dx = np.zeros_like(g)
+    for start, stop in cache.bounds:
+        m = cache.count[start]
+        if m == 0:
+            continue
+        gs, xh = g[start:stop], cache.x_hat[start:stop]
+        scale = _per_channel(gamma * cache.inv_std[start] / m, g.ndim)
+        dx[start:stop] = scale * (m * gs - gs.sum(axis=axes, keepdims=True)
+                                  - xh * (gs * xh).sum(axis=axes, keepdims=True)) * cache.valid[start:stop]
+    return dx, (g * cache.x_hat).sum(axis=axes), g.sum(axis=axes)
+
+
+def masked_running_moments(x, mask, bounds) -> tuple[np.ndarray, np.ndarray, int]:
+    """(mean of the valid values, pooled within-chunk unbiased variance over valid values, valid count)."""
+    x = np.asarray(x, dtype=np.float64)
+    valid = np.asarray(mask, dtype=np.float64)[:, None, ...]
+    axes = _reduce_axes(x)
+    total = int(valid.sum())
+    if total == 0:
+        return np.full(x.shape[1], np.nan), np.full(x.shape[1], np.nan), 0
+    squares = np.zeros(x.shape[1])
+    chunks = 0
+    for start, stop in bounds:
+        xs, vs = x[start:stop], valid[start:stop]
+        m = vs.sum()
+        if m == 0:
+            continue
+        chunks += 1
+        mean = (xs * vs).sum(axis=axes) / m
+        squares += ((xs - _per_channel(mean, x.ndim)) ** 2 * vs).sum(axis=axes)
+    unbiased = squares / (total - chunks) if total > chunks else np.full(x.shape[1], np.inf)
+    return (x * valid).sum(axis=axes) / total, unbiased, total
+
+
+# --- Frozen statistics ----------------------------------------------------------------------------------
+def frozen_batch_norm_forward(x, running_mean, running_var, weight=None, bias=None, eps: float = 1e-5):
+    """Frozen BN (FrozenBatchNorm*, BatchNorm(freeze_stats=True)) in training and inference: the inference
+    formula y = gamma (x - running_mean) / sqrt(running_var + eps) + beta; the buffers never change."""
+    return batch_norm_eval_forward(x, running_mean, running_var, weight, bias, eps)
+
+
+def frozen_batch_norm_backward(grad_out, x, running_mean, running_var, weight=None, eps: float = 1e-5):
+    """Backward of frozen BN: statistics are constants, dx = gamma g / sqrt(running_var + eps).
+    Returns (dx, dgamma, dbeta); dgamma and dbeta apply only when the affine parameters are trainable."""
+    return batch_norm_eval_backward(grad_out, x, running_mean, running_var, weight, eps)

@@ -261,17 +261,18 @@ def renorm_limits(step: int, rmax: float, dmax: float, warmup_steps: int, rmax_s
                   dmax_steps: int) -> tuple[float, float]:
     """Batch Renorm's clipping limits (rmax_t, dmax_t) for the training step `step` (0 for the first batch).
 
-    rmax_t = 1 + (rmax - 1) * ramp(rmax_steps), dmax_t = dmax * ramp(dmax_steps), with
-    ramp(end) = clip((step - warmup_steps) / (end - warmup_steps), 0, 1) (1 once step >= end), so steps
-    0..warmup_steps are plain BatchNorm (rmax_t = 1, dmax_t = 0) and the limits grow linearly to rmax at
-    step rmax_steps and dmax at step dmax_steps. Ioffe 2017, arXiv 1702.03275, Sec. 4.
+    rmax_t = 1 + (rmax - 1) * ramp(rmax_steps), dmax_t = dmax * ramp(dmax_steps), with ramp(end) = 1 once
+    step >= end and clip((step - warmup_steps) / (end - warmup_steps), 0, 1) before, so steps 0..warmup_steps
+    are plain BatchNorm (rmax_t = 1, dmax_t = 0) and the limits grow linearly to rmax at step rmax_steps and
+    dmax at step dmax_steps (an end equal to warmup_steps switches the limit on at that step).
+    Ioffe 2017, arXiv 1702.03275, Sec. 4.
     """
 
     def ramp(end: int) -> float:
+        if step >= end:
+            return 1.0
         if step <= warmup_steps:
             return 0.0
-        if end <= warmup_steps or step >= end:
-            return 1.0
         return (step - warmup_steps) / (end - warmup_steps)
 
     return 1.0 + (rmax - 1.0) * ramp(rmax_steps), dmax * ramp(dmax_steps)
