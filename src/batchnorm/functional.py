@@ -280,14 +280,11 @@ def _eager_eligible(input: Tensor, *per_channel: Optional[Tensor]) -> bool:
     """True when the fused eager path applies: not compiling/tracing, plain tensors, dense per-channel vectors."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active():
         return False
-    if torch.overrides.has_torch_function((input,) + per_channel):
+    if torch.overrides.has_torch_function((input,) + per_channel) or input.dim() < 2:
         return False
-    if input.dim() < 2:
-        return False
-    channels = input.shape[1]
+    channels, dtype = input.shape[1], input.dtype
     for t in per_channel:
-        if t is not None and not (t.dtype == input.dtype and t.device.type == "cpu" and t.dim() == 1
-                                  and t.shape[0] == channels and t.is_contiguous()):
+        if t is not None and not (t.dtype is dtype and t.is_cpu and t.shape == (channels,) and t.is_contiguous()):
             return False
     return True
 
@@ -313,6 +310,10 @@ class _EagerBatchNorm(torch.autograd.Function):
         return dx, dweight, (dbias if need_dbias else None), None, None, None, None, None
 
 
+# Function.apply without its functorch bookkeeping (`_eager_eligible` has ruled functorch transforms out).
+_eager_apply = super(torch.autograd.Function, _EagerBatchNorm).apply
+
+
 def _eager_forward(input, weight, bias, running_mean, running_var, training, momentum, eps):
     """(y, mean, var) with float64 NumPy statistics; updates the running buffers in training."""
     if training:
@@ -330,7 +331,7 @@ def _eager_batch_norm(input, running_mean, running_var, weight, bias, training, 
     _check_statistics_arguments(input, running_mean, running_var, training, eps)
     if torch.is_grad_enabled() and (input.requires_grad or (weight is not None and weight.requires_grad)
                                     or (bias is not None and bias.requires_grad)):
-        return _EagerBatchNorm.apply(input, weight, bias, running_mean, running_var, training, momentum, eps)
+        return _eager_apply(input, weight, bias, running_mean, running_var, training, momentum, eps)
     if training:
         return _eager_forward(input, weight, bias, running_mean, running_var, training, momentum, eps)[0]
     return kernels.normalize(input, running_mean, running_var, weight, bias, eps)

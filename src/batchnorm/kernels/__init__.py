@@ -137,7 +137,28 @@ def grad_input(dy: torch.Tensor, x: torch.Tensor, center: np.ndarray, k_dy: np.n
 
 
 # -------------------------------------------------------------------------------------- fused entry points
+# These are on the per-call path of every eager batch-norm layer, so they avoid needless Python work.
 _ABSENT = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0, np.float64)}
+_NUMBA_MAX_THREADS = numba.config.NUMBA_NUM_THREADS
+
+
+def _dense_rows(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(x in a layout the kernels read, True for the rows layout): 2-D and channels_last are rows."""
+    if x.is_contiguous():
+        return x, x.dim() == 2
+    if is_channels_last(x):
+        return x, True
+    return x.contiguous(), x.dim() == 2
+
+
+def _array(t: torch.Tensor, rows: bool) -> np.ndarray:
+    """NumPy view of a dense tensor in the kernels' layout: (R, C) rows, or (N, C, S) channels-first."""
+    a = t.detach().numpy()
+    if t.dim() == 2:
+        return a
+    if rows:
+        return a.transpose((0,) + tuple(range(2, t.dim())) + (1,)).reshape(-1, t.shape[1])
+    return a.reshape(t.shape[0], t.shape[1], -1)
 
 
 def _vector(t, dtype: np.dtype) -> np.ndarray:
@@ -149,15 +170,20 @@ def _vector(t, dtype: np.dtype) -> np.ndarray:
     return t.detach().numpy()
 
 
-def _fused_channels_first(kernel, threads: int, channels: int) -> bool:
+def _threads(numel: int) -> int:
+    """Threads for a kernel over `numel` elements: 1 below the parallel threshold, else torch's thread count
+    (Numba's is set to match)."""
+    if numel < config.PARALLEL_MIN_ELEMENTS:
+        return 1
+    threads = min(torch.get_num_threads(), _NUMBA_MAX_THREADS)
+    if numba.get_num_threads() != threads:
+        numba.set_num_threads(threads)
+    return threads
+
+
+def _fused_channels_first(threads: int, channels: int) -> bool:
     """Whether the per-channel fused sweep keeps every thread busy (the serial kernel always is fused)."""
-    return kernel is not None and (threads == 1 or channels >= config.FUSED_MIN_CHANNELS_PER_THREAD * threads)
-
-
-def _pick(kernel, x: torch.Tensor):
-    """(compiled kernel, thread count) for x: the serial one below the parallel threshold."""
-    chosen = _variant(kernel, x)
-    return chosen, (1 if chosen is kernel[0] else numba.get_num_threads())
+    return threads == 1 or channels >= config.FUSED_MIN_CHANNELS_PER_THREAD * threads
 
 
 def train_forward(x: torch.Tensor, weight, bias, eps: float, momentum: float = 0.0, running_mean=None,
@@ -168,28 +194,30 @@ def train_forward(x: torch.Tensor, weight, bias, eps: float, momentum: float = 0
     place: running <- (1 - momentum) * running + momentum * batch, with the unbiased variance. An empty
     batch gives an empty y, mean 0 and var 1, and leaves the running buffers alone.
     """
-    x = _dense(x, x)
+    x, rows = _dense_rows(x)
     channels = x.shape[1]
-    y = empty_output_like(x)
-    if x.numel() == 0:
+    y = torch.empty_like(x)
+    numel = x.numel()
+    if numel == 0:
         return y, np.zeros(channels), np.ones(channels)
-    xv = _view(x)
+    xv = _array(x, rows)
     mean = np.empty(channels)
     var = np.empty(channels)
     dtype = xv.dtype
     w, b = _vector(weight, dtype), _vector(bias, dtype)
     rm, rv = _vector(running_mean, dtype), _vector(running_var, dtype)
-    if xv.ndim == 2:
-        kernel, threads = _pick(nk.train_forward_rows, x)
+    threads = _threads(numel)
+    if rows:
+        kernel = nk.train_forward_rows[threads > 1]
         n_blocks = 1 if threads == 1 else config.row_blocks(xv.shape[0], threads)
-        kernel(n_blocks, xv, w, b, float(eps), float(momentum), rm, rv, _view(y), mean, var)
+        kernel(n_blocks, xv, w, b, float(eps), float(momentum), rm, rv, _array(y, rows), mean, var)
         return y, mean, var
-    kernel, threads = _pick(nk.train_forward_cf, x)
-    if _fused_channels_first(kernel, threads, channels):
-        kernel(xv, w, b, float(eps), float(momentum), rm, rv, _view(y), mean, var)
+    if _fused_channels_first(threads, channels):
+        nk.train_forward_cf[threads > 1](xv, w, b, float(eps), float(momentum), rm, rv, _array(y, rows), mean,
+                                         var)
         return y, mean, var
     mean, var = batch_stats(x)
-    count = x.numel() // channels
+    count = numel // channels
     if running_mean is not None:
         rm *= 1.0 - momentum
         rm += (momentum * mean).astype(rm.dtype)
@@ -204,19 +232,20 @@ def train_forward(x: torch.Tensor, weight, bias, eps: float, momentum: float = 0
 
 def normalize(x: torch.Tensor, mean, var, weight, bias, eps: float) -> torch.Tensor:
     """y = (x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c with given statistics (tensors or arrays)."""
-    x = _dense(x, x)
-    y = empty_output_like(x)
-    if x.numel() == 0:
+    x, rows = _dense_rows(x)
+    y = torch.empty_like(x)
+    numel = x.numel()
+    if numel == 0:
         return y
-    xv = _view(x)
+    xv = _array(x, rows)
     dtype = xv.dtype
     args = (_vector(mean, dtype), _vector(var, dtype), _vector(weight, dtype), _vector(bias, dtype), float(eps),
-            _view(y))
-    if xv.ndim == 2:
-        kernel, threads = _pick(nk.normalize_rows, x)
-        kernel(1 if threads == 1 else config.row_blocks(xv.shape[0], threads), xv, *args)
+            _array(y, rows))
+    threads = _threads(numel)
+    if rows:
+        nk.normalize_rows[threads > 1](1 if threads == 1 else config.row_blocks(xv.shape[0], threads), xv, *args)
     else:
-        _variant(nk.normalize_cf, x)(xv, *args)
+        nk.normalize_cf[threads > 1](xv, *args)
     return y
 
 
@@ -227,34 +256,36 @@ def train_backward(dy: torch.Tensor, x: torch.Tensor, mean: np.ndarray, var: np.
     With g = dy, inv_std = 1 / sqrt(var + eps), m values per channel: dbias = sum g,
     dweight = inv_std * sum g (x - mean), and dx = k_dy g + k_x (x - mean) + k_0 where k_dy = weight * inv_std
     and, when `batch_stats` (mean, var are x's own statistics), k_x = -k_dy inv_std^2 sum g (x - mean) / m,
-    k_0 = -k_dy sum g / m (otherwise 0). dweight and dbias have weight's dtype (x's when weight is None).
+    k_0 = -k_dy sum g / m (otherwise 0). `mean`, `var` are float64 arrays. dweight and dbias have weight's
+    dtype (x's when weight is None).
     """
-    x = _dense(x, x)
+    x, rows = _dense_rows(x)
     channels = x.shape[1]
     dtype = x.dtype if weight is None else weight.dtype
     dbias = torch.empty(channels, dtype=dtype)
     dweight = torch.empty(channels, dtype=dtype) if need_dweight else None
-    dx = empty_output_like(x) if need_dx else None
-    if x.numel() == 0:
+    dx = torch.empty_like(x) if need_dx else None
+    numel = x.numel()
+    if numel == 0:
         dbias.zero_()
         if dweight is not None:
             dweight.zero_()
         return dx, dweight, dbias
-    dy = _dense(dy, x)
-    xv = _view(x)
+    if dy.stride() != x.stride():
+        dy = dy.contiguous(memory_format=torch.channels_last if rows and x.dim() == 4 else
+                           torch.channels_last_3d if rows and x.dim() == 5 else torch.contiguous_format)
+    xv = _array(x, rows)
     np_dtype = xv.dtype
-    mean = np.ascontiguousarray(mean, dtype=np.float64)
-    var = np.ascontiguousarray(var, dtype=np.float64)
-    args = (_view(dy), xv, mean, var, _vector(weight, np_dtype), float(eps), bool(batch_stats),
-            _view(dx) if need_dx else _ABSENT[np_dtype],
-            dweight.numpy() if need_dweight else _ABSENT[dbias.numpy().dtype], dbias.numpy())
-    if xv.ndim == 2:
-        kernel, threads = _pick(nk.train_backward_rows, x)
-        kernel(1 if threads == 1 else config.row_blocks(xv.shape[0], threads), *args)
+    dbias_np = dbias.numpy()
+    args = (_array(dy, rows), xv, mean, var, _vector(weight, np_dtype), float(eps), bool(batch_stats),
+            _array(dx, rows) if need_dx else _ABSENT[np_dtype],
+            dweight.numpy() if need_dweight else _ABSENT[dbias_np.dtype], dbias_np)
+    threads = _threads(numel)
+    if rows:
+        nk.train_backward_rows[threads > 1](1 if threads == 1 else config.row_blocks(xv.shape[0], threads), *args)
         return dx, dweight, dbias
-    kernel, threads = _pick(nk.train_backward_cf, x)
-    if _fused_channels_first(kernel, threads, channels):
-        kernel(*args)
+    if _fused_channels_first(threads, channels):
+        nk.train_backward_cf[threads > 1](*args)
         return dx, dweight, dbias
     sum_dy, sum_dy_xc = grad_sums(dy, x, mean)
     inv_std = 1.0 / np.sqrt(var + eps)
@@ -264,7 +295,7 @@ def train_backward(dy: torch.Tensor, x: torch.Tensor, mean: np.ndarray, var: np.
     if need_dx:
         gamma = np.ones(channels) if weight is None else weight.detach().to(torch.float64).numpy()
         k_dy = gamma * inv_std
-        count = x.numel() // channels
+        count = numel // channels
         k_x = -k_dy * inv_std * inv_std * sum_dy_xc / count if batch_stats else np.zeros(channels)
         k_0 = -k_dy * sum_dy / count if batch_stats else np.zeros(channels)
         dx = grad_input(dy, x, mean, k_dy, k_x, k_0)
