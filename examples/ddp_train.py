@@ -82,13 +82,17 @@ def main() -> None:
             loss = torch.nn.functional.cross_entropy(model(train_x[mine]), train_y[mine])
             loss.backward()                       # DDP averages the gradients over the ranks
             optimizer.step()
+        shown = loss.detach().clone()
+        if distributed:                           # the loss of the whole last batch, for display
+            dist.all_reduce(shown)
+            shown /= world
         model.eval()                              # eval: running statistics, no communication
         with torch.no_grad():
             accuracy = (model(test_x).argmax(1) == test_y).float().mean().item()
         if rank == 0:
             layer = "BatchNorm" if args.no_sync else "SyncBatchNorm"
             print(f"epoch {epoch + 1}: {world} process(es) x {args.batch_per_process} samples, {layer}, "
-                  f"last loss {loss.item():.3f}, test accuracy {accuracy:.3f}", flush=True)
+                  f"last batch loss {shown.item():.3f}, test accuracy {accuracy:.3f}", flush=True)
     if distributed:
         dist.destroy_process_group()
 
