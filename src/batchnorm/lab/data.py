@@ -1,0 +1,259 @@
+"""Data for the lab, all local: scikit-learn's bundled 8x8 digits, MNIST-1D generated offline, shifted variants,
+and readers for MNIST IDX files and CIFAR-10 python batches that the user already has on disk.
+
+Nothing is downloaded: digits ship inside scikit-learn, MNIST-1D is generated procedurally by
+`mnist1d.data.make_dataset(args)` (never `get_dataset`, which downloads), MNIST and CIFAR-10 are read from a
+directory the user gives (`--data mnist:DIR`, `--data cifar10:DIR`).
+
+Every dataset is a `Dataset`: float32 inputs of shape (N, *sample_shape) with channels first ((1, 8, 8) for
+digits, (1, 40) for MNIST-1D, (1, 28, 28) for MNIST, (3, 32, 32) for CIFAR-10) and int64 labels. Splits are
+deterministic (they do not depend on the experiment seed).
+
+Example:
+    >>> data = load("digits")
+    >>> data.x_train.shape[1:], data.num_classes
+    (torch.Size([1, 8, 8]), 10)
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+import pickle
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["Dataset", "load", "digits", "mnist1d", "shifted", "subset", "as_sequence", "read_mnist_idx",
+           "read_cifar10", "DATA_CHOICES"]
+
+DATA_CHOICES = ("digits", "mnist1d", "mnist:DIR", "cifar10:DIR")
+
+# The domain shift applied by `shifted(...)` to image data: contrast, brightness and pixel noise.
+DIGITS_SHIFT = dict(contrast=0.6, brightness=0.3, noise=0.15)
+# The domain shift for MNIST-1D: other generator parameters (defaults: scale_coeff 0.4, corr_noise_scale 0.25,
+# shear_scale 0.75, iid_noise_scale 0.02).
+MNIST1D_SHIFT = dict(scale_coeff=0.8, corr_noise_scale=0.6, shear_scale=1.5, iid_noise_scale=0.1)
+
+
+@dataclass
+class Dataset:
+    """A classification dataset held in memory as torch tensors.
+
+    Args:
+        name: a short description ("digits", "mnist1d", "digits shifted", ...).
+        x_train, y_train, x_test, y_test: float32 inputs (N, *sample_shape) and int64 labels (N,).
+        num_classes: number of classes.
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """Shape of one input, channels first: (C, H, W) for images, (C, L) for 1-D signals."""
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def num_inputs(self) -> int:
+        """Number of input values per sample (what an MLP sees after flattening)."""
+        return int(np.prod(self.sample_shape))
+
+
+def _check_name(name: str, argument: str = "data") -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"{argument} must be a string such as 'digits', got {type(name).__name__}")
+
+
+def load(spec: str = "digits") -> Dataset:
+    """The dataset named by `spec`: 'digits', 'mnist1d', 'mnist:DIR' (IDX files) or 'cifar10:DIR' (python batches).
+
+    Example:
+        >>> load("mnist1d").sample_shape
+        (1, 40)
+    """
+    _check_name(spec)
+    if spec == "digits":
+        return digits()
+    if spec == "mnist1d":
+        return mnist1d()
+    kind, _, directory = spec.partition(":")
+    if kind == "mnist" and directory:
+        return read_mnist_idx(directory)
+    if kind == "cifar10" and directory:
+        return read_cifar10(directory)
+    raise ValueError(f"data must be one of {', '.join(DATA_CHOICES)}, got {spec!r}; "
+                     f"MNIST and CIFAR-10 need the directory that holds their files, e.g. 'mnist:~/data/mnist'")
+
+
+@functools.lru_cache(maxsize=4)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    x = (bunch.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
+    return tuple(train_test_split(x, bunch.target.astype(np.int64), test_size=1 / 3, random_state=0,
+                                  stratify=bunch.target))
+
+
+def digits() -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1,797 images) scaled to [0, 1]; a fixed stratified 2/3 : 1/3 split
+    (1,198 train, 599 test). Samples have shape (1, 8, 8)."""
+    x_train, x_test, y_train, y_test = _digits_arrays()
+    return Dataset("digits", torch.from_numpy(x_train.copy()), torch.from_numpy(y_train.copy()),
+                   torch.from_numpy(x_test.copy()), torch.from_numpy(y_test.copy()), 10)
+
+
+@functools.lru_cache(maxsize=8)
+def _mnist1d_arrays(overrides: tuple[tuple[str, float], ...]) -> dict:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    for key, value in overrides:
+        if not hasattr(args, key):
+            raise ValueError(f"mnist1d got an unknown generator parameter {key!r}; valid ones are "
+                             f"{', '.join(sorted(vars(args)))}")
+        setattr(args, key, value)
+    state = np.random.get_state()  # make_dataset seeds NumPy's global generator; leave it as we found it
+    try:
+        return make_dataset(args)
+    finally:
+        np.random.set_state(state)
+
+
+def mnist1d(**overrides: float) -> Dataset:
+    """MNIST-1D (Greydanus & Kobak 2020, arXiv 2011.14439), generated offline: 4,000 train / 1,000 test signals
+    of length 40, 10 classes, seed 42. Keyword arguments override the generator's parameters (e.g.
+    `scale_coeff=0.8`) to make shifted domains. Samples have shape (1, 40).
+
+    Example:
+        >>> mnist1d(shear_scale=1.5).x_test.shape
+        torch.Size([1000, 1, 40])
+    """
+    arrays = _mnist1d_arrays(tuple(sorted(overrides.items())))
+    name = "mnist1d" + ("" if not overrides else " (" + ", ".join(f"{k}={v}" for k, v in
+                                                                 sorted(overrides.items())) + ")")
+    return Dataset(name, torch.tensor(arrays["x"], dtype=torch.float32).unsqueeze(1),
+                   torch.tensor(arrays["y"], dtype=torch.int64),
+                   torch.tensor(arrays["x_test"], dtype=torch.float32).unsqueeze(1),
+                   torch.tensor(arrays["y_test"], dtype=torch.int64), 10)
+
+
+def shifted(data: Dataset, seed: int = 0) -> Dataset:
+    """The same task in a shifted domain (for domain adaptation and transfer experiments).
+
+    MNIST-1D is regenerated with other generator parameters (`MNIST1D_SHIFT`); image data gets
+    x' = contrast * x + brightness + noise, noise ~ N(0, noise^2) per pixel (`DIGITS_SHIFT`), with `seed`.
+
+    Example:
+        >>> target = shifted(load("digits"))
+    """
+    if data.name == "mnist1d":
+        return mnist1d(**MNIST1D_SHIFT)
+    if data.name.startswith("mnist1d"):
+        raise ValueError(f"shifted expects an unshifted dataset, got {data.name!r}")
+    generator = torch.Generator().manual_seed(seed)
+
+    def transform(x: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn(x.shape, generator=generator) * DIGITS_SHIFT["noise"]
+        return DIGITS_SHIFT["contrast"] * x + DIGITS_SHIFT["brightness"] + noise
+
+    return Dataset(data.name + " shifted", transform(data.x_train), data.y_train.clone(), transform(data.x_test),
+                   data.y_test.clone(), data.num_classes)
+
+
+def subset(data: Dataset, train_size: int, seed: int = 0) -> Dataset:
+    """The first `train_size` training samples after a seeded permutation; the test set is kept whole."""
+    if not 0 < train_size <= len(data.y_train):
+        raise ValueError(f"train_size must be in 1..{len(data.y_train)} for {data.name}, got {train_size}")
+    index = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(seed))[:train_size]
+    return Dataset(f"{data.name} ({train_size} train)", data.x_train[index], data.y_train[index],
+                   data.x_test, data.y_test, data.num_classes)
+
+
+def as_sequence(x: torch.Tensor) -> torch.Tensor:
+    """Inputs as sequences (N, T, F) for recurrent and attention models: image rows as time steps
+    ((N, C, H, W) -> (N, H, C*W)), a 1-D signal one value per step ((N, C, L) -> (N, L, C))."""
+    if x.dim() == 4:
+        n, c, h, w = x.shape
+        return x.permute(0, 2, 1, 3).reshape(n, h, c * w)
+    if x.dim() == 3:
+        return x.permute(0, 2, 1)
+    raise ValueError(f"as_sequence expects (N, C, H, W) or (N, C, L) inputs, got shape {tuple(x.shape)}")
+
+
+def _read_idx(path: str) -> np.ndarray:
+    """One IDX file (optionally gzipped): magic 0x00000800 + type code, dims as big-endian uint32, then data."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise ValueError(f"{path} is not an IDX file: it must start with two zero bytes")
+    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if raw[2] not in dtypes:
+        raise ValueError(f"{path} has an unknown IDX type code 0x{raw[2]:02x}")
+    ndim = raw[3]
+    dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=dtypes[raw[2]], offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"{path} declares shape {dims} but holds {data.size} values")
+    return data.reshape(dims)
+
+
+def _find(directory: str, stems: tuple[str, ...]) -> str:
+    for stem in stems:
+        for name in (stem, stem + ".gz"):
+            path = os.path.join(directory, name)
+            if os.path.exists(path):
+                return path
+    raise ValueError(f"directory {directory!r} has none of {', '.join(stems)} (optionally .gz); "
+                     f"put the MNIST IDX files there")
+
+
+def read_mnist_idx(directory: str) -> Dataset:
+    """MNIST from its four IDX files in `directory` (train-images-idx3-ubyte, train-labels-idx1-ubyte,
+    t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each optionally .gz). Pixels scaled to [0, 1]; samples
+    have shape (1, 28, 28)."""
+    directory = os.path.expanduser(directory)
+    parts = []
+    for prefix in ("train", "t10k"):
+        images = _read_idx(_find(directory, (f"{prefix}-images-idx3-ubyte", f"{prefix}-images.idx3-ubyte")))
+        labels = _read_idx(_find(directory, (f"{prefix}-labels-idx1-ubyte", f"{prefix}-labels.idx1-ubyte")))
+        if images.ndim != 3 or len(images) != len(labels):
+            raise ValueError(f"MNIST {prefix} files in {directory!r} disagree: images {images.shape}, "
+                             f"labels {labels.shape}")
+        parts += [torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 255.0,
+                  torch.tensor(labels.astype(np.int64))]
+    return Dataset("mnist", parts[0], parts[1], parts[2], parts[3], 10)
+
+
+def read_cifar10(directory: str) -> Dataset:
+    """CIFAR-10 from its python batches in `directory` (data_batch_1..5 and test_batch: pickled dicts with
+    b'data' (N, 3072) uint8 and b'labels'). Pixels scaled to [0, 1]; samples have shape (3, 32, 32)."""
+    directory = os.path.expanduser(directory)
+
+    def read(names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        xs, ys = [], []
+        for name in names:
+            with open(os.path.join(directory, name), "rb") as f:
+                batch = pickle.load(f, encoding="bytes")
+            xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
+        return torch.tensor(np.concatenate(xs), dtype=torch.float32) / 255.0, torch.tensor(np.concatenate(ys))
+
+    train_names = sorted(n for n in os.listdir(directory) if n.startswith("data_batch_")) \
+        if os.path.isdir(directory) else []
+    if not train_names or not os.path.exists(os.path.join(directory, "test_batch")):
+        raise ValueError(f"directory {directory!r} must hold CIFAR-10's python batches data_batch_1..5 and "
+                         f"test_batch (the cifar-10-batches-py folder)")
+    x_train, y_train = read(train_names)
+    x_test, y_test = read(["test_batch"])
+    return Dataset("cifar10", x_train, y_train, x_test, y_test, 10)
