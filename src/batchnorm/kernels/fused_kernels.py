@@ -9,6 +9,10 @@ Activations are selected by an integer code (see `ACTIVATIONS`) with one float p
   gelu      y = z * Phi(z)                        (exact, erf form: torch's default)
   gelu_tanh y = z/2 * (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3)))
 
+Every kernel tests, once per row, whether the activation is piecewise linear (identity, relu, leaky_relu) and
+then runs a branch-free loop in the input's dtype (vectorized like the plain kernels); the other activations
+take a general loop in float64.
+
 With z = (x - center_c) * scale_c + shift_c (+ residual), the kernels are, per layout (channels-first
 (N, C, S) and rows (R, C), as in `numba_kernels`):
   affine_act       out = act(z)                        (out may be x itself: in-place)
@@ -35,6 +39,16 @@ INVERTIBLE = ("identity", "leaky_relu", "elu")
 _SQRT_HALF = math.sqrt(0.5)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _TANH_K = math.sqrt(2.0 / math.pi)
+
+
+@numba.njit(inline="always", **NJIT_SERIAL)
+def _slope(code, param):
+    """identity, relu and leaky_relu are one piecewise-linear family: z if z > 0 else slope * z."""
+    if code == 0:
+        return 1.0
+    if code == 1:
+        return 0.0
+    return param
 
 
 @numba.njit(inline="always", **NJIT_SERIAL)
@@ -91,39 +105,65 @@ def _act_inverse(y, code, param):
 # ----------------------------------------------------------------------------------------- channels-first
 def _affine_act_cf(x, center, scale, shift, code, param, out):
     n_batch, n_chan, n_space = x.shape
+    linear = code <= 2
     for i in prange(n_batch * n_chan):
         b = i // n_chan
         c = i - b * n_chan
-        m, k, t = center[c], scale[c], shift[c]
-        for s in range(n_space):
-            out[b, c, s] = _act((np.float64(x[b, c, s]) - m) * k + t, code, param)
+        if linear:
+            m, k, t = x.dtype.type(center[c]), x.dtype.type(scale[c]), x.dtype.type(shift[c])
+            slope = x.dtype.type(_slope(code, param))
+            for s in range(n_space):
+                z = (x[b, c, s] - m) * k + t
+                out[b, c, s] = z if z > 0 else slope * z
+        else:
+            m, k, t = center[c], scale[c], shift[c]
+            for s in range(n_space):
+                out[b, c, s] = _act((np.float64(x[b, c, s]) - m) * k + t, code, param)
 
 
 def _affine_add_act_cf(x, center, scale, shift, residual, code, param, out):
     n_batch, n_chan, n_space = x.shape
+    linear = code <= 2
     for i in prange(n_batch * n_chan):
         b = i // n_chan
         c = i - b * n_chan
-        m, k, t = center[c], scale[c], shift[c]
-        for s in range(n_space):
-            out[b, c, s] = _act((np.float64(x[b, c, s]) - m) * k + t + residual[b, c, s], code, param)
+        if linear:
+            m, k, t = x.dtype.type(center[c]), x.dtype.type(scale[c]), x.dtype.type(shift[c])
+            slope = x.dtype.type(_slope(code, param))
+            for s in range(n_space):
+                z = (x[b, c, s] - m) * k + t + residual[b, c, s]
+                out[b, c, s] = z if z > 0 else slope * z
+        else:
+            m, k, t = center[c], scale[c], shift[c]
+            for s in range(n_space):
+                out[b, c, s] = _act((np.float64(x[b, c, s]) - m) * k + t + residual[b, c, s], code, param)
 
 
 def _grad_sums_act_cf(dy, x, center, scale, shift, code, param, sum_g, sum_g_xc):
     n_batch, n_chan, n_space = x.shape
     p1 = np.empty((n_batch, n_chan))
     p2 = np.empty((n_batch, n_chan))
+    linear = code <= 2
+    slope = _slope(code, param)
     for i in prange(n_batch * n_chan):
         b = i // n_chan
         c = i - b * n_chan
         m, k, t = center[c], scale[c], shift[c]
         a1 = 0.0
         a2 = 0.0
-        for s in range(n_space):
-            xc = np.float64(x[b, c, s]) - m
-            g = dy[b, c, s] * _act_grad(xc * k + t, code, param)
-            a1 += g
-            a2 += g * xc
+        if linear:  # the sign test repeats the forward's arithmetic, in the input's dtype
+            mt, kt, tt = x.dtype.type(m), x.dtype.type(k), x.dtype.type(t)
+            for s in range(n_space):
+                g = np.float64(dy[b, c, s])
+                g = g if (x[b, c, s] - mt) * kt + tt > 0 else slope * g
+                a1 += g
+                a2 += g * (np.float64(x[b, c, s]) - m)
+        else:
+            for s in range(n_space):
+                xc = np.float64(x[b, c, s]) - m
+                g = dy[b, c, s] * _act_grad(xc * k + t, code, param)
+                a1 += g
+                a2 += g * xc
         p1[b, c] = a1
         p2[b, c] = a2
     for c in prange(n_chan):
@@ -133,33 +173,54 @@ def _grad_sums_act_cf(dy, x, center, scale, shift, code, param, sum_g, sum_g_xc)
 
 def _grad_input_act_cf(dy, x, center, scale, shift, code, param, k_dy, k_x, k_0, out):
     n_batch, n_chan, n_space = x.shape
+    linear = code <= 2
     for i in prange(n_batch * n_chan):
         b = i // n_chan
         c = i - b * n_chan
-        m, k, t = center[c], scale[c], shift[c]
-        a, q, r = k_dy[c], k_x[c], k_0[c]
-        for s in range(n_space):
-            xc = np.float64(x[b, c, s]) - m
-            g = dy[b, c, s] * _act_grad(xc * k + t, code, param)
-            out[b, c, s] = a * g + q * xc + r
+        if linear:
+            dt = x.dtype.type
+            m, k, t = dt(center[c]), dt(scale[c]), dt(shift[c])
+            a, q, r, slope = dt(k_dy[c]), dt(k_x[c]), dt(k_0[c]), dt(_slope(code, param))
+            for s in range(n_space):
+                xc = x[b, c, s] - m
+                g = dy[b, c, s] if xc * k + t > 0 else slope * dy[b, c, s]
+                out[b, c, s] = a * g + q * xc + r
+        else:
+            m, k, t = center[c], scale[c], shift[c]
+            a, q, r = k_dy[c], k_x[c], k_0[c]
+            for s in range(n_space):
+                xc = np.float64(x[b, c, s]) - m
+                g = dy[b, c, s] * _act_grad(xc * k + t, code, param)
+                out[b, c, s] = a * g + q * xc + r
 
 
 def _grad_add_act_cf(dy, x, center, scale, shift, residual, code, param, g_out, sum_g, sum_g_xc):
     n_batch, n_chan, n_space = x.shape
     p1 = np.empty((n_batch, n_chan))
     p2 = np.empty((n_batch, n_chan))
+    linear = code <= 2
+    slope = _slope(code, param)
     for i in prange(n_batch * n_chan):
         b = i // n_chan
         c = i - b * n_chan
         m, k, t = center[c], scale[c], shift[c]
         a1 = 0.0
         a2 = 0.0
-        for s in range(n_space):
-            xc = np.float64(x[b, c, s]) - m
-            g = dy[b, c, s] * _act_grad(xc * k + t + residual[b, c, s], code, param)
-            g_out[b, c, s] = g
-            a1 += g
-            a2 += g * xc
+        if linear:  # the sign test repeats the forward's arithmetic, in the input's dtype
+            mt, kt, tt = x.dtype.type(m), x.dtype.type(k), x.dtype.type(t)
+            for s in range(n_space):
+                g = np.float64(dy[b, c, s])
+                g = g if (x[b, c, s] - mt) * kt + tt + residual[b, c, s] > 0 else slope * g
+                g_out[b, c, s] = g
+                a1 += g
+                a2 += g * (np.float64(x[b, c, s]) - m)
+        else:
+            for s in range(n_space):
+                xc = np.float64(x[b, c, s]) - m
+                g = dy[b, c, s] * _act_grad(xc * k + t + residual[b, c, s], code, param)
+                g_out[b, c, s] = g
+                a1 += g
+                a2 += g * xc
         p1[b, c] = a1
         p2[b, c] = a2
     for c in prange(n_chan):
@@ -171,17 +232,29 @@ def _grad_sums_out_cf(dy, y, center, code, param, sum_g, sum_g_zc):
     n_batch, n_chan, n_space = y.shape
     p1 = np.empty((n_batch, n_chan))
     p2 = np.empty((n_batch, n_chan))
+    linear = code <= 2
+    slope = _slope(code, param)
+    inv_slope = 1.0 / slope if linear else 1.0
     for i in prange(n_batch * n_chan):
         b = i // n_chan
         c = i - b * n_chan
         m = center[c]
         a1 = 0.0
         a2 = 0.0
-        for s in range(n_space):
-            z, d = _act_inverse(np.float64(y[b, c, s]), code, param)
-            g = dy[b, c, s] * d
-            a1 += g
-            a2 += g * (z - m)
+        if linear:
+            for s in range(n_space):
+                v = np.float64(y[b, c, s])
+                g = np.float64(dy[b, c, s])
+                positive = v > 0.0
+                g = g if positive else slope * g
+                a1 += g
+                a2 += g * ((v if positive else v * inv_slope) - m)
+        else:
+            for s in range(n_space):
+                z, d = _act_inverse(np.float64(y[b, c, s]), code, param)
+                g = dy[b, c, s] * d
+                a1 += g
+                a2 += g * (z - m)
         p1[b, c] = a1
         p2[b, c] = a2
     for c in prange(n_chan):
@@ -191,44 +264,83 @@ def _grad_sums_out_cf(dy, y, center, code, param, sum_g, sum_g_zc):
 
 def _grad_input_out_cf(dy, y, center, code, param, k_dy, k_x, k_0, out):
     n_batch, n_chan, n_space = y.shape
+    linear = code <= 2
     for i in prange(n_batch * n_chan):
         b = i // n_chan
         c = i - b * n_chan
-        m, a, q, r = center[c], k_dy[c], k_x[c], k_0[c]
-        for s in range(n_space):
-            z, d = _act_inverse(np.float64(y[b, c, s]), code, param)
-            out[b, c, s] = a * (dy[b, c, s] * d) + q * (z - m) + r
+        if linear:
+            dt = y.dtype.type
+            m, a, q, r = dt(center[c]), dt(k_dy[c]), dt(k_x[c]), dt(k_0[c])
+            slope = dt(_slope(code, param))
+            inv_slope = dt(1.0 / _slope(code, param))
+            for s in range(n_space):
+                v = y[b, c, s]
+                positive = v > 0
+                g = dy[b, c, s] if positive else slope * dy[b, c, s]
+                out[b, c, s] = a * g + q * ((v if positive else v * inv_slope) - m) + r
+        else:
+            m, a, q, r = center[c], k_dy[c], k_x[c], k_0[c]
+            for s in range(n_space):
+                z, d = _act_inverse(np.float64(y[b, c, s]), code, param)
+                out[b, c, s] = a * (dy[b, c, s] * d) + q * (z - m) + r
 
 
 # ---------------------------------------------------------------------------------------------------- rows
 def _affine_act_rows(n_blocks, x, center, scale, shift, code, param, out):
     n_rows, n_chan = x.shape
-    for blk in prange(n_blocks):
-        for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
-            for c in range(n_chan):
-                out[r, c] = _act((np.float64(x[r, c]) - center[c]) * scale[c] + shift[c], code, param)
+    if code <= 2:
+        m, k, t = center.astype(x.dtype), scale.astype(x.dtype), shift.astype(x.dtype)
+        slope = x.dtype.type(_slope(code, param))
+        for blk in prange(n_blocks):
+            for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
+                for c in range(n_chan):
+                    z = (x[r, c] - m[c]) * k[c] + t[c]
+                    out[r, c] = z if z > 0 else slope * z
+    else:
+        for blk in prange(n_blocks):
+            for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
+                for c in range(n_chan):
+                    out[r, c] = _act((np.float64(x[r, c]) - center[c]) * scale[c] + shift[c], code, param)
 
 
 def _affine_add_act_rows(n_blocks, x, center, scale, shift, residual, code, param, out):
     n_rows, n_chan = x.shape
-    for blk in prange(n_blocks):
-        for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
-            for c in range(n_chan):
-                z = (np.float64(x[r, c]) - center[c]) * scale[c] + shift[c] + residual[r, c]
-                out[r, c] = _act(z, code, param)
+    if code <= 2:
+        m, k, t = center.astype(x.dtype), scale.astype(x.dtype), shift.astype(x.dtype)
+        slope = x.dtype.type(_slope(code, param))
+        for blk in prange(n_blocks):
+            for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
+                for c in range(n_chan):
+                    z = (x[r, c] - m[c]) * k[c] + t[c] + residual[r, c]
+                    out[r, c] = z if z > 0 else slope * z
+    else:
+        for blk in prange(n_blocks):
+            for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
+                for c in range(n_chan):
+                    z = (np.float64(x[r, c]) - center[c]) * scale[c] + shift[c] + residual[r, c]
+                    out[r, c] = _act(z, code, param)
 
 
 def _grad_sums_act_rows(n_blocks, dy, x, center, scale, shift, code, param, sum_g, sum_g_xc):
     n_rows, n_chan = x.shape
     p1 = np.zeros((n_blocks, n_chan))
     p2 = np.zeros((n_blocks, n_chan))
+    linear = code <= 2
+    slope = _slope(code, param)
+    m, k, t = center.astype(x.dtype), scale.astype(x.dtype), shift.astype(x.dtype)
     for blk in prange(n_blocks):
+        a1 = p1[blk]
+        a2 = p2[blk]
         for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
             for c in range(n_chan):
                 xc = np.float64(x[r, c]) - center[c]
-                g = dy[r, c] * _act_grad(xc * scale[c] + shift[c], code, param)
-                p1[blk, c] += g
-                p2[blk, c] += g * xc
+                if linear:  # the sign test repeats the forward's arithmetic, in the input's dtype
+                    g = np.float64(dy[r, c])
+                    g = g if (x[r, c] - m[c]) * k[c] + t[c] > 0 else slope * g
+                else:
+                    g = dy[r, c] * _act_grad(xc * scale[c] + shift[c], code, param)
+                a1[c] += g
+                a2[c] += g * xc
     for c in range(n_chan):
         sum_g[c] = p1[:, c].sum()
         sum_g_xc[c] = p2[:, c].sum()
@@ -236,26 +348,47 @@ def _grad_sums_act_rows(n_blocks, dy, x, center, scale, shift, code, param, sum_
 
 def _grad_input_act_rows(n_blocks, dy, x, center, scale, shift, code, param, k_dy, k_x, k_0, out):
     n_rows, n_chan = x.shape
-    for blk in prange(n_blocks):
-        for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
-            for c in range(n_chan):
-                xc = np.float64(x[r, c]) - center[c]
-                g = dy[r, c] * _act_grad(xc * scale[c] + shift[c], code, param)
-                out[r, c] = k_dy[c] * g + k_x[c] * xc + k_0[c]
+    if code <= 2:
+        dt = x.dtype
+        m, k, t = center.astype(dt), scale.astype(dt), shift.astype(dt)
+        a, q, b0 = k_dy.astype(dt), k_x.astype(dt), k_0.astype(dt)
+        slope = dt.type(_slope(code, param))
+        for blk in prange(n_blocks):
+            for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
+                for c in range(n_chan):
+                    xc = x[r, c] - m[c]
+                    g = dy[r, c] if xc * k[c] + t[c] > 0 else slope * dy[r, c]
+                    out[r, c] = a[c] * g + q[c] * xc + b0[c]
+    else:
+        for blk in prange(n_blocks):
+            for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
+                for c in range(n_chan):
+                    xc = np.float64(x[r, c]) - center[c]
+                    g = dy[r, c] * _act_grad(xc * scale[c] + shift[c], code, param)
+                    out[r, c] = k_dy[c] * g + k_x[c] * xc + k_0[c]
 
 
 def _grad_add_act_rows(n_blocks, dy, x, center, scale, shift, residual, code, param, g_out, sum_g, sum_g_xc):
     n_rows, n_chan = x.shape
     p1 = np.zeros((n_blocks, n_chan))
     p2 = np.zeros((n_blocks, n_chan))
+    linear = code <= 2
+    slope = _slope(code, param)
+    m, k, t = center.astype(x.dtype), scale.astype(x.dtype), shift.astype(x.dtype)
     for blk in prange(n_blocks):
+        a1 = p1[blk]
+        a2 = p2[blk]
         for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
             for c in range(n_chan):
                 xc = np.float64(x[r, c]) - center[c]
-                g = dy[r, c] * _act_grad(xc * scale[c] + shift[c] + residual[r, c], code, param)
+                if linear:  # the sign test repeats the forward's arithmetic, in the input's dtype
+                    g = np.float64(dy[r, c])
+                    g = g if (x[r, c] - m[c]) * k[c] + t[c] + residual[r, c] > 0 else slope * g
+                else:
+                    g = dy[r, c] * _act_grad(xc * scale[c] + shift[c] + residual[r, c], code, param)
                 g_out[r, c] = g
-                p1[blk, c] += g
-                p2[blk, c] += g * xc
+                a1[c] += g
+                a2[c] += g * xc
     for c in range(n_chan):
         sum_g[c] = p1[:, c].sum()
         sum_g_xc[c] = p2[:, c].sum()
@@ -266,12 +399,14 @@ def _grad_sums_out_rows(n_blocks, dy, y, center, code, param, sum_g, sum_g_zc):
     p1 = np.zeros((n_blocks, n_chan))
     p2 = np.zeros((n_blocks, n_chan))
     for blk in prange(n_blocks):
+        a1 = p1[blk]
+        a2 = p2[blk]
         for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
             for c in range(n_chan):
                 z, d = _act_inverse(np.float64(y[r, c]), code, param)
                 g = dy[r, c] * d
-                p1[blk, c] += g
-                p2[blk, c] += g * (z - center[c])
+                a1[c] += g
+                a2[c] += g * (z - center[c])
     for c in range(n_chan):
         sum_g[c] = p1[:, c].sum()
         sum_g_zc[c] = p2[:, c].sum()
