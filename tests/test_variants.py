@@ -514,7 +514,8 @@ def test_skip_nonfinite_leaves_buffers_and_counter_alone_and_warns_once(kind):
         x = _shifted_batch(shape, generator, step)
         if step in bad_steps:
             x.view(-1)[int(torch.randint(x.numel(), (1,), generator=generator))] = bad_steps[step]
-        mean, var, count = reference.batch_statistics(_np(x))
+        with np.errstate(invalid="ignore"):
+            mean, var, count = reference.batch_statistics(_np(x))
         with warnings.catch_warnings(record=True) as record:
             warnings.simplefilter("always")
             y = layer(x)
@@ -589,3 +590,72 @@ def test_routed_dtype_ghost_and_renorm_follow_the_reference_loosely():
     expected = reference.batch_renorm_train_forward(_np(xb), np.zeros(3), np.ones(3), np.ones(3), np.zeros(3),
                                                     1e-5, 1.2, 0.2)[0]
     _close("renorm bfloat16", y.to(torch.float64), expected, 2e-2)
+
+
+def test_renorm_skip_nonfinite():
+    layer = bnn.BatchRenorm1d(2, warmup_steps=0, rmax_steps=0, dmax_steps=0, skip_nonfinite=True,
+                              dtype=torch.float64)
+    x = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(63))
+    x[0, 0] = float("inf")
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        layer(x)
+    assert int(layer.num_batches_tracked) == 0 and torch.equal(layer.running_var, torch.ones(2, dtype=torch.float64))
+
+
+# ------------------------------------------------------------------------------- layouts, edges, subclasses
+def test_ghost_channels_last_and_empty_batch():
+    generator = torch.Generator().manual_seed(81)
+    x = _shifted_batch((7, 3, 4, 5), generator, 1)
+    dense = bnn.BatchNorm2d(3, virtual_batch_size=3, dtype=torch.float64)
+    strided = copy.deepcopy(dense)
+    y, dx, dweight, _, upstream = _grad_step(dense, x, torch.Generator().manual_seed(1))
+    y_cl, dx_cl, dweight_cl, _, _ = _grad_step(strided, x.contiguous(memory_format=torch.channels_last),
+                                               torch.Generator().manual_seed(1))
+    _close("channels_last output", y_cl, y.detach())
+    _close("channels_last input grad", dx_cl, dx)
+    _close("channels_last weight grad", dweight_cl, dweight)
+    _close("channels_last running_var", strided.running_var, dense.running_var)
+    empty = bnn.BatchNorm2d(3, virtual_batch_size=2)
+    assert empty(torch.randn(0, 3, 4, 4)).shape == (0, 3, 4, 4)
+    assert int(empty.num_batches_tracked) == 1 and torch.equal(empty.running_mean, torch.zeros(3))
+
+
+def _leaky(z, slope):
+    return np.where(z > 0, z, slope * z), np.where(z > 0, 1.0, slope)
+
+
+def test_batchnorm_act_gets_ghost_masked_and_frozen_statistics():
+    """BatchNormAct (a subclass of our BatchNorm) with the variant keywords = the variant's reference + act."""
+    from batchnorm.nn.activated import BatchNormAct1d, BatchNormAct2d
+
+    generator = torch.Generator().manual_seed(82)
+    slope = 0.1
+    layer = BatchNormAct2d(3, virtual_batch_size=2, activation="leaky_relu", activation_param=slope,
+                           dtype=torch.float64)
+    random_affine_(layer, generator)
+    x = _shifted_batch((5, 3, 2, 3), generator, 1)
+    weight, bias = _np(layer.weight), _np(layer.bias)
+    z, cache = reference.ghost_batch_norm_train_forward(_np(x), 2, weight, bias, layer.eps)
+    y, dx, dweight, dbias, upstream = _grad_step(layer, x, generator)
+    y_ref, slope_ref = _leaky(z, slope)
+    dx_ref, dgamma_ref, dbeta_ref = reference.ghost_batch_norm_backward(_np(upstream) * slope_ref, cache, weight)
+    _compare_step(layer, y, dx, dweight, dbias, (y_ref, dx_ref, dgamma_ref, dbeta_ref))
+
+    masked = BatchNormAct1d(3, activation="leaky_relu", activation_param=slope, dtype=torch.float64)
+    random_affine_(masked, generator)
+    x = _shifted_batch((4, 3, 5), generator, 2)
+    mask = _random_mask((4, 5), generator)
+    z, cache = reference.masked_batch_norm_train_forward(_np(x), mask.numpy(), _np(masked.weight),
+                                                         _np(masked.bias), masked.eps)
+    y, dx, dweight, dbias, upstream = _grad_step(masked, x, generator, mask)
+    y_ref, slope_ref = _leaky(z, slope)
+    expected = reference.masked_batch_norm_backward(_np(upstream) * slope_ref, cache, _np(masked.weight))
+    _compare_step(masked, y, dx, dweight, dbias, (y_ref,) + tuple(expected))
+
+    frozen = BatchNormAct2d(3, freeze_stats=True, activation="relu", dtype=torch.float64)
+    random_affine_(frozen, generator)
+    x = _shifted_batch((4, 3, 2, 2), generator, 0)
+    expected = reference.frozen_batch_norm_forward(_np(x), _np(frozen.running_mean), _np(frozen.running_var),
+                                                   _np(frozen.weight), _np(frozen.bias), frozen.eps)
+    _close("frozen act output", frozen(x), np.maximum(expected, 0.0))
+    assert int(frozen.num_batches_tracked) == 0

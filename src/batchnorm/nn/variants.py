@@ -124,14 +124,22 @@ def _batch_moments(values: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _normalize(values: Tensor, mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-               eps: float, r: Optional[Tensor] = None, d: Optional[Tensor] = None) -> Tensor:
-    """The shared transform with batch statistics (mean, var are values' own): ((x - mean)/sigma * r + d) g + b.
+               eps: float, r: Optional[Tensor] = None, d: Optional[Tensor] = None, activation: str = "identity",
+               activation_param: float = 0.0) -> Tensor:
+    """The shared transform with batch statistics (mean, var are values' own): act(((x - mean)/sigma * r + d) g + b).
 
     CPU float32/float64 run on `torch.ops.batchnorm.normalize`; other devices and dtypes on torch's own
     `batch_norm` (or, with r and d, the same formula in torch ops), as `batchnorm.functional` routes them.
+    The activation (BatchNormAct's, "identity" for plain batch norm) is fused on our kernels.
     """
     if functional.uses_own_kernels(values):
-        return torch.ops.batchnorm.normalize(values, mean, var, weight, bias, eps, True, r, d)
+        if activation == "identity":
+            return torch.ops.batchnorm.normalize(values, mean, var, weight, bias, eps, True, r, d)
+        return torch.ops.batchnorm.normalize(values, mean, var, weight, bias, eps, True, r, d, activation,
+                                             float(activation_param))
+    if activation != "identity":
+        y = _normalize(values, mean, var, weight, bias, eps, r, d)
+        return functional.torch_activation(y, activation, activation_param)
     if r is None and d is None:
         return torch.nn.functional.batch_norm(values, None, None, weight, bias, True, 0.0, eps)
     shape = (1, -1) + (1,) * (values.dim() - 2)
@@ -199,13 +207,18 @@ def _update_running(module, moments: list[tuple[int, Tensor, Tensor]]) -> None:
             module.running_var.mul_(1.0 - factor).add_(unbiased.to(module.running_var), alpha=factor)
 
 
+def _activation_kwargs(module) -> dict:
+    """The activation a layer fuses into the transform (BatchNormAct); empty for plain batch norm."""
+    return getattr(module, "_activation_kwargs", dict)()
+
+
 def _running_forward(module, input: Tensor) -> Tensor:
     """Normalize with the running statistics (inference, or frozen statistics in training)."""
     if module.running_mean is None or module.running_var is None:
         raise ValueError(f"{type(module).__name__} with freeze_stats=True needs running_mean and running_var, "
                          f"got None: construct it with track_running_stats=True")
     return functional.batch_norm(input, module.running_mean, module.running_var, module.weight, module.bias,
-                                 False, 0.0, module.eps)
+                                 False, 0.0, module.eps, **_activation_kwargs(module))
 
 
 def _zero_padded(y: Tensor, mask: Tensor) -> Tensor:
@@ -216,7 +229,9 @@ def batch_norm_forward(module, input: Tensor, mask: Optional[Tensor] = None) -> 
     """The forward of our BatchNorm with the variant keywords (`virtual_batch_size`, `freeze_stats`,
     `skip_nonfinite`) and an optional padding mask: choose the statistics, update the running buffers, apply the
     shared transform. Training statistics are per ghost chunk (one chunk without `virtual_batch_size`) over the
-    valid positions (all positions without a mask); padded positions output 0 and get no gradient.
+    valid positions (all positions without a mask); padded positions output 0 and get no gradient. A layer's
+    fused activation (BatchNormAct's `_activation_kwargs`) is applied to the valid positions (every supported
+    activation maps 0 to 0, so padded positions stay 0).
     """
     name = type(module).__name__
     if mask is not None:
@@ -240,13 +255,14 @@ def batch_norm_forward(module, input: Tensor, mask: Optional[Tensor] = None) -> 
         per_sample = input[:1].numel() // max(input.shape[1], 1)
     bounds = ghost_chunk_bounds(samples, virtual_batch_size, per_sample)
     outputs, moments = [], []
+    activation = _activation_kwargs(module)
     for start, stop in bounds:
         if mask is None:
             piece = input if len(bounds) == 1 else input[start:stop]
         else:
             piece = rows[start:stop][mask[start:stop]]  # (valid values, C)
         mean, var = _batch_moments(piece)
-        outputs.append(_normalize(piece, mean, var, module.weight, module.bias, module.eps))
+        outputs.append(_normalize(piece, mean, var, module.weight, module.bias, module.eps, **activation))
         moments.append((piece.numel() // max(piece.shape[1], 1), mean, var))
     _update_running(module, moments)
     y = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
