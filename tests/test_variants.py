@@ -659,3 +659,15 @@ def test_batchnorm_act_gets_ghost_masked_and_frozen_statistics():
                                                    _np(frozen.weight), _np(frozen.bias), frozen.eps)
     _close("frozen act output", frozen(x), np.maximum(expected, 0.0))
     assert int(frozen.num_batches_tracked) == 0
+
+
+def test_all_padded_batch_and_nonpositive_eps():
+    layer = bnn.BatchNorm1d(3)
+    x = torch.randn(4, 3, 5, requires_grad=True)
+    y = layer(x, torch.zeros(4, 5, dtype=torch.bool))
+    y.sum().backward()
+    assert torch.all(y == 0) and torch.all(x.grad == 0)
+    assert int(layer.num_batches_tracked) == 1 and torch.equal(layer.running_var, torch.ones(3))
+    for bad in (bnn.BatchNorm1d(3, eps=0.0, virtual_batch_size=2), bnn.BatchRenorm1d(3, eps=0.0)):
+        with pytest.raises(ValueError, match=r"eps must be positive during training, got eps=0\.0"):
+            bad(torch.randn(4, 3))

@@ -240,6 +240,9 @@ def batch_norm_forward(module, input: Tensor, mask: Optional[Tensor] = None) -> 
         y = _running_forward(module, input)
         return y if mask is None else _zero_padded(y, mask)
     if module.training:
+        if not module.eps > 0.0:
+            raise ValueError(f"{name} eps must be positive during training, got eps={module.eps}: the batch "
+                             f"variance can be 0; use eps=1e-5 (torch's default)")
         if mask is None:
             functional.check_batch_size(input, name)
         elif int(mask.sum()) == 1:
@@ -367,7 +370,11 @@ class _BatchRenorm(BatchNormMixin):
         self._check_input_dim(input)
         if not self.training or self.freeze_stats:
             return _running_forward(self, input)
-        functional.check_batch_size(input, type(self).__name__)
+        name = type(self).__name__
+        if not self.eps > 0.0:
+            raise ValueError(f"{name} eps must be positive during training, got eps={self.eps}: the batch variance "
+                             f"can be 0; use eps=1e-5 (torch's default)")
+        functional.check_batch_size(input, name)
         mean, var = _batch_moments(input)
         r, d = self.corrections(mean.to(torch.float64), var.to(torch.float64))
         y = _normalize(input, mean, var, self.weight, self.bias, self.eps, r, d)
