@@ -37,6 +37,7 @@ EXACT_CASES = {
     "3d-bias-False": ((3, 2, 2, 3), {"bias": False}, "contiguous", False, torch.float64),
     "2d-torch-ops-path": ((4, 3, 3), {"momentum": 0.3}, "contiguous", True, torch.float64),
     "2d-bfloat16": ((4, 3, 3), {}, "contiguous", False, torch.bfloat16),
+    "1d-NCL-no-running-stats": ((3, 4), {"track_running_stats": False}, "contiguous", False, torch.float64),
 }
 EXACT_STEPS = 2
 DDP_SIZES = (8, 8)

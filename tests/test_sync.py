@@ -235,7 +235,8 @@ def _run_ok(scenario: str, world: int, outdir: Path) -> list[dict]:
 def _oracle_exact(name: str) -> dict:
     """Single-process torch BatchNorm over the concatenated 13 samples, in float64."""
     shape, kwargs, _, _, dtype = worker.EXACT_CASES[name]
-    reference = {1: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm2d, 4: torch.nn.BatchNorm3d}[len(shape)]
+    reference = {1: torch.nn.BatchNorm1d, 2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm2d,
+                 4: torch.nn.BatchNorm3d}[len(shape)]
     layer = reference(shape[0], **kwargs).double()
     worker.exact_layer_init(layer, name)
     if dtype != torch.float64:   # the ranks start from the rounded parameters and buffers
@@ -256,7 +257,13 @@ def _oracle_exact(name: str) -> dict:
     out["state"] = layer.state_dict()
     layer.eval()
     x, _ = worker.exact_data(name, worker.EXACT_STEPS)
-    out["eval_y"] = layer(x.to(dtype).double()).detach()
+    x = x.to(dtype).double()
+    if layer.track_running_stats:
+        out["eval_y"] = layer(x).detach()
+    else:   # eval without running statistics: each rank normalizes with its own batch, without communication
+        slices = [worker._slice(rank, worker.EXACT_SIZES) for rank in range(len(worker.EXACT_SIZES))]
+        out["eval_y"] = torch.cat([layer(x[part]).detach() if part.stop > part.start else x[part]
+                                   for part in slices])
     return out
 
 
