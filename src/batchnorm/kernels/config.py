@@ -33,5 +33,7 @@ def row_blocks(rows: int, threads: int) -> int:
 
 NJIT_SERIAL = dict(cache=CACHE, fastmath=FASTMATH, nogil=True, error_model="numpy")
 NJIT_PARALLEL = dict(NJIT_SERIAL, parallel=True)
+# Elementwise maps called from the kernels: no 'reassoc', so that LLVM keeps their order of operations.
+NJIT_ELEMENTWISE = dict(cache=CACHE, fastmath={"contract"}, nogil=True, error_model="numpy")
 # Small helpers called from the kernels (compiled into them).
 NJIT_INLINE = dict(cache=CACHE, fastmath=FASTMATH, nogil=True, error_model="numpy", inline="always")

@@ -34,7 +34,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from .config import NJIT_PARALLEL, NJIT_SERIAL, NJIT_INLINE
+from .config import NJIT_ELEMENTWISE, NJIT_INLINE, NJIT_PARALLEL, NJIT_SERIAL
 
 
 @numba.njit(**NJIT_INLINE)
@@ -61,16 +61,21 @@ def _update_running(running_mean, running_var, c, mean, var, count, momentum):
         running_var[c] = (1.0 - momentum) * running_var[c] + momentum * unbiased
 
 
-@numba.njit(**NJIT_INLINE)
-def _affine_value(v, center, scale, shift):
-    """The forward's elementwise map (the place where a fused activation goes)."""
-    return (v - center) * scale + shift
+# The center of a float32 channel is split into center_hi (its float32 rounding) and center_lo (the rest), so
+# that x - center keeps float64 accuracy where it matters: x - center_hi is exact for x near the mean (Sterbenz),
+# which is what keeps a +1e4 offset from costing digits in y and dx. These helpers are compiled without
+# 'reassoc' (LLVM keeps per-instruction flags when it inlines them), so (x - hi) - lo is never re-associated
+# into x - (hi + lo).
+@numba.njit(**NJIT_ELEMENTWISE)
+def _affine_value(v, center_hi, center_lo, scale, shift):
+    """The forward's elementwise map ((x - center) * scale + shift; the place where a fused activation goes)."""
+    return ((v - center_hi) - center_lo) * scale + shift
 
 
-@numba.njit(**NJIT_INLINE)
-def _grad_value(g, v, center, k_dy, k_x, k_0):
+@numba.njit(**NJIT_ELEMENTWISE)
+def _grad_value(g, v, center_hi, center_lo, k_dy, k_x, k_0):
     """The backward's elementwise map dx = k_dy * dy + k_x * (x - center) + k_0."""
-    return k_dy * g + k_x * (v - center) + k_0
+    return k_dy * g + k_x * ((v - center_hi) - center_lo) + k_0
 
 
 # ----------------------------------------------------------------------------------------- channels-first
@@ -108,11 +113,14 @@ def _affine_cf(x, center, scale, shift, out):
     for i in prange(n_batch * n_chan):
         b = i // n_chan
         c = i - b * n_chan
-        m = x.dtype.type(center[c])
+        hi = x.dtype.type(center[c])
+        lo = x.dtype.type(center[c] - np.float64(hi))
         k = x.dtype.type(scale[c])
         t = x.dtype.type(shift[c])
+        xb = x[b, c]
+        ob = out[b, c]
         for s in range(n_space):
-            out[b, c, s] = (x[b, c, s] - m) * k + t
+            ob[s] = _affine_value(xb[s], hi, lo, k, t)
 
 
 def _grad_sums_cf(dy, x, center, sum_dy, sum_dy_xc):
@@ -146,12 +154,16 @@ def _grad_input_cf(dy, x, center, k_dy, k_x, k_0, out):
     for i in prange(n_batch * n_chan):
         b = i // n_chan
         c = i - b * n_chan
-        m = x.dtype.type(center[c])
+        hi = x.dtype.type(center[c])
+        lo = x.dtype.type(center[c] - np.float64(hi))
         a = x.dtype.type(k_dy[c])
         k = x.dtype.type(k_x[c])
         t = x.dtype.type(k_0[c])
+        gb = dy[b, c]
+        xb = x[b, c]
+        ob = out[b, c]
         for s in range(n_space):
-            out[b, c, s] = a * dy[b, c, s] + k * (x[b, c, s] - m) + t
+            ob[s] = _grad_value(gb[s], xb[s], hi, lo, a, k, t)
 
 
 # ------------------------------------------------------------------------------ channels-first, fused
@@ -175,35 +187,39 @@ def _train_forward_cf(x, weight, bias, eps, momentum, running_mean, running_var,
         var[c] = v
         _update_running(running_mean, running_var, c, m, v, count, momentum)
         k64 = _optional(weight, c, 1.0) / np.sqrt(v + eps)
-        center = x.dtype.type(m)
+        hi = x.dtype.type(m)
+        lo = x.dtype.type(m - np.float64(hi))
         scale = x.dtype.type(k64)
         offset = x.dtype.type(_optional(bias, c, 0.0))
         for b in range(n_batch):
             xb = x[b, c]
             yb = y[b, c]
             for s in range(n_space):
-                yb[s] = _affine_value(xb[s], center, scale, offset)
+                yb[s] = _affine_value(xb[s], hi, lo, scale, offset)
 
 
 def _normalize_cf(x, mean, var, weight, bias, eps, y):
     n_batch, n_chan, n_space = x.shape
-    center = np.empty(n_chan, x.dtype)
+    hi = np.empty(n_chan, x.dtype)
+    lo = np.empty(n_chan, x.dtype)
     scale = np.empty(n_chan, x.dtype)
     offset = np.empty(n_chan, x.dtype)
     for c in range(n_chan):
-        center[c] = mean[c]
+        hi[c] = mean[c]
+        lo[c] = np.float64(mean[c]) - np.float64(hi[c])
         scale[c] = _optional(weight, c, 1.0) / np.sqrt(np.float64(var[c]) + eps)
         offset[c] = _optional(bias, c, 0.0)
     for i in prange(n_batch * n_chan):
         b = i // n_chan
         c = i - b * n_chan
-        m = center[c]
+        h = hi[c]
+        low = lo[c]
         k = scale[c]
         t = offset[c]
         xb = x[b, c]
         yb = y[b, c]
         for s in range(n_space):
-            yb[s] = _affine_value(xb[s], m, k, t)
+            yb[s] = _affine_value(xb[s], h, low, k, t)
 
 
 def _train_backward_cf(dy, x, mean, var, weight, eps, batch_stats, dx, dweight, dbias):
@@ -235,13 +251,14 @@ def _train_backward_cf(dy, x, mean, var, weight, eps, batch_stats, dx, dweight, 
             k_dy = x.dtype.type(k_dy64)
             k_x = x.dtype.type(-k_dy64 * inv_std * inv_std * a2 / count if batch_stats else 0.0)
             k_0 = x.dtype.type(-k_dy64 * a1 / count if batch_stats else 0.0)
-            center = x.dtype.type(m)
+            hi = x.dtype.type(m)
+            lo = x.dtype.type(m - np.float64(hi))
             for b in range(n_batch):
                 gb = dy[b, c]
                 xb = x[b, c]
                 ob = dx[b, c]
                 for s in range(n_space):
-                    ob[s] = _grad_value(gb[s], xb[s], center, k_dy, k_x, k_0)
+                    ob[s] = _grad_value(gb[s], xb[s], hi, lo, k_dy, k_x, k_0)
 
 
 # ---------------------------------------------------------------------------------------------------- rows
@@ -276,13 +293,16 @@ def _stats_rows(n_blocks, x, mean, var):
 
 def _affine_rows(n_blocks, x, center, scale, shift, out):
     n_rows, n_chan = x.shape
-    m = center.astype(x.dtype)
+    hi = center.astype(x.dtype)
+    lo = (center - hi.astype(np.float64)).astype(x.dtype)
     k = scale.astype(x.dtype)
     t = shift.astype(x.dtype)
     for blk in prange(n_blocks):
         for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
+            xr = x[r]
+            outr = out[r]
             for c in range(n_chan):
-                out[r, c] = (x[r, c] - m[c]) * k[c] + t[c]
+                outr[c] = _affine_value(xr[c], hi[c], lo[c], k[c], t[c])
 
 
 def _grad_sums_rows(n_blocks, dy, x, center, sum_dy, sum_dy_xc):
@@ -309,14 +329,18 @@ def _grad_sums_rows(n_blocks, dy, x, center, sum_dy, sum_dy_xc):
 
 def _grad_input_rows(n_blocks, dy, x, center, k_dy, k_x, k_0, out):
     n_rows, n_chan = x.shape
-    m = center.astype(x.dtype)
+    hi = center.astype(x.dtype)
+    lo = (center - hi.astype(np.float64)).astype(x.dtype)
     a = k_dy.astype(x.dtype)
     k = k_x.astype(x.dtype)
     t = k_0.astype(x.dtype)
     for blk in prange(n_blocks):
         for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
+            gr = dy[r]
+            xr = x[r]
+            outr = out[r]
             for c in range(n_chan):
-                out[r, c] = a[c] * dy[r, c] + k[c] * (x[r, c] - m[c]) + t[c]
+                outr[c] = _grad_value(gr[c], xr[c], hi[c], lo[c], a[c], k[c], t[c])
 
 
 # -------------------------------------------------------------------------------------------- rows, fused
@@ -336,7 +360,8 @@ def _train_forward_rows(n_blocks, x, weight, bias, eps, momentum, running_mean, 
                 d = np.float64(xr[c]) - shift[c]
                 a1[c] += d
                 a2[c] += d * d
-    center = np.empty(n_chan, x.dtype)
+    hi = np.empty(n_chan, x.dtype)
+    lo = np.empty(n_chan, x.dtype)
     scale = np.empty(n_chan, x.dtype)
     offset = np.empty(n_chan, x.dtype)
     for c in range(n_chan):
@@ -351,7 +376,8 @@ def _train_forward_rows(n_blocks, x, weight, bias, eps, momentum, running_mean, 
         mean[c] = m
         var[c] = v
         _update_running(running_mean, running_var, c, m, v, n_rows, momentum)
-        center[c] = m
+        hi[c] = m
+        lo[c] = m - np.float64(hi[c])
         scale[c] = _optional(weight, c, 1.0) / np.sqrt(v + eps)
         offset[c] = _optional(bias, c, 0.0)
     for blk in prange(n_blocks):
@@ -359,16 +385,18 @@ def _train_forward_rows(n_blocks, x, weight, bias, eps, momentum, running_mean, 
             xr = x[r]
             yr = y[r]
             for c in range(n_chan):
-                yr[c] = _affine_value(xr[c], center[c], scale[c], offset[c])
+                yr[c] = _affine_value(xr[c], hi[c], lo[c], scale[c], offset[c])
 
 
 def _normalize_rows(n_blocks, x, mean, var, weight, bias, eps, y):
     n_rows, n_chan = x.shape
-    center = np.empty(n_chan, x.dtype)
+    hi = np.empty(n_chan, x.dtype)
+    lo = np.empty(n_chan, x.dtype)
     scale = np.empty(n_chan, x.dtype)
     offset = np.empty(n_chan, x.dtype)
     for c in range(n_chan):
-        center[c] = mean[c]
+        hi[c] = mean[c]
+        lo[c] = np.float64(mean[c]) - np.float64(hi[c])
         scale[c] = _optional(weight, c, 1.0) / np.sqrt(np.float64(var[c]) + eps)
         offset[c] = _optional(bias, c, 0.0)
     for blk in prange(n_blocks):
@@ -376,7 +404,7 @@ def _normalize_rows(n_blocks, x, mean, var, weight, bias, eps, y):
             xr = x[r]
             yr = y[r]
             for c in range(n_chan):
-                yr[c] = _affine_value(xr[c], center[c], scale[c], offset[c])
+                yr[c] = _affine_value(xr[c], hi[c], lo[c], scale[c], offset[c])
 
 
 def _train_backward_rows(n_blocks, dy, x, mean, var, weight, eps, batch_stats, dx, dweight, dbias):
@@ -394,7 +422,8 @@ def _train_backward_rows(n_blocks, dy, x, mean, var, weight, eps, batch_stats, d
                 a1[c] += g
                 a2[c] += g * (np.float64(xr[c]) - mean[c])
     count = max(n_rows, 1)
-    center = np.empty(n_chan, x.dtype)
+    hi = np.empty(n_chan, x.dtype)
+    lo = np.empty(n_chan, x.dtype)
     k_dy = np.empty(n_chan, x.dtype)
     k_x = np.empty(n_chan, x.dtype)
     k_0 = np.empty(n_chan, x.dtype)
@@ -409,7 +438,8 @@ def _train_backward_rows(n_blocks, dy, x, mean, var, weight, eps, batch_stats, d
         if dweight.shape[0]:
             dweight[c] = a2 * inv_std
         k_dy64 = _optional(weight, c, 1.0) * inv_std
-        center[c] = mean[c]
+        hi[c] = mean[c]
+        lo[c] = mean[c] - np.float64(hi[c])
         k_dy[c] = k_dy64
         k_x[c] = -k_dy64 * inv_std * inv_std * a2 / count if batch_stats else 0.0
         k_0[c] = -k_dy64 * a1 / count if batch_stats else 0.0
@@ -420,7 +450,7 @@ def _train_backward_rows(n_blocks, dy, x, mean, var, weight, eps, batch_stats, d
                 xr = x[r]
                 outr = dx[r]
                 for c in range(n_chan):
-                    outr[c] = _grad_value(gr[c], xr[c], center[c], k_dy[c], k_x[c], k_0[c])
+                    outr[c] = _grad_value(gr[c], xr[c], hi[c], lo[c], k_dy[c], k_x[c], k_0[c])
 
 
 def _compile(fn):
