@@ -333,3 +333,21 @@ def test_a_rank_that_dies_mid_step_makes_the_others_fail_clearly(tmp_path):
     assert "all_reduce_sum: the all_reduce of a tensor of shape (2, 4) across 2 ranks failed on rank 0" in stderr0
     assert "another rank has died" in stderr0
     assert seconds < LAUNCH_TIMEOUT
+
+
+@pytest.mark.slow
+def test_torchrun_example_matches_one_process():
+    """examples/ddp_train.py: 2 processes x 8 samples (torchrun) print what 1 process x 16 samples prints."""
+    example = Path(__file__).parent.parent / "examples" / "ddp_train.py"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    two = subprocess.run([str(torchrun), "--nproc_per_node=2", f"--master_port={_free_port()}", str(example),
+                          "--epochs", "1"], env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    one = subprocess.run([sys.executable, str(example), "--epochs", "1", "--batch-per-process", "16"], env=env,
+                         capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert one.returncode == 0, one.stderr[-3000:]
+    accuracy_two = two.stdout.strip().splitlines()[-1].split("test accuracy ")[1]
+    accuracy_one = one.stdout.strip().splitlines()[-1].split("test accuracy ")[1]
+    assert "2 process(es) x 8 samples, SyncBatchNorm" in two.stdout
+    assert accuracy_two == accuracy_one

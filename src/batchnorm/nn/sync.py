@@ -94,9 +94,9 @@ def _grad_input(dy: Tensor, x: Tensor, mean: Tensor, k_dy: np.ndarray, k_x: np.n
     dtype = _compute_dtype(x)
 
     def vec(v):
-        return _channel_view(torch.as_tensor(v, device=x.device).to(dtype), x)
+        return _channel_view(torch.as_tensor(v).to(device=x.device, dtype=dtype), x)
 
-    dx = vec(k_dy) * dy.to(dtype) + vec(k_x) * (x.to(dtype) - vec(mean.cpu().numpy())) + vec(k_0)
+    dx = vec(k_dy) * dy.to(dtype) + vec(k_x) * (x.to(dtype) - vec(mean)) + vec(k_0)
     return dx.to(x.dtype)
 
 
