@@ -20,9 +20,9 @@ def make_clean():
                          nn.ReLU(), nn.Linear(16, 5))
 
 
-def make_data(batch_size=64, batches=3, seed=0):
+def make_data(batch_size=32, batches=3, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    return [(torch.randn(batch_size, 3, 8, 8, generator=generator) * 2 + 1,
+    return [(torch.randn(batch_size, 3, 6, 6, generator=generator) * 2 + 1,
              torch.randint(0, 5, (batch_size,), generator=generator)) for _ in range(batches)]
 
 
@@ -41,7 +41,7 @@ def test_clean_model_has_no_findings():
     assert report.findings == [], str(report)
     assert [name for name, _ in report.layers] == ["1", "4", "9"]
     assert report.measured["(model)"]["output_mismatch"] < 0.3
-    assert report.measured["1"]["values_per_channel"] == 64 * 8 * 8 and report.measured["9"]["batch"] == 64
+    assert report.measured["1"]["values_per_channel"] == 32 * 6 * 6 and report.measured["9"]["batch"] == 32
     assert report.worst is None and "ok" in report.table()
 
 
@@ -119,8 +119,8 @@ def test_stale_statistics_and_train_eval_mismatch_are_found():
     with torch.no_grad():
         eval_correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in data)
         train_correct = sum(int((train_twin(x).argmax(1) == y).sum()) for x, y in data)
-    assert report.measured["(model)"]["eval_accuracy"] == eval_correct / (64 * len(data))
-    assert report.measured["(model)"]["train_accuracy"] == train_correct / (64 * len(data))
+    assert report.measured["(model)"]["eval_accuracy"] == eval_correct / (32 * len(data))
+    assert report.measured["(model)"]["train_accuracy"] == train_correct / (32 * len(data))
 
 
 @pytest.mark.parametrize("batch_size, severity", [(4, "warning"), (2, "error")])
