@@ -671,3 +671,26 @@ def test_all_padded_batch_and_nonpositive_eps():
     for bad in (bnn.BatchNorm1d(3, eps=0.0, virtual_batch_size=2), bnn.BatchRenorm1d(3, eps=0.0)):
         with pytest.raises(ValueError, match=r"eps must be positive during training, got eps=0\.0"):
             bad(torch.randn(4, 3))
+
+
+def _compile_check(backend):
+    torch.manual_seed(91)
+    model = torch.nn.Sequential(bnn.BatchNorm2d(4, virtual_batch_size=3),
+                                bnn.BatchRenorm2d(4, warmup_steps=0, rmax_steps=0, dmax_steps=0, rmax=1.1, dmax=0.1),
+                                bnn.BatchNorm2d(4, freeze_stats=True))
+    compiled_copy = copy.deepcopy(model)
+    compiled = torch.compile(compiled_copy, fullgraph=True, backend=backend)
+    x = torch.randn(8, 4, 5, 5)
+    _close("output", compiled(x).detach(), model(x).detach(), 1e-5)
+    for (name, ours), (_, theirs) in zip(compiled_copy.state_dict().items(), model.state_dict().items()):
+        _close(name, ours, theirs, 1e-6)
+
+
+def test_variants_trace_without_graph_breaks():
+    """Quick twin of the inductor test: dynamo's fullgraph tracing with the eager backend."""
+    _compile_check("eager")
+
+
+@pytest.mark.slow
+def test_variants_compile_fullgraph_with_inductor():
+    _compile_check("inductor")
