@@ -120,8 +120,11 @@ def _affine_of(bn: nn.Module):
     return scale, beta - mean * scale
 
 
-def behaves_affine(bn: nn.Module, spatial_dims: int, activation) -> bool:
-    """Check numerically that the layer computes act(x * scale + shift) from its running statistics."""
+def behaves_affine(bn: nn.Module, spatial_dims: int, activation) -> tuple[bool, str]:
+    """Check numerically that the layer computes act(x * scale + shift) from its running statistics.
+
+    Returns (True, '') or (False, what differed), from a seeded random probe input (N, C, *spatial).
+    """
     probe_bn = copy.deepcopy(bn)
     x = _probe_input(spatial_dims, bn.running_mean.numel(), bn.running_mean)
     scale, shift = _affine_of(bn)
@@ -132,12 +135,15 @@ def behaves_affine(bn: nn.Module, spatial_dims: int, activation) -> bool:
     with torch.no_grad():
         try:
             got = probe_bn(x).to(torch.float64)
-        except Exception:  # noqa: BLE001 - a layer that refuses the probe is not foldable
-            return False
+        except Exception as error:  # noqa: BLE001 - a layer that refuses the probe is not foldable
+            return False, f"it fails on a probe input of shape {tuple(x.shape)}: {type(error).__name__}"
     if got.shape != expected.shape:
-        return False
+        return False, f"it changes the shape {tuple(x.shape)} to {tuple(got.shape)}"
     tolerance = 1e-4 if x.dtype == torch.float32 else 1e-9
-    return bool(torch.allclose(got, expected, rtol=tolerance, atol=tolerance * (1 + expected.abs().max())))
+    if torch.allclose(got, expected, rtol=tolerance, atol=tolerance * (1 + float(expected.abs().max()))):
+        return True, ""
+    deviation = float((got - expected).abs().max() / (1 + expected.abs().max()))
+    return False, f"deviation {deviation:.2g} relative on a probe input"
 
 
 def _fold_into(producer: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> None:
@@ -369,8 +375,9 @@ def _decide(name, bn, calls, owners, linear_dims, have_examples, report):
         activation, activation_name = activation_of(bn)
         if activation is None and activation_name:
             return skip(f"batch norm with an activation that cannot be kept: {activation_name}")
-    if not behaves_affine(bn, _spatial_dims(producer), activation):
+    affine, detail = behaves_affine(bn, _spatial_dims(producer), activation)
+    if not affine:
         kind = type(bn).__name__
         return skip(f"its forward ({kind}) is not the affine transform of its running statistics"
-                    + (" followed by its activation" if activation is not None else ""))
+                    + (" followed by its activation" if activation is not None else "") + f" ({detail})")
     return "", producer_name, producer, activation, activation_name

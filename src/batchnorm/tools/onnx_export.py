@@ -89,7 +89,7 @@ def _replace_remaining_variants(model: nn.Module) -> None:
         activation, description = activation_of(module)
         if activation is None and description:
             continue
-        if not behaves_affine(module, 0 if dims == 1 else dims, activation):
+        if not behaves_affine(module, 0 if dims == 1 else dims, activation)[0]:
             continue
         plain = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims]
         replacement = _as_batchnorm(module, plain, False).eval()
