@@ -301,6 +301,23 @@ def test_three_ranks_uneven_and_empty_batches_equal_single_process(gloo_job):
             assert all(g["y"][0].dtype == torch.bfloat16 for g in got)
 
 
+def test_recalibrate_across_ranks_equals_one_process(gloo_job):
+    """tools.recalibrate with a process group: ranks holding 8, 5 and 0 samples get the statistics of all 13."""
+    from batchnorm.tools import recalibrate
+
+    for rank, r in enumerate(gloo_job):
+        if isinstance(r["recalibrate"], Exception):
+            pytest.fail(f"recalibrate failed on rank {rank}: {r['recalibrate']!r}")
+    x = worker.recalibration_data()
+    model, _ = recalibrate(worker.recalibration_model(), [x])
+    initial = worker.recalibration_model().state_dict()
+    for key, value in model.state_dict().items():
+        if key.endswith(("running_mean", "running_var")):
+            assert relative_error(value, initial[key]) > 1e-2, key        # recalibration changed it
+        for rank, r in enumerate(gloo_job):
+            assert relative_error(r["recalibrate"][key], value) < 1e-10, (key, rank)
+
+
 def test_ddp_training_on_two_ranks_equals_single_process(gloo_job):
     """DDP on ranks 0 and 1 (their own process group inside the 3-rank job) vs one process on the 16 samples."""
     ranks = [r["ddp"] for r in gloo_job[:2]]
