@@ -151,3 +151,27 @@ def test_bad_input_exits_with_code_2_and_a_clear_message(workdir, monkeypatch, c
     assert error.startswith(f"batchnorm {args[0]}: error: ")
     assert re.search(message, error), error
     assert not UNPICKLED                          # the unsafe file was never unpickled
+
+
+def test_npz_data_and_data_from_a_function(workdir, monkeypatch, capsys):
+    root, _, inputs = workdir
+    monkeypatch.chdir(root)
+    np.savez(root / "data.npz", inputs=inputs.numpy(), labels=np.zeros(40, dtype=np.int64))
+    (root / "cli_batches.py").write_text(
+        "import torch\n\ndef batches():\n    g = torch.Generator().manual_seed(0)\n"
+        "    return [torch.randn(10, 3, 6, 6, generator=g) for _ in range(2)]\n")
+    assert main(["recalibrate", "cli_factories.py:make_net", "--data", "data.npz", "--batch-size", "15",
+                 "--out", "from_npz.pt"]) == 0
+    assert "from 3 batch(es), 40 sample(s)" in capsys.readouterr().out
+    assert main(["recalibrate", "cli_factories.py:make_net", "--data", "cli_batches.py:batches",
+                 "--out", "from_function.pt"]) == 0
+    assert "from 2 batch(es), 20 sample(s)" in capsys.readouterr().out
+
+
+def test_import_batchnorm_does_not_import_torch_and_reexports_the_tools():
+    code = ("import sys, batchnorm, batchnorm.reference\n"
+            "assert 'torch' not in sys.modules, 'importing batchnorm imported torch'\n"
+            "from batchnorm.tools import fold, doctor\n"
+            "assert batchnorm.fold is fold and batchnorm.doctor is doctor\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr

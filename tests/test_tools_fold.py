@@ -328,6 +328,12 @@ def test_frozen_batchnorm_is_folded_even_in_training_mode():
     folded, report = fold(model, torch.randn(2, 3, 6, 6))
     assert [f.batchnorm for f in report.folded] == ["1"]
     _check_equal(model, folded, torch.randn(3, 3, 6, 6))
+    # ours with freeze_stats=True normalizes with its running statistics in training mode too
+    ours = randomize_statistics(nn.Sequential(nn.Conv2d(3, 4, 3), bnn.BatchNorm2d(4), nn.ReLU())).train()
+    ours[1].freeze_stats = True
+    folded, report = fold(ours, torch.randn(2, 3, 6, 6))
+    assert [f.batchnorm for f in report.folded] == ["1"] and isinstance(folded[1], nn.Identity)
+    _check_equal(ours, folded, torch.randn(3, 3, 6, 6))
 
 
 class Untraceable(nn.Module):

@@ -191,7 +191,8 @@ def doctor(model: nn.Module, data=None, *, num_batches: int | None = 20, forward
     (|gamma| < `dead_gamma`), a redundant bias in the Conv/Linear feeding BN, BN right after an activation
     (informational), layers without running statistics (informational). The last three read the fx data flow.
     With data (batches like those used in training): the effective normalization batch
-    m = N x spatial values per channel (warning when N < `min_batch` or m < `min_values`, error when m < 4);
+    m = N x spatial values per channel of the largest batch (warning when N < `min_batch` or m < `min_values`,
+    error when m < 4 or when any batch gives a single value per channel);
     running statistics against the precise statistics of the data, as the shift
 
     .. math:: z = \max_c \frac{|\mu^{running}_c - \mu^{data}_c|}{\sqrt{\sigma^{2,data}_c + \epsilon}}, \qquad

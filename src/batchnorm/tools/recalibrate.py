@@ -106,9 +106,9 @@ def precise_statistics(model: nn.Module, data, num_batches: int | None = None, *
     moments: dict[str, Moments] = {}
     handles = []
     for name, module in targets:
-        channels = module.running_mean.numel()
-        moments[name] = Moments(torch.zeros((), dtype=torch.float64), torch.zeros(channels, dtype=torch.float64),
-                                torch.zeros(channels, dtype=torch.float64))
+        channels, device = module.running_mean.numel(), module.running_mean.device
+        zeros = torch.zeros(channels, dtype=torch.float64, device=device)
+        moments[name] = Moments(torch.zeros((), dtype=torch.float64, device=device), zeros, zeros.clone())
 
         def hook(mod, inputs, key=name):
             moments[key].add(inputs[0])
