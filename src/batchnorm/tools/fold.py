@@ -294,9 +294,12 @@ def fold(model: nn.Module, example_inputs=None) -> tuple[nn.Module, FoldReport]:
         report.folded.append(FoldedLayer(name, producer_name, activation_name))
 
     if example_inputs is not None:
-        with torch.no_grad():
-            expected = _flat_tensors(_run(copy.deepcopy(model), example_inputs))
-            got = _flat_tensors(_run(copy.deepcopy(folded_model), example_inputs))
+        outputs = []
+        for version in (model, folded_model):      # same random stream for both (dropout in training mode)
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                outputs.append(_flat_tensors(_run(copy.deepcopy(version), example_inputs)))
+        expected, got = outputs
         abs_error, scale_of_output = 0.0, 0.0
         for a, b in zip(got, expected):
             if a.shape != b.shape:
