@@ -259,11 +259,13 @@ def batch_norm_forward(module, input: Tensor, mask: Optional[Tensor] = None) -> 
     bounds = ghost_chunk_bounds(samples, virtual_batch_size, per_sample)
     outputs, moments = [], []
     activation = _activation_kwargs(module)
-    for start, stop in bounds:
-        if mask is None:
-            piece = input if len(bounds) == 1 else input[start:stop]
-        else:
-            piece = rows[start:stop][mask[start:stop]]  # (valid values, C)
+    sizes = [stop - start for start, stop in bounds]
+    # split (not slicing): its backward concatenates the chunks' gradients instead of zero-filling one
+    # input-sized tensor per chunk
+    samples_of = (input if mask is None else rows).split(sizes, dim=0) if len(bounds) > 1 else [
+        input if mask is None else rows]
+    for (start, stop), chunk in zip(bounds, samples_of):
+        piece = chunk if mask is None else chunk[mask[start:stop]]  # (valid values, C) with a mask
         mean, var = _batch_moments(piece)
         outputs.append(_normalize(piece, mean, var, module.weight, module.bias, module.eps, **activation))
         moments.append((piece.numel() // max(piece.shape[1], 1), mean, var))
