@@ -128,6 +128,8 @@ def _convert_one(old: nn.Module, name: str, to: str, num_groups, affine_trainabl
     is_torch_sync = type(old) is nn.SyncBatchNorm
     is_ours_sync = ours_sync is not None and type(old) is ours_sync
     if not (torch_dims or ours_dims or frozen_dims or is_torch_sync or is_ours_sync):
+        if to == "batchnorm" and type(old).__module__.startswith("batchnorm."):
+            return old, ""                 # one of our variants already: nothing to convert
         return None, (f"{type(old).__name__} is a batch-norm variant with its own behaviour; a plain layer would "
                       f"compute something else")
     original = getattr(old, ORIGINAL_ATTRIBUTE, (None, 0.1))[0]
