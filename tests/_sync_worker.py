@@ -6,6 +6,7 @@ Scenarios:
     job     3 ranks, two parts in one launch (each process start with torch, DDP and Numba costs seconds):
             exact: local batches 8, 5, 0 of a global 13-sample batch: SyncBatchNorm under DDP, several layer
               configurations; saves local outputs, input gradients, parameter gradients and buffers;
+            empty: every rank passes an empty batch;
             recalibrate: batchnorm.tools.recalibrate on the same 8, 5, 0 split (cross-rank merge_moments);
             ddp: ranks 0 and 1 in their own process group (rank 2 waits): a small CNN converted with
               convert_sync_batchnorm(process_group=...), trained 5 SGD steps under DDP on 8 + 8 samples of a global
@@ -182,8 +183,20 @@ def run_recalibrate(rank: int) -> dict:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
+def run_empty(rank: int) -> dict:
+    """Every rank passes an empty batch: empty output and gradient, buffers unchanged, the batch counted."""
+    layer = bnn.SyncBatchNorm(4).double()
+    with torch.no_grad():
+        layer.running_mean.fill_(0.25)
+        layer.running_var.fill_(2.0)
+    x = torch.empty(0, 4, 2, 2, dtype=torch.float64, requires_grad=True)
+    y = layer(x)
+    y.sum().backward()
+    return {"y": y.detach(), "dx": x.grad, "state": layer.state_dict(), "weight_grad": layer.weight.grad}
+
+
 def run_job(rank: int) -> dict:
-    result = {"exact": run_exact(rank)}
+    result = {"exact": run_exact(rank), "empty": run_empty(rank)}
     try:
         result["recalibrate"] = run_recalibrate(rank)
     except Exception as error:  # reported by its own test; the other parts still run

@@ -301,6 +301,17 @@ def test_three_ranks_uneven_and_empty_batches_equal_single_process(gloo_job):
             assert all(g["y"][0].dtype == torch.bfloat16 for g in got)
 
 
+def test_all_ranks_empty_is_an_empty_batch(gloo_job):
+    """As BatchNorm on an empty batch: empty output, running statistics unchanged, num_batches_tracked counts."""
+    for r in gloo_job:
+        empty = r["empty"]
+        assert empty["y"].shape == (0, 4, 2, 2) and empty["dx"].shape == (0, 4, 2, 2)
+        assert torch.equal(empty["state"]["running_mean"], torch.full((4,), 0.25, dtype=torch.float64))
+        assert torch.equal(empty["state"]["running_var"], torch.full((4,), 2.0, dtype=torch.float64))
+        assert empty["state"]["num_batches_tracked"].item() == 1
+        assert torch.equal(empty["weight_grad"], torch.zeros(4, dtype=torch.float64))
+
+
 def test_recalibrate_across_ranks_equals_one_process(gloo_job):
     """tools.recalibrate with a process group: ranks holding 8, 5 and 0 samples get the statistics of all 13."""
     from batchnorm.tools import recalibrate

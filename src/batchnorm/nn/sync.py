@@ -113,12 +113,12 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         count = torch.tensor(float(local_count), dtype=torch.float64, device=mean.device)
         count, mean, m2 = distributed.merge_moments(count, mean, m2, group)
         total = int(round(count.item()))
-        if total <= 1:
+        if total == 1:
             raise ValueError(f"{name} expected more than 1 value per channel across the process group when "
                              f"training, got {total} in total (this rank's input has shape {tuple(x.shape)}): "
                              f"the batch variance is undefined. Use larger batches, or call model.eval() to "
                              f"normalize with the running statistics")
-        var = (m2 / total).clamp_min(0.0)
+        var = (m2 / max(total, 1)).clamp_min(0.0)   # an empty global batch: empty output, buffers unchanged
         functional.update_running_stats(running_mean, running_var, mean, var, total, momentum)
         inv_std = 1.0 / torch.sqrt(var + eps)
         if own_kernels:
@@ -160,7 +160,8 @@ class SyncBatchNorm(BatchNormMixin, _BatchNorm):
 
     In training, when torch.distributed is initialized and the group has more than one rank, the mean and biased
     variance are those of the concatenation of all ranks' batches, merged exactly from each rank's (count, mean,
-    M2) with Chan's formula; ranks may hold different batch sizes, including 0. `running_var` stores the unbiased
+    M2) with Chan's formula; ranks may hold different batch sizes, including 0 (when all are empty, the outputs are
+    empty and the running statistics unchanged, as for BatchNorm). `running_var` stores the unbiased
     global variance N/(N-1) var. The backward all-reduces sum(dy) and sum(dy (x - mean)) per channel, so input
     gradients are those of single-process batch norm over the global batch; weight and bias gradients are the
     local ones (DistributedDataParallel averages them, as for torch's SyncBatchNorm). Every rank must run the
