@@ -16,7 +16,8 @@ machine slows all of them alike), times a training step = forward + backward(dy)
 
 Before each measurement the ranks meet at a barrier; a measurement runs the call k times in a row (k chosen on
 rank 0 so that k local steps take >= 20 ms, at most 100) and divides; a round's time is the maximum over the ranks
-(a step is as slow as its slowest rank). Reported: medians after warm-up, in ms and as multiples of the copy, and sync/local.
+(a step is as slow as its slowest rank). Reported: medians after warm-up, in ms and as multiples of the copy,
+and sync/local.
 Each rank uses `--threads` torch/Numba threads (default 1: 2 ranks on 2 cores); NUMBA_NUM_THREADS is set to it
 unless already set (a larger Numba pool than the rank's cores slows everything down, see `worker`).
 """
@@ -119,9 +120,9 @@ def format_table(rows: list[dict], header: str) -> str:
              "|---|---|---|---|---|---|---|"]
     for row in rows:
         t = row["seconds"]
-        lines.append(f"| {row['shape']} | {t['copy'] * 1e3:.3f} | {t['local'] * 1e3:.3f} ({t['local'] / t['copy']:.1f})"
-                     f" | {t['sync'] * 1e3:.3f} ({t['sync'] / t['copy']:.1f}) | {t['torch'] * 1e3:.3f} | "
-                     f"{t['comm'] * 1e3:.3f} | {t['sync'] / t['local']:.2f} |")
+        lines.append(f"| {row['shape']} | {t['copy'] * 1e3:.3f} | {t['local'] * 1e3:.3f} "
+                     f"({t['local'] / t['copy']:.1f}) | {t['sync'] * 1e3:.3f} ({t['sync'] / t['copy']:.1f}) | "
+                     f"{t['torch'] * 1e3:.3f} | {t['comm'] * 1e3:.3f} | {t['sync'] / t['local']:.2f} |")
     return "\n".join(lines)
 
 
