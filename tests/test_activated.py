@@ -237,3 +237,20 @@ def test_inplace_abn_refuses_inputs_it_must_not_overwrite():
 def test_add_act_residual_shape_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match=r"expected residual of the input's shape \(2, 3, 4, 4\), got \(2, 3, 4, 5\)"):
         bnn.BatchNormAddAct2d(3)(torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 5))
+
+
+@pytest.mark.parametrize("layout", ["NC", "NCHW", "NHWC"])
+@pytest.mark.parametrize("kind", [0, 1, 2], ids=["BatchNormAct", "BatchNormAddAct", "InPlaceABN"])
+def test_float32_with_a_large_offset_keeps_its_digits(kind, layout):
+    """x ~ 1e4 + N(0, 1) in float32: x - mean must not lose the digits that the normalized output needs."""
+    generator = torch.Generator().manual_seed(9)
+    x = _input(layout, generator, torch.float32) + 1e4
+    residual = torch.randn(x.shape, generator=generator)
+    layer = FUSED[LAYOUTS[layout][0]][kind](x.shape[1], activation="leaky_relu", activation_param=0.1)
+    expected = torch.nn.functional.batch_norm(x.double(), None, None, training=True)
+    if kind == 1:
+        expected = expected + residual.double()
+    expected = torch.nn.functional.leaky_relu(expected, 0.1)
+    with torch.no_grad():
+        y = layer(x, residual) if kind == 1 else layer(x.clone())
+    assert (y.double() - expected).abs().max().item() < 1e-5

@@ -42,6 +42,20 @@ _TANH_K = math.sqrt(2.0 / math.pi)
 
 
 @numba.njit(inline="always", **NJIT_SERIAL)
+def _split(center, sample):
+    """center (float64) as hi + lo in the dtype of `sample`: (x - hi) - lo keeps x - center's digits in float32."""
+    hi = sample.dtype.type(center)
+    return hi, sample.dtype.type(center - np.float64(hi))
+
+
+@numba.njit(inline="always", **NJIT_SERIAL)
+def _split_rows(center, sample):
+    """Per-channel hi, lo arrays of `_split` for the rows kernels."""
+    hi = center.astype(sample.dtype)
+    return hi, (center - hi.astype(np.float64)).astype(sample.dtype)
+
+
+@numba.njit(inline="always", **NJIT_SERIAL)
 def _slope(code, param):
     """identity, relu and leaky_relu are one piecewise-linear family: z if z > 0 else slope * z."""
     if code == 0:
@@ -110,10 +124,10 @@ def _affine_act_cf(x, center, scale, shift, code, param, out):
         b = i // n_chan
         c = i - b * n_chan
         if linear:
-            m, k, t = x.dtype.type(center[c]), x.dtype.type(scale[c]), x.dtype.type(shift[c])
+            (mh, ml), k, t = _split(center[c], x), x.dtype.type(scale[c]), x.dtype.type(shift[c])
             slope = x.dtype.type(_slope(code, param))
             for s in range(n_space):
-                z = (x[b, c, s] - m) * k + t
+                z = ((x[b, c, s] - mh) - ml) * k + t
                 out[b, c, s] = z if z > 0 else slope * z
         else:
             m, k, t = center[c], scale[c], shift[c]
@@ -128,10 +142,10 @@ def _affine_add_act_cf(x, center, scale, shift, residual, code, param, out):
         b = i // n_chan
         c = i - b * n_chan
         if linear:
-            m, k, t = x.dtype.type(center[c]), x.dtype.type(scale[c]), x.dtype.type(shift[c])
+            (mh, ml), k, t = _split(center[c], x), x.dtype.type(scale[c]), x.dtype.type(shift[c])
             slope = x.dtype.type(_slope(code, param))
             for s in range(n_space):
-                z = (x[b, c, s] - m) * k + t + residual[b, c, s]
+                z = ((x[b, c, s] - mh) - ml) * k + t + residual[b, c, s]
                 out[b, c, s] = z if z > 0 else slope * z
         else:
             m, k, t = center[c], scale[c], shift[c]
@@ -152,10 +166,10 @@ def _grad_sums_act_cf(dy, x, center, scale, shift, code, param, sum_g, sum_g_xc)
         a1 = 0.0
         a2 = 0.0
         if linear:  # the sign test repeats the forward's arithmetic, in the input's dtype
-            mt, kt, tt = x.dtype.type(m), x.dtype.type(k), x.dtype.type(t)
+            (mh, ml), kt, tt = _split(m, x), x.dtype.type(k), x.dtype.type(t)
             for s in range(n_space):
                 g = np.float64(dy[b, c, s])
-                g = g if (x[b, c, s] - mt) * kt + tt > 0 else slope * g
+                g = g if ((x[b, c, s] - mh) - ml) * kt + tt > 0 else slope * g
                 a1 += g
                 a2 += g * (np.float64(x[b, c, s]) - m)
         else:
@@ -179,10 +193,10 @@ def _grad_input_act_cf(dy, x, center, scale, shift, code, param, k_dy, k_x, k_0,
         c = i - b * n_chan
         if linear:
             dt = x.dtype.type
-            m, k, t = dt(center[c]), dt(scale[c]), dt(shift[c])
+            (mh, ml), k, t = _split(center[c], x), dt(scale[c]), dt(shift[c])
             a, q, r, slope = dt(k_dy[c]), dt(k_x[c]), dt(k_0[c]), dt(_slope(code, param))
             for s in range(n_space):
-                xc = x[b, c, s] - m
+                xc = (x[b, c, s] - mh) - ml
                 g = dy[b, c, s] if xc * k + t > 0 else slope * dy[b, c, s]
                 out[b, c, s] = a * g + q * xc + r
         else:
@@ -207,10 +221,10 @@ def _grad_add_act_cf(dy, x, center, scale, shift, residual, code, param, g_out, 
         a1 = 0.0
         a2 = 0.0
         if linear:  # the sign test repeats the forward's arithmetic, in the input's dtype
-            mt, kt, tt = x.dtype.type(m), x.dtype.type(k), x.dtype.type(t)
+            (mh, ml), kt, tt = _split(m, x), x.dtype.type(k), x.dtype.type(t)
             for s in range(n_space):
                 g = np.float64(dy[b, c, s])
-                g = g if (x[b, c, s] - mt) * kt + tt + residual[b, c, s] > 0 else slope * g
+                g = g if ((x[b, c, s] - mh) - ml) * kt + tt + residual[b, c, s] > 0 else slope * g
                 g_out[b, c, s] = g
                 a1 += g
                 a2 += g * (np.float64(x[b, c, s]) - m)
@@ -289,12 +303,13 @@ def _grad_input_out_cf(dy, y, center, code, param, k_dy, k_x, k_0, out):
 def _affine_act_rows(n_blocks, x, center, scale, shift, code, param, out):
     n_rows, n_chan = x.shape
     if code <= 2:
-        m, k, t = center.astype(x.dtype), scale.astype(x.dtype), shift.astype(x.dtype)
+        mh, ml = _split_rows(center, x)
+        k, t = scale.astype(x.dtype), shift.astype(x.dtype)
         slope = x.dtype.type(_slope(code, param))
         for blk in prange(n_blocks):
             for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
                 for c in range(n_chan):
-                    z = (x[r, c] - m[c]) * k[c] + t[c]
+                    z = ((x[r, c] - mh[c]) - ml[c]) * k[c] + t[c]
                     out[r, c] = z if z > 0 else slope * z
     else:
         for blk in prange(n_blocks):
@@ -306,12 +321,13 @@ def _affine_act_rows(n_blocks, x, center, scale, shift, code, param, out):
 def _affine_add_act_rows(n_blocks, x, center, scale, shift, residual, code, param, out):
     n_rows, n_chan = x.shape
     if code <= 2:
-        m, k, t = center.astype(x.dtype), scale.astype(x.dtype), shift.astype(x.dtype)
+        mh, ml = _split_rows(center, x)
+        k, t = scale.astype(x.dtype), shift.astype(x.dtype)
         slope = x.dtype.type(_slope(code, param))
         for blk in prange(n_blocks):
             for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
                 for c in range(n_chan):
-                    z = (x[r, c] - m[c]) * k[c] + t[c] + residual[r, c]
+                    z = ((x[r, c] - mh[c]) - ml[c]) * k[c] + t[c] + residual[r, c]
                     out[r, c] = z if z > 0 else slope * z
     else:
         for blk in prange(n_blocks):
@@ -327,7 +343,8 @@ def _grad_sums_act_rows(n_blocks, dy, x, center, scale, shift, code, param, sum_
     p2 = np.zeros((n_blocks, n_chan))
     linear = code <= 2
     slope = _slope(code, param)
-    m, k, t = center.astype(x.dtype), scale.astype(x.dtype), shift.astype(x.dtype)
+    mh, ml = _split_rows(center, x)
+    k, t = scale.astype(x.dtype), shift.astype(x.dtype)
     for blk in prange(n_blocks):
         a1 = p1[blk]
         a2 = p2[blk]
@@ -336,7 +353,7 @@ def _grad_sums_act_rows(n_blocks, dy, x, center, scale, shift, code, param, sum_
                 xc = np.float64(x[r, c]) - center[c]
                 if linear:  # the sign test repeats the forward's arithmetic, in the input's dtype
                     g = np.float64(dy[r, c])
-                    g = g if (x[r, c] - m[c]) * k[c] + t[c] > 0 else slope * g
+                    g = g if ((x[r, c] - mh[c]) - ml[c]) * k[c] + t[c] > 0 else slope * g
                 else:
                     g = dy[r, c] * _act_grad(xc * scale[c] + shift[c], code, param)
                 a1[c] += g
@@ -350,13 +367,14 @@ def _grad_input_act_rows(n_blocks, dy, x, center, scale, shift, code, param, k_d
     n_rows, n_chan = x.shape
     if code <= 2:
         dt = x.dtype
-        m, k, t = center.astype(dt), scale.astype(dt), shift.astype(dt)
+        mh, ml = _split_rows(center, x)
+        k, t = scale.astype(dt), shift.astype(dt)
         a, q, b0 = k_dy.astype(dt), k_x.astype(dt), k_0.astype(dt)
         slope = dt.type(_slope(code, param))
         for blk in prange(n_blocks):
             for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
                 for c in range(n_chan):
-                    xc = x[r, c] - m[c]
+                    xc = (x[r, c] - mh[c]) - ml[c]
                     g = dy[r, c] if xc * k[c] + t[c] > 0 else slope * dy[r, c]
                     out[r, c] = a[c] * g + q[c] * xc + b0[c]
     else:
@@ -374,7 +392,8 @@ def _grad_add_act_rows(n_blocks, dy, x, center, scale, shift, residual, code, pa
     p2 = np.zeros((n_blocks, n_chan))
     linear = code <= 2
     slope = _slope(code, param)
-    m, k, t = center.astype(x.dtype), scale.astype(x.dtype), shift.astype(x.dtype)
+    mh, ml = _split_rows(center, x)
+    k, t = scale.astype(x.dtype), shift.astype(x.dtype)
     for blk in prange(n_blocks):
         a1 = p1[blk]
         a2 = p2[blk]
@@ -383,7 +402,7 @@ def _grad_add_act_rows(n_blocks, dy, x, center, scale, shift, residual, code, pa
                 xc = np.float64(x[r, c]) - center[c]
                 if linear:  # the sign test repeats the forward's arithmetic, in the input's dtype
                     g = np.float64(dy[r, c])
-                    g = g if (x[r, c] - m[c]) * k[c] + t[c] + residual[r, c] > 0 else slope * g
+                    g = g if ((x[r, c] - mh[c]) - ml[c]) * k[c] + t[c] + residual[r, c] > 0 else slope * g
                 else:
                     g = dy[r, c] * _act_grad(xc * scale[c] + shift[c] + residual[r, c], code, param)
                 g_out[r, c] = g
