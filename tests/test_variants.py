@@ -373,7 +373,8 @@ def test_masked_gradcheck():
 
 
 @pytest.mark.parametrize("mask, error, match", [
-    (torch.ones(4, 5, dtype=torch.bool), ValueError, r"mask must have shape \(N, L\) = \(4, 6\).*got mask of shape \(4, 5\)"),
+    (torch.ones(4, 5, dtype=torch.bool), ValueError,
+     r"mask must have shape \(N, L\) = \(4, 6\).*got mask of shape \(4, 5\)"),
     (torch.ones(4, 6), ValueError, r"mask must have dtype torch\.bool.*got dtype torch\.float32"),
     (torch.ones(4, 6, dtype=torch.long), ValueError, r"mask must have dtype torch\.bool.*got dtype torch\.int64"),
     ([[True] * 6] * 4, TypeError, r"mask must be a boolean torch\.Tensor or None, got list"),
@@ -501,11 +502,12 @@ def test_freeze_stats_needs_running_statistics():
 
 
 # --------------------------------------------------------------------------------- non-finite-safe stats
+@pytest.mark.parametrize("momentum", [None, 0.1, 0.0], ids=["momentum-None", "momentum-0.1", "momentum-0"])
 @pytest.mark.parametrize("kind", ["NC", "NCHW"], ids=str)
-def test_skip_nonfinite_leaves_buffers_and_counter_alone_and_warns_once(kind):
+def test_skip_nonfinite_leaves_buffers_and_counter_alone_and_warns_once(kind, momentum):
     dims, shape = SHAPES[kind]
     generator = torch.Generator().manual_seed(61)
-    layer = PLAIN[dims](shape[1], momentum=None, skip_nonfinite=True, dtype=torch.float64)
+    layer = PLAIN[dims](shape[1], momentum=momentum, skip_nonfinite=True, dtype=torch.float64)
     random_affine_(layer, generator)
     running_mean, running_var, tracked = _np(layer.running_mean), _np(layer.running_var), 0
     bad_steps = {1: float("nan"), 3: float("inf"), 4: float("-inf")}
@@ -521,7 +523,7 @@ def test_skip_nonfinite_leaves_buffers_and_counter_alone_and_warns_once(kind):
             y = layer(x)
         caught += [w for w in record if issubclass(w.category, RuntimeWarning)]
         running_mean, running_var, tracked = reference.update_running_stats_skip_nonfinite(
-            running_mean, running_var, tracked, mean, var, count, None)
+            running_mean, running_var, tracked, mean, var, count, momentum)
         _close("running_mean", layer.running_mean, running_mean)
         _close("running_var", layer.running_var, running_var)
         assert int(layer.num_batches_tracked) == tracked
@@ -694,3 +696,29 @@ def test_variants_trace_without_graph_breaks():
 @pytest.mark.slow
 def test_variants_compile_fullgraph_with_inductor():
     _compile_check("inductor")
+
+
+def test_skip_nonfinite_when_buffers_are_already_nonfinite():
+    """Buffers loaded with an inf: the exact path decides on the batch's statistics, as the reference does."""
+    generator = torch.Generator().manual_seed(64)
+    layer = bnn.BatchNorm2d(3, skip_nonfinite=True, dtype=torch.float64)
+    with torch.no_grad():
+        layer.running_var[1] = float("inf")
+    running_mean, running_var, tracked = _np(layer.running_mean), _np(layer.running_var), 0
+    for step, bad in enumerate([False, True, False]):
+        x = _shifted_batch((4, 3, 2, 2), generator, step)
+        if bad:
+            x[0, 2, 1, 1] = float("nan")
+        with np.errstate(invalid="ignore"):
+            mean, var, count = reference.batch_statistics(_np(x))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            layer(x)
+        running_mean, running_var, tracked = reference.update_running_stats_skip_nonfinite(
+            running_mean, running_var, tracked, mean, var, count, 0.1)
+        assert int(layer.num_batches_tracked) == tracked
+        _close("running_mean", layer.running_mean, running_mean)
+        finite = np.isfinite(running_var)
+        _close("running_var", layer.running_var[finite], running_var[finite])
+        assert torch.isinf(layer.running_var[1])
+    assert tracked == 2

@@ -186,12 +186,7 @@ def _update_running(module, moments: list[tuple[int, Tensor, Tensor]]) -> None:
     count, mean, unbiased = _running_moments(moments)
     if getattr(module, "skip_nonfinite", False) and count > 0 and not (
             bool(torch.isfinite(mean).all()) and bool(torch.isfinite(unbiased).all())):
-        if not getattr(module, "_warned_nonfinite", False):
-            module._warned_nonfinite = True
-            warnings.warn(f"{type(module).__name__}: a training batch had non-finite statistics (NaN or inf); "
-                          f"running_mean, running_var and num_batches_tracked were left unchanged "
-                          f"(skip_nonfinite=True). This warning is shown once per layer.",
-                          RuntimeWarning, stacklevel=4)
+        _warn_nonfinite(module)
         return
     factor = 0.0 if module.momentum is None else module.momentum
     if module.num_batches_tracked is not None:
@@ -210,6 +205,35 @@ def _update_running(module, moments: list[tuple[int, Tensor, Tensor]]) -> None:
 def _activation_kwargs(module) -> dict:
     """The activation a layer fuses into the transform (BatchNormAct); empty for plain batch norm."""
     return getattr(module, "_activation_kwargs", dict)()
+
+
+def _warn_nonfinite(module) -> None:
+    if not getattr(module, "_warned_nonfinite", False):
+        module._warned_nonfinite = True
+        warnings.warn(f"{type(module).__name__}: a training batch had non-finite statistics (NaN or inf); "
+                      f"running_mean, running_var and num_batches_tracked were left unchanged "
+                      f"(skip_nonfinite=True). This warning is shown once per layer.", RuntimeWarning, stacklevel=5)
+
+
+def _skip_nonfinite_fast(module, input: Tensor) -> Optional[Tensor]:
+    """skip_nonfinite on whole-batch statistics: BatchNorm's own (fused) path, then the buffers restored if the
+    update made them non-finite (a non-finite batch mean or variance always does, for any momentum). None when
+    this shortcut does not apply (no running buffers, or buffers already non-finite): use the exact path."""
+    buffers = (module.running_mean, module.running_var, module.num_batches_tracked)
+    if not module.track_running_stats or any(t is None for t in buffers):
+        return None
+    if not (bool(torch.isfinite(buffers[0]).all()) and bool(torch.isfinite(buffers[1]).all())):
+        return None
+    saved = [t.clone() for t in buffers]
+    factor = module._averaging_factor()
+    y = functional.batch_norm(input, module.running_mean, module.running_var, module.weight, module.bias, True,
+                              factor, module.eps, **_activation_kwargs(module))
+    if not (bool(torch.isfinite(module.running_mean).all()) and bool(torch.isfinite(module.running_var).all())):
+        with torch.no_grad():
+            for buffer, old in zip(buffers, saved):
+                buffer.copy_(old)
+        _warn_nonfinite(module)
+    return y
 
 
 def _running_forward(module, input: Tensor) -> Tensor:
@@ -250,6 +274,10 @@ def batch_norm_forward(module, input: Tensor, mask: Optional[Tensor] = None) -> 
                              f"a single valid position: the batch variance of a single value is undefined. Use "
                              f"more valid positions, or call model.eval() to normalize with the running statistics")
     virtual_batch_size = getattr(module, "virtual_batch_size", None) if module.training else None
+    if mask is None and virtual_batch_size is None and module.training and getattr(module, "skip_nonfinite", False):
+        y = _skip_nonfinite_fast(module, input)
+        if y is not None:
+            return y
     samples = input.shape[0]
     per_sample = input.shape[2] if input.dim() == 3 else 1
     if mask is not None:
