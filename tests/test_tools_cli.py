@@ -11,7 +11,6 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from batchnorm.cli import main
 

@@ -369,7 +369,7 @@ def test_fold_without_example_inputs_and_errors():
     assert report.max_rel_error is None and len(report.folded) == 1 and "assumed" in report.notes[0]
     _check_equal(model, folded, torch.randn(5, 4))
     assert "folded" in str(report) and "into 0" in report.table()
-    with pytest.raises(TypeError, match="fold expected model to be a torch.nn.Module, got OrderedDict: pass the model itself"):
+    with pytest.raises(TypeError, match="fold expected model to be a torch.nn.Module, got OrderedDict: pass the model"):
         fold(model.state_dict())
 
 

@@ -201,7 +201,8 @@ def doctor(model: nn.Module, data=None, *, num_batches: int | None = 20, forward
     (warning when z > `max_shift` or e^r > `max_var_ratio`); and train vs eval mode outputs on the data, as
     ||y_train - y_eval|| / ||y_eval|| (warning above `max_output_mismatch`), plus the accuracy drop when the
     batches are (inputs, integer labels) and the model outputs (N, classes) (warning above
-    `max_accuracy_drop` and above sampling noise, 3 binomial standard errors). The model is not modified (every check runs on a copy).
+    `max_accuracy_drop` and above sampling noise, 3 binomial standard errors). The model is not modified
+    (every check runs on a copy).
 
     Args:
         model: the model.
@@ -333,7 +334,8 @@ def _data_findings(model, data, num_batches, forward, report, min_batch, min_val
     mismatch = math.sqrt(difference / norm) if norm > 0 else math.sqrt(difference)
     report.measured["(model)"] = {"output_mismatch": mismatch}
     if labelled:
-        report.measured["(model)"].update(train_accuracy=correct_train / labelled, eval_accuracy=correct_eval / labelled)
+        report.measured["(model)"].update(train_accuracy=correct_train / labelled,
+                                          eval_accuracy=correct_eval / labelled)
     drop = (correct_train - correct_eval) / labelled if labelled else 0.0
     # an accuracy drop counts only beyond sampling noise: 3 binomial standard errors of the training accuracy
     if labelled:
