@@ -17,6 +17,7 @@ A rank with n_i = 0 takes part in the collective and contributes nothing.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -92,22 +93,28 @@ def merge_moments(count: Tensor, mean: Tensor, m2: Tensor, group=None) -> tuple[
     _check_moments(count, mean, m2)
     if not is_active(group):
         return count, mean, m2
-    channels = mean.shape[0]
-    local = torch.stack([count.to(torch.float64).expand(channels), mean.to(torch.float64),
-                         m2.to(torch.float64)]).contiguous()
-    gathered = [torch.empty_like(local) for _ in range(world_size(group))]
+    channels, device = mean.shape[0], mean.device
+    local = torch.empty((3, channels), dtype=torch.float64, device=device)
+    local[0], local[1], local[2] = count, mean, m2
+    gathered = torch.empty((world_size(group), 3, channels), dtype=torch.float64, device=device)
     _collective("merge_moments", "all_gather of per-channel (count, mean, M2)",
-                lambda: torch.distributed.all_gather(gathered, local, group=group), group)
-    stacked = torch.stack(gathered)                       # (ranks, 3, C)
-    counts, means, m2s = stacked[:, 0], stacked[:, 1], stacked[:, 2]
-    means = torch.where(counts > 0, means, torch.zeros_like(means))   # empty ranks may send anything
-    m2s = torch.where(counts > 0, m2s, torch.zeros_like(m2s))
+                lambda: torch.distributed.all_gather(list(gathered.unbind(0)), local, group=group), group)
+    if device.type == "cpu":   # a few (ranks, C) operations: NumPy has less per-call overhead than torch
+        total, merged_mean, merged_m2 = (torch.from_numpy(v) for v in _chan_merge(gathered.numpy(), np.where))
+    else:
+        total, merged_mean, merged_m2 = _chan_merge(gathered, torch.where)
+    return (total if count.dim() == 1 else total[0]), merged_mean, merged_m2
+
+
+def _chan_merge(gathered, where):
+    """(N, mu, M2) per channel from the stacked (ranks, 3, C) per-rank (count, mean, M2); NumPy or torch."""
+    counts, means, m2s = gathered[:, 0], gathered[:, 1], gathered[:, 2]
+    present = counts > 0
+    means = where(present, means, 0.0)      # an empty rank may send anything as its mean and M2
+    m2s = where(present, m2s, 0.0)
     total = counts.sum(0)
-    safe_total = torch.where(total > 0, total, torch.ones_like(total))
-    merged_mean = (counts * means).sum(0) / safe_total
-    merged_m2 = m2s.sum(0) + (counts * (means - merged_mean) ** 2).sum(0)
-    merged_count = total if count.dim() == 1 else total[0]
-    return merged_count, merged_mean, merged_m2
+    mean = (counts * means).sum(0) / where(total > 0, total, 1.0)
+    return total, mean, m2s.sum(0) + (counts * (means - mean) ** 2).sum(0)
 
 
 def all_reduce_sum(tensor: Tensor, group=None) -> Tensor:
