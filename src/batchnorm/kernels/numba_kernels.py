@@ -34,7 +34,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from .config import NJIT_ELEMENTWISE, NJIT_INLINE, NJIT_PARALLEL, NJIT_SERIAL
+from .config import NJIT_ELEMENTWISE, NJIT_INLINE, NJIT_PARALLEL, NJIT_SERIAL, ROW_FOLD, SHIFT_ROWS
 
 
 @numba.njit(**NJIT_INLINE)
@@ -70,6 +70,12 @@ def _update_running(running_mean, running_var, c, mean, var, count, momentum):
 def _affine_value(v, center_hi, center_lo, scale, shift):
     """The forward's elementwise map ((x - center) * scale + shift; the place where a fused activation goes)."""
     return ((v - center_hi) - center_lo) * scale + shift
+
+
+@numba.njit(**NJIT_ELEMENTWISE)
+def _centered(v, center_hi, center_lo):
+    """x - center, from the hi/lo split."""
+    return (v - center_hi) - center_lo
 
 
 @numba.njit(**NJIT_ELEMENTWISE)
@@ -344,22 +350,42 @@ def _grad_input_rows(n_blocks, dy, x, center, k_dy, k_x, k_0, out):
 
 
 # -------------------------------------------------------------------------------------------- rows, fused
+@numba.njit(**NJIT_INLINE)
+def _row_shift(x):
+    """Per-channel shift for the sums: the mean of the first rows (at most SHIFT_ROWS), rounded to x's dtype."""
+    n_rows, n_chan = x.shape
+    head = min(n_rows, SHIFT_ROWS)
+    acc = np.zeros(n_chan)
+    for r in range(head):
+        for c in range(n_chan):
+            acc[c] += x[r, c]
+    return (acc / head).astype(x.dtype)
+
+
 def _train_forward_rows(n_blocks, x, weight, bias, eps, momentum, running_mean, running_var, y, mean, var):
     n_rows, n_chan = x.shape
     s1 = np.zeros((n_blocks, n_chan))
     s2 = np.zeros((n_blocks, n_chan))
-    shift = np.empty(n_chan)
-    for c in range(n_chan):
-        shift[c] = x[0, c]
+    shift = _row_shift(x)
     for blk in prange(n_blocks):
         a1 = s1[blk]
         a2 = s2[blk]
-        for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
-            xr = x[r]
+        # shifted sums over ROW_FOLD rows at a time in x's dtype (vectorized over channels), folded into float64
+        t1 = np.zeros(n_chan, x.dtype)
+        t2 = np.zeros(n_chan, x.dtype)
+        stop = (blk + 1) * n_rows // n_blocks
+        for start in range(blk * n_rows // n_blocks, stop, ROW_FOLD):
+            for r in range(start, min(start + ROW_FOLD, stop)):
+                xr = x[r]
+                for c in range(n_chan):
+                    d = xr[c] - shift[c]
+                    t1[c] += d
+                    t2[c] += d * d
             for c in range(n_chan):
-                d = np.float64(xr[c]) - shift[c]
-                a1[c] += d
-                a2[c] += d * d
+                a1[c] += t1[c]
+                a2[c] += t2[c]
+                t1[c] = 0.0
+                t2[c] = 0.0
     hi = np.empty(n_chan, x.dtype)
     lo = np.empty(n_chan, x.dtype)
     scale = np.empty(n_chan, x.dtype)
@@ -371,7 +397,7 @@ def _train_forward_rows(n_blocks, x, weight, bias, eps, momentum, running_mean, 
             a1 += s1[blk, c]
             a2 += s2[blk, c]
         d_mean = a1 / n_rows
-        m = shift[c] + d_mean
+        m = np.float64(shift[c]) + d_mean
         v = _clip_variance(a2 / n_rows - d_mean * d_mean)
         mean[c] = m
         var[c] = v
@@ -411,19 +437,28 @@ def _train_backward_rows(n_blocks, dy, x, mean, var, weight, eps, batch_stats, d
     n_rows, n_chan = x.shape
     p1 = np.zeros((n_blocks, n_chan))
     p2 = np.zeros((n_blocks, n_chan))
+    hi = mean.astype(x.dtype)
+    lo = (mean - hi.astype(np.float64)).astype(x.dtype)
     for blk in prange(n_blocks):
         a1 = p1[blk]
         a2 = p2[blk]
-        for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
-            gr = dy[r]
-            xr = x[r]
+        t1 = np.zeros(n_chan, x.dtype)
+        t2 = np.zeros(n_chan, x.dtype)
+        stop = (blk + 1) * n_rows // n_blocks
+        for start in range(blk * n_rows // n_blocks, stop, ROW_FOLD):
+            for r in range(start, min(start + ROW_FOLD, stop)):
+                gr = dy[r]
+                xr = x[r]
+                for c in range(n_chan):
+                    g = gr[c]
+                    t1[c] += g
+                    t2[c] += g * _centered(xr[c], hi[c], lo[c])
             for c in range(n_chan):
-                g = np.float64(gr[c])
-                a1[c] += g
-                a2[c] += g * (np.float64(xr[c]) - mean[c])
+                a1[c] += t1[c]
+                a2[c] += t2[c]
+                t1[c] = 0.0
+                t2[c] = 0.0
     count = max(n_rows, 1)
-    hi = np.empty(n_chan, x.dtype)
-    lo = np.empty(n_chan, x.dtype)
     k_dy = np.empty(n_chan, x.dtype)
     k_x = np.empty(n_chan, x.dtype)
     k_0 = np.empty(n_chan, x.dtype)
@@ -438,8 +473,6 @@ def _train_backward_rows(n_blocks, dy, x, mean, var, weight, eps, batch_stats, d
         if dweight.shape[0]:
             dweight[c] = a2 * inv_std
         k_dy64 = _optional(weight, c, 1.0) * inv_std
-        hi[c] = mean[c]
-        lo[c] = mean[c] - np.float64(hi[c])
         k_dy[c] = k_dy64
         k_x[c] = -k_dy64 * inv_std * inv_std * a2 / count if batch_stats else 0.0
         k_0[c] = -k_dy64 * a1 / count if batch_stats else 0.0
