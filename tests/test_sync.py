@@ -130,6 +130,23 @@ def test_single_process_is_batchnorm(shape, reference):
     assert relative_error(ours(x), theirs(x)) < 1e-12
 
 
+def test_one_rank_group_is_batchnorm(tmp_path, monkeypatch):
+    """An initialized process group of one rank: no communication, exactly this package's BatchNorm."""
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert not distributed.is_active() and distributed.world_size() == 1
+        torch.manual_seed(11)
+        ours, plain = bnn.SyncBatchNorm(3).double(), bnn.BatchNorm2d(3).double()
+        x = torch.randn(4, 3, 2, 5, dtype=torch.float64)
+        assert torch.equal(ours(x), plain(x))
+        assert torch.equal(ours.running_var, plain.running_var)
+        count = torch.tensor(4.0, dtype=torch.float64)
+        assert distributed.merge_moments(count, x[0, :, 0, 0], x[1, :, 0, 0])[0] is count
+    finally:
+        torch.distributed.destroy_process_group()
+
+
 def test_sync_batchnorm_validates_input():
     layer = bnn.SyncBatchNorm(4)
     with pytest.raises(ValueError, match=r"expected input of shape \(N, C, \*\) with at least 2 dimensions, got a "
