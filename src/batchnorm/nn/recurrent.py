@@ -119,19 +119,20 @@ class StepwiseBatchNorm(torch.nn.Module):
         return (f"{self.num_features}, max_length={self.max_length}, eps={self.eps}, momentum={self.momentum}, "
                 f"shift={self.bias is not None}")
 
-    def forward(self, input: Tensor, step: int = 0) -> Tensor:
+    def forward(self, input: Tensor, step: int = 0, shift: Optional[Tensor] = None) -> Tensor:
+        """Normalize the rows active at `step`; `shift` (C,) replaces beta when given (the LSTM's gate bias)."""
         slot = min(step, self.max_length - 1)
+        bias = self.bias if shift is None else shift
         if self.training and input.shape[0] > 1:
             counter = self.num_batches_tracked[slot]
             counter.add_(1)
             factor = 1.0 / float(counter) if self.momentum is None else self.momentum
             return functional.batch_norm(input, self.running_mean[slot], self.running_var[slot], self.weight,
-                                         self.bias, True, factor, self.eps)
+                                         bias, True, factor, self.eps)
         running_mean, running_var = self.running_mean[slot], self.running_var[slot]
         if self.training:  # a single active row: its slot's statistics, copied so later updates do not clash
             running_mean, running_var = running_mean.clone(), running_var.clone()
-        return functional.batch_norm(input, running_mean, running_var, self.weight, self.bias, False, 0.0,
-                                     self.eps)
+        return functional.batch_norm(input, running_mean, running_var, self.weight, bias, False, 0.0, self.eps)
 
 
 class FeatureLayerNorm(torch.nn.Module):
@@ -173,8 +174,10 @@ class FeatureLayerNorm(torch.nn.Module):
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, shift={self.bias is not None}"
 
-    def forward(self, input: Tensor, step: int = 0) -> Tensor:
-        return torch.nn.functional.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+    def forward(self, input: Tensor, step: int = 0, shift: Optional[Tensor] = None) -> Tensor:
+        """Normalize each row; `shift` (C,) replaces beta when given (the LSTM's gate bias)."""
+        bias = self.bias if shift is None else shift
+        return torch.nn.functional.layer_norm(input, self.normalized_shape, self.weight, bias, self.eps)
 
 
 # ------------------------------------------------------------------------------------------ the LSTMs
@@ -224,9 +227,8 @@ class _NormalizedLSTMLayer(torch.nn.Module):
                 c, c_done = c.split([active, rest])
                 finished_h.append(h_done)
                 finished_c.append(c_done)
-            gates = self.norm_hh(torch.mm(h, weight_hh_t), step) + self.norm_ih(input_terms[step], step)
-            if self.bias is not None:
-                gates = gates + self.bias
+            # the gate bias b is added by the input normalization's affine step (one pass fewer per step)
+            gates = self.norm_hh(torch.mm(h, weight_hh_t), step) + self.norm_ih(input_terms[step], step, self.bias)
             in_gate, forget_gate, cell_gate, out_gate = gates.chunk(4, 1)
             c = torch.sigmoid(forget_gate) * c + torch.sigmoid(in_gate) * torch.tanh(cell_gate)
             h = torch.sigmoid(out_gate) * torch.tanh(self.norm_cell(c, step))
