@@ -425,6 +425,9 @@ def test_frozen_matches_reference_in_training_mode(kind, affine_trainable):
     back = type(torch_bn)(shape[1], dtype=torch.float64)
     back.load_state_dict(frozen.state_dict())
     assert back.state_dict().keys() == frozen.state_dict().keys()
+    assert frozen.state_dict()._metadata[""]["version"] == torch_bn.state_dict()._metadata[""]["version"]
+    for key, value in back.state_dict().items():
+        assert torch.equal(value, before[key]), key
 
 
 def test_frozen_loads_torchvision_style_state_dict_and_copies_a_layer():
