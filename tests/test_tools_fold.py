@@ -48,14 +48,17 @@ class TimmStyleBatchNormAct2d(nn.BatchNorm2d):
 
 
 class BasicBlock(nn.Module):
+    """conv-BN-ReLU, conv-BN, + identity or downsample conv-BN, ReLU; ours fuses the last BN, add and ReLU."""
+
     def __init__(self, cin, cout, stride, ours):
         super().__init__()
+        self.ours = ours
         norm = bnn.BatchNorm2d if ours else nn.BatchNorm2d
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn1 = norm(cout)
         self.relu = nn.ReLU()
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = norm(cout)
+        self.bn2 = bnn.BatchNormAddAct2d(cout) if ours else nn.BatchNorm2d(cout)
         self.downsample = None
         if stride != 1 or cin != cout:
             self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
@@ -63,6 +66,8 @@ class BasicBlock(nn.Module):
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
+        if self.ours:
+            return self.bn2(self.conv2(out), identity)           # act(BN(x) + residual) in one layer
         return self.relu(self.bn2(self.conv2(out)) + identity)
 
 
@@ -206,6 +211,17 @@ def test_transformer_layernorm_untouched():
     for (name, a), b in zip(((n, m) for n, m in model.named_modules() if isinstance(m, nn.LayerNorm)), layer_norms):
         assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias), name
     assert [f.into for f in report.folded] == ["head"]
+
+
+def test_batchnorm_add_activation_leaves_add_activation():
+    model = randomize_statistics(ResNetStyle(ours=True)).eval()
+    folded, report = fold(model, torch.randn(2, 3, 16, 16))
+    by_name = {f.batchnorm: f for f in report.folded}
+    assert by_name["layer1.bn2"].into == "layer1.conv2" and by_name["layer1.bn2"].activation == "add + ReLU"
+    assert type(folded.layer1.bn2).__name__ == "AddActivation" and isinstance(folded.layer1.bn2.activation, nn.ReLU)
+    x = torch.randn(2, 8, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(folded.layer1.bn2(x, -x.flip(0)), torch.relu(x - x.flip(0)))
 
 
 def test_activation_layers_keep_their_activation():

@@ -10,7 +10,7 @@ from torch import nn
 
 from ._common import activation_of, is_batchnorm, is_frozen, replace_everywhere, traced_graphs
 
-__all__ = ["fold", "FoldReport", "FoldedLayer", "SkippedLayer"]
+__all__ = ["fold", "FoldReport", "FoldedLayer", "SkippedLayer", "AddActivation"]
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -108,6 +108,27 @@ def _probe_input(spatial_dims: int, channels: int, reference: torch.Tensor) -> t
     return (torch.randn(shape, generator=generator, dtype=torch.float64) * 2 + 0.5).to(reference.dtype)
 
 
+class AddActivation(nn.Module):
+    """What a folded BN + add + activation layer leaves behind: forward(x, residual) = activation(x + residual).
+
+    Args:
+        activation: the activation module (nn.Identity() for none).
+
+    Shape: x and residual (N, C, *), the same shape; output the same.
+
+    Example:
+        >>> AddActivation(torch.nn.ReLU())(torch.randn(2, 3), torch.randn(2, 3)).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(self, activation: nn.Module) -> None:
+        super().__init__()
+        self.activation = activation
+
+    def forward(self, input: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.activation(input + residual)
+
+
 def _affine_of(bn: nn.Module):
     """(scale, shift) in float64 with y = x * scale + shift: the eval transform of a batch norm."""
     mean = bn.running_mean.detach().to(torch.float64)
@@ -120,21 +141,27 @@ def _affine_of(bn: nn.Module):
     return scale, beta - mean * scale
 
 
-def behaves_affine(bn: nn.Module, spatial_dims: int, activation) -> tuple[bool, str]:
-    """Check numerically that the layer computes act(x * scale + shift) from its running statistics.
+def behaves_affine(bn: nn.Module, spatial_dims: int, activation, residual: bool = False) -> tuple[bool, str]:
+    """Check numerically that the layer computes act(x * scale + shift [+ residual]) from its running statistics.
 
-    Returns (True, '') or (False, what differed), from a seeded random probe input (N, C, *spatial).
+    Returns (True, '') or (False, what differed), from a seeded random probe input (N, C, *spatial) (and a
+    residual of the same shape when `residual`, for BN + add + activation layers called as bn(x, residual)).
     """
     probe_bn = copy.deepcopy(bn)
     x = _probe_input(spatial_dims, bn.running_mean.numel(), bn.running_mean)
     scale, shift = _affine_of(bn)
     shape = (1, -1) + (1,) * (x.dim() - 2)
     expected = x.to(torch.float64) * scale.view(shape) + shift.view(shape)
+    inputs = (x,)
+    if residual:
+        other = torch.flip(x, dims=(0,)) - 0.7
+        inputs = (x, other)
+        expected = expected + other.to(torch.float64)
     if activation is not None:
         expected = copy.deepcopy(activation).eval().to(torch.float64)(expected)
     with torch.no_grad():
         try:
-            got = probe_bn(x).to(torch.float64)
+            got = probe_bn(*inputs).to(torch.float64)
         except Exception as error:  # noqa: BLE001 - a layer that refuses the probe is not foldable
             return False, f"it fails on a probe input of shape {tuple(x.shape)}: {type(error).__name__}"
     if got.shape != expected.shape:
@@ -228,8 +255,9 @@ def fold(model: nn.Module, example_inputs=None) -> tuple[nn.Module, FoldReport]:
     are called once, the producer's weights are not tied to another layer, the batch norm uses its running
     statistics (eval mode, or frozen), and its eval forward is checked numerically to be the affine transform
     of those statistics (followed by its activation for batch-norm+activation layers such as timm's
-    `BatchNormAct2d` or ours: the activation stays in the batch norm's place). Every other batch norm is left
-    and reported with the reason (for instance pre-activation BN -> ReLU -> conv).
+    `BatchNormAct2d` or ours: the activation stays in the batch norm's place; our BN + add + activation layers,
+    called as bn(x, residual), leave `AddActivation`). Every other batch norm is left and reported with the
+    reason (for instance pre-activation BN -> ReLU -> conv).
 
     Args:
         model: the model; it is not modified (the tool works on a deep copy).
@@ -279,19 +307,21 @@ def fold(model: nn.Module, example_inputs=None) -> tuple[nn.Module, FoldReport]:
 
     plan = []
     for name, bn in candidates:
-        reason, producer_name, producer, activation, activation_name = _decide(
+        reason, producer_name, producer, activation, activation_name, residual = _decide(
             name, bn, calls, owners, linear_dims, example_inputs is not None, report)
         if reason:
             report.skipped.append(SkippedLayer(name, reason))
         else:
-            plan.append((name, bn, producer_name, producer, activation, activation_name))
+            plan.append((name, bn, producer_name, producer, activation, activation_name, residual))
 
-    for name, bn, producer_name, producer, activation, activation_name in plan:
+    for name, bn, producer_name, producer, activation, activation_name, residual in plan:
         scale, shift = _affine_of(bn)
         _fold_into(producer, scale, shift)
         replacement = activation if activation is not None else nn.Identity()
+        if residual:
+            replacement = AddActivation(replacement)
         replace_everywhere(folded_model, bn, replacement)
-        report.folded.append(FoldedLayer(name, producer_name, activation_name))
+        report.folded.append(FoldedLayer(name, producer_name, ("add + " if residual else "") + activation_name))
 
     if example_inputs is not None:
         outputs = []
@@ -314,8 +344,8 @@ def fold(model: nn.Module, example_inputs=None) -> tuple[nn.Module, FoldReport]:
 
 
 def _decide(name, bn, calls, owners, linear_dims, have_examples, report):
-    """(reason to skip or '', producer name, producer module, activation module, activation name)."""
-    none = ("", None, None, None, "")
+    """(reason to skip or '', producer name, producer module, activation module, activation name, residual)."""
+    none = ("", None, None, None, "", False)
 
     def skip(reason):
         return (reason,) + none[1:]
@@ -337,8 +367,10 @@ def _decide(name, bn, calls, owners, linear_dims, have_examples, report):
     if bn._forward_hooks or bn._forward_pre_hooks:
         return skip("has forward hooks, which folding would drop")
     part, node = uses[0]
-    if len(node.args) != 1 or node.kwargs:
-        return skip("called with more than one input")
+    residual = len(node.args) == 2 and not node.kwargs     # BN + add + activation: bn(x, residual)
+    if not residual and (len(node.args) != 1 or node.kwargs):
+        return skip(f"called with {len(node.args) + len(node.kwargs)} inputs: not a batch norm of one input, nor a "
+                    f"BN + add + activation layer called as bn(x, residual)")
     source = node.args[0]
     if not isinstance(source, torch.fx.Node) or source.op != "call_module":
         return skip(f"its input comes from {_describe(source)}, not from a Conv/ConvTranspose/Linear layer")
@@ -359,6 +391,8 @@ def _decide(name, bn, calls, owners, linear_dims, have_examples, report):
     if out_channels != bn.running_mean.numel():
         return skip(f"{producer_name} has {out_channels} output channels but the batch norm has "
                     f"{bn.running_mean.numel()} features")
+    if residual and node.args[1] is source:
+        return skip(f"the output of {producer_name} is also its residual input: folding would change that path")
     if len(source.users) != 1:
         others = ", ".join(_describe(user) for user in source.users if user is not node)
         return skip(f"the output of {producer_name} also feeds {others}: folding would change that path")
@@ -378,9 +412,10 @@ def _decide(name, bn, calls, owners, linear_dims, have_examples, report):
         activation, activation_name = activation_of(bn)
         if activation is None and activation_name:
             return skip(f"batch norm with an activation that cannot be kept: {activation_name}")
-    affine, detail = behaves_affine(bn, _spatial_dims(producer), activation)
+    affine, detail = behaves_affine(bn, _spatial_dims(producer), activation, residual)
     if not affine:
         kind = type(bn).__name__
         return skip(f"its forward ({kind}) is not the affine transform of its running statistics"
+                    + (" plus the residual" if residual else "")
                     + (" followed by its activation" if activation is not None else "") + f" ({detail})")
-    return "", producer_name, producer, activation, activation_name
+    return "", producer_name, producer, activation, activation_name, residual

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import io
 import os
 import warnings
@@ -89,10 +90,26 @@ def _replace_remaining_variants(model: nn.Module) -> None:
         activation, description = activation_of(module)
         if activation is None and description:
             continue
-        if not behaves_affine(module, 0 if dims == 1 else dims, activation)[0]:
+        required = [p for p in inspect.signature(module.forward).parameters.values() if p.default is p.empty
+                    and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        residual = len(required) == 2                       # BN + add + activation: forward(x, residual)
+        if not behaves_affine(module, 0 if dims == 1 else dims, activation, residual)[0]:
             continue
         plain = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims]
         replacement = _as_batchnorm(module, plain, False).eval()
-        if activation is not None:
+        if residual:
+            replacement = _NormAddActivation(replacement, activation if activation is not None else nn.Identity())
+        elif activation is not None:
             replacement = nn.Sequential(replacement, activation)
         replace_everywhere(model, module, replacement)
+
+
+class _NormAddActivation(nn.Module):
+    """activation(norm(x) + residual) with standard operators (the export form of our BN + add + activation)."""
+
+    def __init__(self, norm: nn.Module, activation: nn.Module) -> None:
+        super().__init__()
+        self.norm, self.activation = norm, activation
+
+    def forward(self, input: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.norm(input) + residual)
