@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -191,9 +192,15 @@ def test_convert_keeps_parameters_buffers_and_flags():
     assert type(single) is bnn.SyncBatchNorm and single.weight.dtype == torch.float64
     assert single.running_var.dtype == torch.float64
     assert type(bnn.SyncBatchNorm.convert_sync_batchnorm(torch.nn.BatchNorm3d(2))) is bnn.SyncBatchNorm
-    variant = torch.nn.BatchNorm2d(3)
-    variant.freeze_stats = True     # this package's variant keyword (as set by BatchNorm2d(..., freeze_stats=True))
-    assert bnn.convert_sync_batchnorm(variant) is variant
+    frozen = torch.nn.BatchNorm2d(3)
+    frozen.freeze_stats = True      # this package's variant keyword (as set by BatchNorm2d(..., freeze_stats=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert bnn.convert_sync_batchnorm(frozen) is frozen       # frozen: left without a warning
+    ghost = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.BatchNorm2d(3))
+    ghost[1].virtual_batch_size = 4  # ghost batch norm: still the process's own (chunked) batch statistics
+    with pytest.warns(UserWarning, match=r"left 1 batch-norm layer\(s\) .* unsynchronized: '1' \(BatchNorm2d\)"):
+        assert bnn.convert_sync_batchnorm(ghost)[1] is ghost[1]
     with pytest.raises(TypeError, match="expected a torch.nn.Module, got list"):
         bnn.convert_sync_batchnorm([torch.nn.BatchNorm1d(3)])
 

@@ -14,6 +14,7 @@ bfloat16 over gloo) but there is no GPU in this project's test environment, so N
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -259,7 +260,8 @@ def convert_sync_batchnorm(module: torch.nn.Module, process_group=None) -> torch
     `requires_grad` are kept) and the training flag. Other layers, including the other batch-norm variants of
     this package (renorm, fused activation, ...) and BatchNorm layers with a variant keyword switched on
     (`virtual_batch_size`, `freeze_stats`, `skip_nonfinite`), are left as they are because a plain SyncBatchNorm
-    would change what they compute. A module that is itself a batch norm is returned converted;
+    would change what they compute; a warning names those that still normalize with each process's own batch
+    (frozen ones are left silently). A module that is itself a batch norm is returned converted;
     otherwise its children are converted in place and the module itself is returned.
 
     Args:
@@ -271,10 +273,28 @@ def convert_sync_batchnorm(module: torch.nn.Module, process_group=None) -> torch
     """
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"convert_sync_batchnorm expected a torch.nn.Module, got {type(module).__name__}")
+    left: list[str] = []
+    converted = _convert(module, process_group, "", left)
+    if left:
+        warnings.warn(f"convert_sync_batchnorm left {len(left)} batch-norm layer(s) that normalize with batch "
+                      f"statistics unsynchronized: {', '.join(left)}. They are variants that SyncBatchNorm would "
+                      f"change; each process keeps normalizing them with its own batch", stacklevel=2)
+    return converted
+
+
+def _uses_own_batch(module: torch.nn.Module) -> bool:
+    """A batch norm left unconverted that still normalizes with each process's batch (not a frozen one)."""
+    return (isinstance(module, _BatchNorm) and not type(module).__name__.startswith("Frozen")
+            and not getattr(module, "freeze_stats", False))
+
+
+def _convert(module: torch.nn.Module, process_group, name: str, left: list[str]) -> torch.nn.Module:
     if _convertible(module):
         return _to_sync(module, process_group)
-    for name, child in module.named_children():
-        converted = convert_sync_batchnorm(child, process_group)
+    if _uses_own_batch(module):
+        left.append(f"'{name or '(the module itself)'}' ({type(module).__name__})")
+    for child_name, child in module.named_children():
+        converted = _convert(child, process_group, f"{name}.{child_name}" if name else child_name, left)
         if converted is not child:
-            module.add_module(name, converted)
+            module.add_module(child_name, converted)
     return module
