@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["is_batchnorm", "is_frozen", "is_ours", "module_paths", "set_module", "traced_graphs", "TracedPart",
-           "activation_of", "batches"]
+__all__ = ["is_batchnorm", "is_frozen", "is_ours", "module_paths", "set_module", "replace_everywhere",
+           "traced_graphs", "TracedPart", "TraceResult", "LeafTracer", "activation_of", "batches", "call_model"]
 
 
 def is_batchnorm(module: nn.Module) -> bool:
@@ -94,18 +94,6 @@ class TraceResult:
     parts: list[TracedPart] = field(default_factory=list)
     untraced: list[tuple[str, str]] = field(default_factory=list)
 
-    def node_of(self, path: str):
-        """(part, node) of the `call_module` node that calls the module at `path`, or (None, None)."""
-        for part in self.parts:
-            prefix = part.path + "." if part.path else ""
-            if not path.startswith(prefix):
-                continue
-            local = path[len(prefix):]
-            for node in part.graph.nodes:
-                if node.op == "call_module" and node.target == local:
-                    return part, node
-        return None, None
-
 
 def traced_graphs(model: nn.Module) -> TraceResult:
     """Trace `model` with `LeafTracer`; where that fails, trace its children instead (recursively).
@@ -165,9 +153,10 @@ def _first_attr(module: nn.Module, names, default):
 def activation_of(bn: nn.Module):
     """The activation a batch-norm+activation layer applies after the affine transform, as a module.
 
-    Returns (module or None, description). None with a reason when the layer has an activation that cannot be
-    expressed as a module; (Identity-free) None with '' when it has none. Conventions: timm's `BatchNormAct2d`
-    (`.drop` then `.act`), this package's `BatchNormAct*` (`.activation`: a module, a callable or a name).
+    Returns (module, its name) for a layer with an activation; (None, reason) when the activation cannot be
+    expressed as a module; (None, '') when the layer has none. Conventions: timm's `BatchNormAct2d` (`.drop`
+    then `.act`, modules), this package's `BatchNormAct*` (`.activation`: a name such as "leaky_relu", with
+    `.activation_param`, or a module).
     """
     act = getattr(bn, "act", None)
     if act is None:

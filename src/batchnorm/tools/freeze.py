@@ -8,7 +8,7 @@ import warnings
 from torch import nn
 
 from ._common import is_batchnorm, replace_everywhere
-from .convert import _convert_one, _frozen_dims
+from .convert import ORIGINAL_ATTRIBUTE, _convert_one, _frozen_dims
 
 __all__ = ["freeze", "unfreeze"]
 
@@ -116,7 +116,7 @@ def unfreeze(model: nn.Module, *, inplace: bool = False) -> nn.Module:
             module.freeze_stats = False
             _set_affine_trainable(module, True)
         elif _frozen_dims(module):
-            original = getattr(module, "_batchnorm_tools_original", (None, 0.1))[0]
+            original = getattr(module, ORIGINAL_ATTRIBUTE, (None, 0.1))[0]
             target = "torch" if original is not None and not original.__module__.startswith("batchnorm.") \
                 else "batchnorm"
             new, _ = _convert_one(module, name, target, None, None)
