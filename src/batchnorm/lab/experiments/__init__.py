@@ -25,6 +25,20 @@ import importlib
 
 EXPERIMENTS = {
     "E1": "e01_figure1",
+    "E2": "e02_learning_rate",
+    "E3": "e03_initialization",
+    "E4": "e04_regularization",
+    "E5": "e05_batch_size",
+    "E6": "e06_ghost_batch",
+    "E7": "e07_non_iid",
+    "E8": "e08_precise_stats",
+    "E9": "e09_covariate_shift",
+    "E10": "e10_domain_shift",
+    "E11": "e11_transformer",
+    "E12": "e12_recurrent",
+    "E13": "e13_norm_position",
+    "E14": "e14_transfer",
+    "E15": "e15_wall_clock",
 }
 
 

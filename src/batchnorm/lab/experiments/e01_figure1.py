@@ -31,7 +31,7 @@ class Config:
     unit: int = 0  # which unit of the last hidden layer is tracked
 
 
-QUICK = dict(seeds=2, steps=400, eval_every=50)
+QUICK = dict(seeds=2, steps=300, eval_every=50)
 FULL = dict(seeds=5, steps=20000, eval_every=500)
 
 PERCENTILES = (15, 50, 85)
