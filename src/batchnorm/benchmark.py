@@ -4,6 +4,8 @@ For every shape of the suite it times, in the same run and interleaved round by 
 shared machine slows all of them alike):
 
     copy        `dst.copy_(x)` into a preallocated tensor of the same shape and layout (the memory floor);
+    clone       `x.clone()`: a copy into a fresh tensor, as every layer's output is (shows what allocating
+                and first touching new memory costs on this machine; reported, not a target);
     train fwd   `batch_norm(x, rm, rv, w, b, training=True)` (statistics, transform, running update);
     train f+b   the same forward plus `y.backward(dy)` (dx, dweight, dbias);
     eval fwd    `batch_norm(x, rm, rv, w, b, training=False)`;
@@ -66,8 +68,10 @@ class Row:
     shape: str
     megabytes: float
     copy_s: float
+    clone_s: float = 0.0
     seconds: dict = field(default_factory=dict)     # "ours/train_fwd" -> median seconds
     x_copy: dict = field(default_factory=dict)      # "ours/train_fwd" -> median / copy median
+    min_seconds: dict = field(default_factory=dict)  # fastest round of each (copy and clone included)
     ours_over_torch: dict = field(default_factory=dict)  # "train_fwd" -> ours median / torch median
 
 
@@ -129,7 +133,7 @@ def measure_shape(shape: Shape, dtype: torch.dtype = torch.float32, repeats: int
 
         return {"train_fwd": train_fwd, "train_fwd_bwd": train_fwd_bwd, "eval_fwd": eval_fwd}
 
-    fns = {"copy": lambda: dst.copy_(x)}
+    fns = {"copy": lambda: dst.copy_(x), "clone": lambda: x.clone()}
     for name in impls:
         for mode, fn in calls(name).items():
             fns[f"{name}/{mode}"] = fn
@@ -146,7 +150,10 @@ def measure_shape(shape: Shape, dtype: torch.dtype = torch.float32, repeats: int
                 samples[key].append(t)
     medians = {key: statistics.median(v) for key, v in samples.items()}
     copy_s = medians.pop("copy")
-    row = Row(shape=str(shape), megabytes=x.numel() * x.element_size() / 1e6, copy_s=copy_s, seconds=medians)
+    clone_s = medians.pop("clone")
+    row = Row(shape=str(shape), megabytes=x.numel() * x.element_size() / 1e6, copy_s=copy_s, clone_s=clone_s,
+              seconds=medians)
+    row.min_seconds = {key: min(v) for key, v in samples.items()}
     row.x_copy = {key: value / copy_s for key, value in medians.items()}
     row.ours_over_torch = {mode: medians[f"ours/{mode}"] / medians[f"torch/{mode}"] for mode in MODES}
     return row
@@ -195,7 +202,12 @@ def _header(threads: int, dtype: torch.dtype) -> dict:
                     break
     except OSError:
         pass
+    try:
+        load = "%.1f %.1f %.1f" % os.getloadavg()
+    except OSError:
+        load = "unknown"
     return {"machine": cpu, "logical_cpus": os.cpu_count(), "threads": threads, "dtype": str(dtype),
+            "load_average_at_start": load,
             "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "numba": numba.__version__, "platform": platform.platform(),
             "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
@@ -233,16 +245,16 @@ def format_table(report: dict) -> str:
     """The report as Markdown: header, one row per shape, the summary and the first-call time."""
     h = report["header"]
     lines = [f"machine: {h['machine']} ({h['logical_cpus']} logical CPUs), threads: {h['threads']}, "
-             f"dtype: {h['dtype']}",
+             f"dtype: {h['dtype']}, load average at start: {h.get('load_average_at_start', '?')}",
              f"python {h['python']}, torch {h['torch']}, numpy {h['numpy']}, numba {h['numba']}; {h['date_utc']} UTC",
              "",
              "Time as a multiple of a plain copy of the same tensor (median; lower is better), and ours/torch:",
              "",
-             "| shape | MB | copy (ms) | train fwd ours | torch | ours/torch | train fwd+bwd ours | torch | "
+             "| shape | MB | copy (ms) | clone | train fwd ours | torch | ours/torch | train fwd+bwd ours | torch | "
              "ours/torch | eval fwd ours | torch | ours/torch |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:
-        cells = [r["shape"], f"{r['megabytes']:.2f}", f"{r['copy_s'] * 1e3:.3f}"]
+        cells = [r["shape"], f"{r['megabytes']:.2f}", f"{r['copy_s'] * 1e3:.3f}", f"{r['clone_s'] / r['copy_s']:.2f}"]
         for mode in MODES:
             cells += [f"{r['x_copy'][f'ours/{mode}']:.2f}", f"{r['x_copy'][f'torch/{mode}']:.2f}",
                       f"{r['ours_over_torch'][mode]:.2f}"]
