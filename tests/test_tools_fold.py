@@ -420,3 +420,23 @@ def test_export_onnx_runs_in_onnxruntime_without_foldable_batchnorms(tmp_path, n
     without_folding = tmp_path / "unfolded.onnx"
     assert export_onnx(model, torch.randn(shape), without_folding, fold_batchnorm=False) is None
     np.testing.assert_allclose(_onnx_run(without_folding, x), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+def test_blocks_defined_in_this_package_outside_nn_are_traced_through():
+    """Only layers (batchnorm.nn) are fx leaves: a block of a model defined in the package (the lab's models)
+    must be traced into, or its batch norms would be invisible."""
+
+    class LabBlock(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.norm = bnn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return torch.relu(self.norm(self.conv(x)))
+
+    LabBlock.__module__ = "batchnorm.lab.models"
+    model = randomize_statistics(nn.Sequential(LabBlock(), nn.Flatten())).eval()
+    folded, report = fold(model, torch.randn(2, 3, 6, 6))
+    assert [(f.batchnorm, f.into) for f in report.folded] == [("0.norm", "0.conv")]
+    _check_equal(model, folded, torch.randn(2, 3, 6, 6))

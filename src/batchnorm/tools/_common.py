@@ -67,13 +67,14 @@ def replace_everywhere(model: nn.Module, old: nn.Module, new: nn.Module) -> list
 class LeafTracer(torch.fx.Tracer):
     """An fx tracer that keeps normalization layers and this package's layers as leaves.
 
-    torch.nn layers are leaves already; ours (defined in `batchnorm.*`), batch-norm subclasses defined anywhere
-    (for instance timm's `BatchNormAct2d`) and frozen batch norms are leaves too, so the graph has one
-    `call_module` node per batch norm.
+    torch.nn layers are leaves already; this package's layers (defined in `batchnorm.nn`), batch-norm
+    subclasses defined anywhere (for instance timm's `BatchNormAct2d`) and frozen batch norms are leaves too, so
+    the graph has one `call_module` node per batch norm. Models built from layers (the lab's included) are
+    traced through.
     """
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if is_batchnorm(m) or is_ours(m):
+        if is_batchnorm(m) or type(m).__module__.startswith("batchnorm.nn"):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
