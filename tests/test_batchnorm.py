@@ -257,50 +257,23 @@ def test_gradcheck(shape, training):
 
 
 def test_torch_compile_fullgraph_matches_eager():
+    """float64, so that any difference would be a real one and not float32 rounding amplified by the backward."""
     torch.manual_seed(13)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1, bias=False), bnn.BatchNorm2d(4),
                                 torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 5, 6),
-                                bnn.BatchNorm1d(6))
+                                bnn.BatchNorm1d(6)).double()
     compiled_copy = copy.deepcopy(model)
     compiled = torch.compile(compiled_copy, fullgraph=True)
-    x = torch.randn(4, 3, 5, 5)
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64)
     y_eager, y_compiled = model(x), compiled(x)
-    assert relative_error(y_compiled, y_eager) < 1e-5
+    assert relative_error(y_compiled, y_eager) < 1e-10
     y_eager.square().sum().backward()
     y_compiled.square().sum().backward()
     for (name, p_eager), p_compiled in zip(model.named_parameters(), compiled_copy.parameters()):
-        assert relative_error(p_compiled.grad, p_eager.grad) < 1e-4, name
+        # (the bias of the linear layer before a BN has a gradient of exactly 0 up to rounding: atol)
+        assert torch.allclose(p_compiled.grad, p_eager.grad, rtol=1e-10, atol=1e-12), name
     for (name, b_eager), b_compiled in zip(model.named_buffers(), compiled_copy.buffers()):
-        assert relative_error(b_compiled, b_eager) < 1e-5, name
-
-
-# ------------------------------------------------------------------------------------------- functional
-@pytest.mark.parametrize("training, with_running", [(True, True), (True, False), (False, True)],
-                         ids=["train-running", "train-no-running", "eval"])
-@pytest.mark.parametrize("with_affine", [True, False], ids=["affine", "no-affine"])
-def test_functional_matches_torch_functional(training, with_running, with_affine):
-    generator = torch.Generator().manual_seed(14)
-    x = torch.randn(5, 4, 3, 3, generator=generator, dtype=torch.float64) * 2 + 3
-    weight = torch.randn(4, generator=generator, dtype=torch.float64) if with_affine else None
-    bias = torch.randn(4, generator=generator, dtype=torch.float64) if with_affine else None
-    ours_running = [torch.randn(4, generator=generator, dtype=torch.float64), torch.rand(4, generator=generator,
-                                                                                         dtype=torch.float64) + 1]
-    theirs_running = [t.clone() for t in ours_running]
-    if not with_running:
-        ours_running = theirs_running = [None, None]
-    y_ours = functional.batch_norm(x, *ours_running, weight, bias, training, 0.25, 1e-4)
-    y_theirs = torch.nn.functional.batch_norm(x, *theirs_running, weight, bias, training, 0.25, 1e-4)
-    assert relative_error(y_ours, y_theirs) < 1e-12
-    for a, b in zip(ours_running, theirs_running):
-        if a is not None:
-            assert relative_error(a, b) < 1e-12
-
-
-def test_functional_eval_without_running_stats_and_bad_eps_are_clear_errors():
-    x = torch.randn(4, 3)
-    with pytest.raises(ValueError, match="training=False needs running_mean and running_var, got None"):
-        functional.batch_norm(x, None, None, training=False)
-    with pytest.raises(ValueError, match=r"eps must be positive during training, got eps=0.0"):
-        functional.batch_norm(x, None, None, training=True, eps=0.0)
-    with pytest.raises(ValueError, match=r"eps must be non-negative, got eps=-1.0"):
-        functional.batch_norm(x, torch.zeros(3), torch.ones(3), training=False, eps=-1.0)
+        assert relative_error(b_compiled, b_eager) < 1e-10, name
+    model.eval()
+    compiled_copy.eval()
+    assert relative_error(compiled(x), model(x)) < 1e-10

@@ -1,12 +1,16 @@
 """Batch-norm modules: drop-in replacements for torch.nn and the layers built on the same core."""
 
+from .activated import (BatchNormAct1d, BatchNormAct2d, BatchNormAct3d, BatchNormAddAct1d, BatchNormAddAct2d,
+                        BatchNormAddAct3d, InPlaceABN1d, InPlaceABN2d, InPlaceABN3d)
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from .recurrent import BNLSTM, LNLSTM
 from .sync import SyncBatchNorm, convert_sync_batchnorm
 from .variants import (BatchRenorm1d, BatchRenorm2d, BatchRenorm3d, FrozenBatchNorm1d, FrozenBatchNorm2d,
                        FrozenBatchNorm3d)
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "convert_sync_batchnorm",
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
+           "BatchNormAct1d", "BatchNormAct2d", "BatchNormAct3d", "BatchNormAddAct1d", "BatchNormAddAct2d",
+           "BatchNormAddAct3d", "InPlaceABN1d", "InPlaceABN2d", "InPlaceABN3d", "SyncBatchNorm", "convert_sync_batchnorm",
            "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d",
            "FrozenBatchNorm1d", "FrozenBatchNorm2d", "FrozenBatchNorm3d",
            "BNLSTM", "LNLSTM"]

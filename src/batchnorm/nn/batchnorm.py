@@ -104,7 +104,11 @@ class BatchNormMixin:
         factor = self._averaging_factor()
         running_mean, running_var = self._buffers_to_update()
         return functional.batch_norm(input, running_mean, running_var, self.weight, self.bias,
-                                     self._uses_batch_stats(), factor, self.eps)
+                                     self._uses_batch_stats(), factor, self.eps, **self._activation_kwargs())
+
+    def _activation_kwargs(self) -> dict:
+        """Keyword arguments naming the activation fused into the transform (none for plain batch norm)."""
+        return {}
 
 
 class BatchNorm1d(BatchNormMixin, torch.nn.BatchNorm1d):
