@@ -207,8 +207,8 @@ class SyncBatchNorm(BatchNormMixin, _BatchNorm):
                              f"before it")
 
     def _syncs(self) -> bool:
-        """True when this training forward merges statistics across the process group."""
-        return self.training and distributed.is_active(self.process_group)
+        """True when this training forward merges statistics across the process group (not with frozen stats)."""
+        return self.training and not self.freeze_stats and distributed.is_active(self.process_group)
 
     def forward(self, input: Tensor) -> Tensor:
         if not self._syncs():
