@@ -388,6 +388,28 @@ def test_eager_path_matches_custom_ops(shape, channels_last, training):
         assert torch.allclose(ours, ops, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape, channels_last", [((6, 5, 4, 3), False), ((6, 5, 4, 3), True), ((9, 4), False)],
+                         ids=["nchw", "nhwc", "rows"])
+@pytest.mark.parametrize("wanted", ["weight only", "input only"])
+def test_eager_path_partial_gradients(shape, channels_last, wanted):
+    """Only the gradients asked for are computed (an input that needs no gradient, a frozen weight), and they
+    match torch's."""
+    x = _input(shape, torch.float32, channels_last, seed=24, offset=1.0)
+    dy = _input(shape, torch.float32, channels_last, seed=25)
+    grads = []
+    for bn in (functional.batch_norm, torch.nn.functional.batch_norm):
+        weight, bias = _per_channel(shape[1], torch.float32, 26)
+        xg = x.clone()
+        if wanted == "weight only":
+            weight.requires_grad_()
+        else:
+            xg.requires_grad_()
+        bn(xg, None, None, weight, bias, True, 0.1, EPS).backward(dy)
+        grads.append(weight.grad if wanted == "weight only" else xg.grad)
+        assert bias.grad is None and (xg.grad is None if wanted == "weight only" else weight.grad is None)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-5)
+
+
 def test_eager_path_bumps_running_buffer_versions_and_refuses_double_backward():
     """Running buffers are marked modified (as torch's in-place update does); double backward raises."""
     x = _input((8, 3, 4, 4), torch.float32, seed=20).requires_grad_()

@@ -278,7 +278,7 @@ def train_backward(dy: torch.Tensor, x: torch.Tensor, mean: np.ndarray, var: np.
     np_dtype = xv.dtype
     dbias_np = dbias.numpy()
     args = (_array(dy, rows), xv, mean, var, _vector(weight, np_dtype), float(eps), bool(batch_stats),
-            _array(dx, rows) if need_dx else _ABSENT[np_dtype],
+            _array(dx, rows) if need_dx else np.empty((0,) * xv.ndim, np_dtype),
             dweight.numpy() if need_dweight else _ABSENT[dbias_np.dtype], dbias_np)
     threads = _threads(numel)
     if rows:
