@@ -114,6 +114,7 @@ class Result:
     config: dict = field(default_factory=dict)  # filled by the runner
     seconds: float = 0.0  # filled by the runner
     versions: dict = field(default_factory=dict)  # filled by the runner
+    numbers: dict = field(default_factory=dict)  # the key numbers behind the verdicts, for tests and tools
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -99,9 +99,15 @@ def run_one(experiment: str, scale: str = "default", data: str | None = None, se
         if not force and os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 return Result.from_json(json.load(f)), True
+    import torch
+
+    threads = torch.get_num_threads()  # every experiment starts with the caller's thread count
     start = time.perf_counter()
     with progress.bar(f"{module.ID} {module.TITLE}", stream=stream if stream is not None else sys.stderr):
-        result = module.run(cfg)
+        try:
+            result = module.run(cfg)
+        finally:
+            torch.set_num_threads(threads)  # some library calls change it; keep experiments independent
     result.seconds = time.perf_counter() - start
     result.config = dataclasses.asdict(cfg)
     result.config["scale"] = scale

@@ -90,4 +90,6 @@ def run(cfg: Config) -> Result:
              f"the network then gives). Curves of runs that diverged are omitted."]
     return Result(ID, TITLE, findings,
                   [table("Final numbers", ["network", "test accuracy", "diverged", "steps to target"], rows)],
-                  plots, notes)
+                  plots, notes, numbers={"final accuracy": {f"{name[bn]} x{m}": final[(bn, m)].mean
+                                                            for bn in (False, True) for m in cfg.multipliers},
+                                         "speedup": speedup})

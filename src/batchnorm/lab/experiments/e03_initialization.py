@@ -73,4 +73,5 @@ def run(cfg: Config) -> Result:
     notes = [f"{cfg.depth} x {cfg.width} sigmoid MLP, SGD momentum 0.9, lr {cfg.lr}, batch {cfg.batch_size}, "
              f"{cfg.steps} steps on {cfg.data}."]
     return Result(ID, TITLE, findings, [table("Final test accuracy", ["network", "test accuracy"], rows)], plots,
-                  notes)
+                  notes, numbers={"final accuracy": {f"{name[bn]}, gain {g:g}": final[(bn, g)].mean
+                                                     for bn in (False, True) for g in cfg.gains}})

@@ -77,4 +77,6 @@ def run(cfg: Config) -> Result:
     notes = [f"ReLU MLP {cfg.hidden} on {cfg.train_size} {cfg.data} training samples, SGD momentum 0.9, lr {cfg.lr}, "
              f"batch {cfg.batch_size}, {cfg.steps} steps; dropout p = {cfg.dropout}; accuracies in eval mode."]
     return Result(ID, TITLE, findings,
-                  [table("Accuracy and gap", ["network", "train", "test", "gap (points)"], rows)], plots, notes)
+                  [table("Accuracy and gap", ["network", "train", "test", "gap (points)"], rows)], plots, notes,
+                  numbers={"train accuracy": {k: v.mean for k, v in train_s.items()}, "test accuracy": t,
+                           "gap": {k: v.mean for k, v in gap.items()}})

@@ -24,7 +24,7 @@ class Config:
     seeds: int = 2  # seeds per setting
     batch_sizes: tuple = (2, 8, 32)  # batch sizes compared (the paper's 32 -> 4 -> 2, scaled)
     steps: int = 400  # SGD steps per run, the same for every batch size
-    lr: float = 0.05  # SGD learning rate (momentum 0.9), the same for every batch size
+    lr: float = 0.1  # SGD learning rate (momentum 0.9) at batch 32, scaled linearly with the batch size
     channels: tuple = (16, 32)  # CNN channels
     groups: int = 4  # Group Norm groups
     renorm_warmup: int = 100  # Batch Renorm: plain-BN steps (paper 5k of its schedule, scaled)
@@ -46,7 +46,7 @@ def run(cfg: Config) -> Result:
         seed_everything(seed)
         model = CNN(data.sample_shape, cfg.channels, data.num_classes, norm=norm,
                     **(options if norm == "renorm" else {"groups": cfg.groups}))
-        h = train(model, data, steps=cfg.steps, batch_size=b, lr=cfg.lr, momentum=0.9, seed=seed)
+        h = train(model, data, steps=cfg.steps, batch_size=b, lr=cfg.lr * b / 32, momentum=0.9, seed=seed)
         acc.setdefault((norm, b), []).append(h.final_accuracy)
     final = {k: stat(v) for k, v in acc.items()}
     small, large = min(cfg.batch_sizes), max(cfg.batch_sizes)
@@ -87,11 +87,13 @@ def run(cfg: Config) -> Result:
                         {NAMES[n]: list(map(list, zip(*[acc[(n, b)] for b in cfg.batch_sizes]))) for n in norms},
                         logx=True)]
     rows = {NAMES[n]: [pct(final[(n, b)]) for b in cfg.batch_sizes] for n in norms}
-    notes = [f"CNN {cfg.channels} on {cfg.data}, SGD momentum 0.9, lr {cfg.lr}, {cfg.steps} steps at every batch size "
-             f"(so small batches also see fewer samples: compare the norms at the same batch size, and their drops). "
+    notes = [f"CNN {cfg.channels} on {cfg.data}, SGD momentum 0.9, lr {cfg.lr} x batch / 32 (linear scaling, as "
+             f"Wu & He), {cfg.steps} steps at every batch size (so small batches also see fewer samples: compare the "
+             f"norms at the same batch size, and their drops). "
              f"Evaluated in eval mode (BN and Renorm use their running statistics). Batch Renorm schedule scaled "
              f"down: plain BN for {cfg.renorm_warmup} steps, rmax 3 / dmax 5 at step {cfg.renorm_ramp}."]
     notes += [f"Missing: {m}" for m in missing.values()]
     return Result(ID, TITLE, findings,
                   [table("Final test accuracy", ["norm", *[f"batch {b}" for b in cfg.batch_sizes]], rows)], plots,
-                  notes)
+                  notes, numbers={"final accuracy": {f"{NAMES[n]}, batch {b}": final[(n, b)].mean for n in norms
+                                                     for b in cfg.batch_sizes}, "drop": {NAMES[n]: drop[n] for n in norms}})

@@ -80,4 +80,5 @@ def run(cfg: Config) -> Result:
              f"steps; non-i.i.d. batches draw {cfg.classes_per_batch} random classes and "
              f"{cfg.batch_size // cfg.classes_per_batch} samples of each. Eval mode (running statistics)."]
     return Result(ID, TITLE, findings, [table("Final test accuracy", ["norm", "i.i.d.", "non-i.i.d."], rows)],
-                  plots, notes)
+                  plots, notes, numbers={"final accuracy": {f"{NAMES[n]}, {'i.i.d.' if i else 'non-i.i.d.'}": v.mean
+                                                            for (n, i), v in final.items()}})

@@ -168,4 +168,7 @@ def run(cfg: Config) -> Result:
              f"mode (batch statistics), as in Santurkar et al. (who used VGG on CIFAR-10)."]
     return Result(ID, TITLE, findings,
                   [table("Numbers", ["network", "test accuracy", "relative ICS", "cos(G, G')", "beta"], rows)],
-                  plots, notes)
+                  plots, notes, numbers={"final accuracy": {NAMES[k]: v.mean for k, v in final.items()},
+                                         "relative ICS": {NAMES[k]: v.mean for k, v in ics_s.items()},
+                                         "cos": {NAMES[k]: v.mean for k, v in cos_s.items()},
+                                         "beta": {NAMES[k]: v.mean for k, v in beta_s.items()}})

@@ -71,4 +71,5 @@ def run(cfg: Config) -> Result:
     notes = [f"CNN {cfg.channels} trained on {source.name}; target = {target.name} (see batchnorm.lab.data.shifted). "
              f"AdaBN = batchnorm.tools.recalibrate on the target's unlabeled training inputs (batches of "
              f"{cfg.adapt_batch})."]
-    return Result(ID, TITLE, findings, [table("Test accuracy", ["network, domain", "accuracy"], rows)], plots, notes)
+    return Result(ID, TITLE, findings, [table("Test accuracy", ["network, domain", "accuracy"], rows)], plots, notes,
+                  numbers={f"{'BN' if k[0] == 'batch' else 'no BN'}, {k[1]}": v.mean for k, v in final.items()})

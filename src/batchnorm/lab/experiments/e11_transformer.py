@@ -63,4 +63,5 @@ def run(cfg: Config) -> Result:
              f"{cfg.steps} steps. BN normalizes each feature over batch and tokens. All sequences have the same length "
              f"(no padding), the easy case for BN."]
     return Result(ID, TITLE, findings, [table("Final test accuracy", ["norm", "test accuracy"],
-                                              {NAMES[k]: [pct(final[k])] for k in NAMES})], plots, notes)
+                                              {NAMES[k]: [pct(final[k])] for k in NAMES})], plots, notes,
+                  numbers={"final accuracy": {NAMES[k]: final[k].mean for k in NAMES}})

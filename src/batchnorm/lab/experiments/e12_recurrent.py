@@ -78,4 +78,5 @@ def run(cfg: Config) -> Result:
              f"{cfg.hidden_size}, Adam lr {cfg.lr}, batch {cfg.batch_size}, {cfg.steps} steps; classify from the last "
              f"hidden state. BN-LSTM / LN-LSTM: batchnorm.nn.BNLSTM / LNLSTM with their defaults."]
     return Result(ID, TITLE, findings, [table("Accuracy", ["network", "mean over checkpoints", "final"], rows)],
-                  plots, notes)
+                  plots, notes, numbers={"area": {NAMES[k]: v.mean for k, v in area.items()},
+                                         "final accuracy": {NAMES[k]: v.mean for k, v in final.items()}})

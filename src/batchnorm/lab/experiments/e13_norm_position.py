@@ -60,4 +60,5 @@ def run(cfg: Config) -> Result:
     notes = [f"ReLU networks on {cfg.data}: CNN {cfg.channels}, MLP {cfg.hidden}; SGD momentum 0.9, lr {cfg.lr}, "
              f"batch {cfg.batch_size}, {cfg.steps} steps. 'after': Conv/Linear (with bias) -> ReLU -> BN."]
     return Result(ID, TITLE, findings, [table("Final test accuracy", ["model", "BN before ReLU", "BN after ReLU"],
-                                              rows)], plots, notes)
+                                              rows)], plots, notes,
+                  numbers={f"{a}, {p}": v.mean for (a, p), v in final.items()})

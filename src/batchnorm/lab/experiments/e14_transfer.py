@@ -91,4 +91,4 @@ def run(cfg: Config) -> Result:
              f"batchnorm.tools.freeze (running statistics used in training too, gamma and beta trainable); "
              f"recalibrated = batchnorm.tools.recalibrate on the {cfg.target_size} target inputs first."]
     return Result(ID, TITLE, findings, [table("Target test accuracy", ["mode", "accuracy"],
-                                              {k: [pct(final[k])] for k in MODES})], plots, notes)
+                                              {k: [pct(final[k])] for k in MODES})], plots, notes, numbers=t)

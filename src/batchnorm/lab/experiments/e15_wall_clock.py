@@ -113,4 +113,7 @@ def run(cfg: Config) -> Result:
              f"to target x this run's mean seconds per step (evaluations excluded)."]
     return Result(ID, TITLE, findings,
                   [table("Numbers", ["network", "ms / step", "steps to target", "seconds to target", "final accuracy"],
-                         rows)], plots, notes)
+                         rows)], plots, notes,
+                  numbers={"ms per step": {NAMES[k]: 1e3 * v for k, v in median.items()}, "ratio ours/torch": ratio,
+                           "seconds to target": {NAMES[k]: v.mean for k, v in time_to.items()},
+                           "final accuracy": {NAMES[k]: stat(v).mean for k, v in final.items()}})
