@@ -268,23 +268,67 @@ def _train_backward_cf(dy, x, mean, var, weight, eps, batch_stats, dx, dweight, 
 
 
 # ---------------------------------------------------------------------------------------------------- rows
+@numba.njit(**NJIT_INLINE)
+def _row_shift(x):
+    """Per-channel shift for the sums: the mean of the first rows (at most SHIFT_ROWS), rounded to x's dtype."""
+    n_rows, n_chan = x.shape
+    head = min(n_rows, SHIFT_ROWS)
+    acc = np.zeros(n_chan)
+    for r in range(head):
+        for c in range(n_chan):
+            acc[c] += x[r, c]
+    return (acc / head).astype(x.dtype)
+
+
+@numba.njit(**NJIT_INLINE)
+def _row_block_moments(x, shift, start, stop, a1, a2):
+    """a1 += sum(x - shift), a2 += sum((x - shift)^2) over rows [start, stop): ROW_FOLD rows at a time in x's
+    dtype (one vector lane per channel), folded into the float64 a1, a2."""
+    n_chan = x.shape[1]
+    t1 = np.zeros(n_chan, x.dtype)
+    t2 = np.zeros(n_chan, x.dtype)
+    for begin in range(start, stop, ROW_FOLD):
+        for r in range(begin, min(begin + ROW_FOLD, stop)):
+            xr = x[r]
+            for c in range(n_chan):
+                d = xr[c] - shift[c]
+                t1[c] += d
+                t2[c] += d * d
+        for c in range(n_chan):
+            a1[c] += t1[c]
+            a2[c] += t2[c]
+            t1[c] = 0.0
+            t2[c] = 0.0
+
+
+@numba.njit(**NJIT_INLINE)
+def _row_block_grad_sums(dy, x, hi, lo, start, stop, a1, a2):
+    """a1 += sum(dy), a2 += sum(dy * (x - center)) over rows [start, stop), folded like `_row_block_moments`."""
+    n_chan = x.shape[1]
+    t1 = np.zeros(n_chan, x.dtype)
+    t2 = np.zeros(n_chan, x.dtype)
+    for begin in range(start, stop, ROW_FOLD):
+        for r in range(begin, min(begin + ROW_FOLD, stop)):
+            gr = dy[r]
+            xr = x[r]
+            for c in range(n_chan):
+                g = gr[c]
+                t1[c] += g
+                t2[c] += g * _centered(xr[c], hi[c], lo[c])
+        for c in range(n_chan):
+            a1[c] += t1[c]
+            a2[c] += t2[c]
+            t1[c] = 0.0
+            t2[c] = 0.0
+
+
 def _stats_rows(n_blocks, x, mean, var):
     n_rows, n_chan = x.shape
     s1 = np.zeros((n_blocks, n_chan))
     s2 = np.zeros((n_blocks, n_chan))
-    shift = np.empty(n_chan)
-    for c in range(n_chan):
-        shift[c] = x[0, c]
+    shift = _row_shift(x)
     for blk in prange(n_blocks):
-        start = blk * n_rows // n_blocks
-        stop = (blk + 1) * n_rows // n_blocks
-        a1 = s1[blk]
-        a2 = s2[blk]
-        for r in range(start, stop):
-            for c in range(n_chan):
-                d = np.float64(x[r, c]) - shift[c]
-                a1[c] += d
-                a2[c] += d * d
+        _row_block_moments(x, shift, blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks, s1[blk], s2[blk])
     for c in range(n_chan):
         a1 = 0.0
         a2 = 0.0
@@ -292,9 +336,8 @@ def _stats_rows(n_blocks, x, mean, var):
             a1 += s1[blk, c]
             a2 += s2[blk, c]
         d_mean = a1 / n_rows
-        mean[c] = shift[c] + d_mean
-        v = a2 / n_rows - d_mean * d_mean
-        var[c] = v if v > 0.0 else (v if v != v else 0.0)
+        mean[c] = np.float64(shift[c]) + d_mean
+        var[c] = _clip_variance(a2 / n_rows - d_mean * d_mean)
 
 
 def _affine_rows(n_blocks, x, center, scale, shift, out):
@@ -315,14 +358,11 @@ def _grad_sums_rows(n_blocks, dy, x, center, sum_dy, sum_dy_xc):
     n_rows, n_chan = x.shape
     p1 = np.zeros((n_blocks, n_chan))
     p2 = np.zeros((n_blocks, n_chan))
+    hi = center.astype(x.dtype)
+    lo = (center - hi.astype(np.float64)).astype(x.dtype)
     for blk in prange(n_blocks):
-        a1 = p1[blk]
-        a2 = p2[blk]
-        for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
-            for c in range(n_chan):
-                g = np.float64(dy[r, c])
-                a1[c] += g
-                a2[c] += g * (np.float64(x[r, c]) - center[c])
+        _row_block_grad_sums(dy, x, hi, lo, blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks, p1[blk],
+                             p2[blk])
     for c in range(n_chan):
         a1 = 0.0
         a2 = 0.0
@@ -350,42 +390,13 @@ def _grad_input_rows(n_blocks, dy, x, center, k_dy, k_x, k_0, out):
 
 
 # -------------------------------------------------------------------------------------------- rows, fused
-@numba.njit(**NJIT_INLINE)
-def _row_shift(x):
-    """Per-channel shift for the sums: the mean of the first rows (at most SHIFT_ROWS), rounded to x's dtype."""
-    n_rows, n_chan = x.shape
-    head = min(n_rows, SHIFT_ROWS)
-    acc = np.zeros(n_chan)
-    for r in range(head):
-        for c in range(n_chan):
-            acc[c] += x[r, c]
-    return (acc / head).astype(x.dtype)
-
-
 def _train_forward_rows(n_blocks, x, weight, bias, eps, momentum, running_mean, running_var, y, mean, var):
     n_rows, n_chan = x.shape
     s1 = np.zeros((n_blocks, n_chan))
     s2 = np.zeros((n_blocks, n_chan))
     shift = _row_shift(x)
     for blk in prange(n_blocks):
-        a1 = s1[blk]
-        a2 = s2[blk]
-        # shifted sums over ROW_FOLD rows at a time in x's dtype (vectorized over channels), folded into float64
-        t1 = np.zeros(n_chan, x.dtype)
-        t2 = np.zeros(n_chan, x.dtype)
-        stop = (blk + 1) * n_rows // n_blocks
-        for start in range(blk * n_rows // n_blocks, stop, ROW_FOLD):
-            for r in range(start, min(start + ROW_FOLD, stop)):
-                xr = x[r]
-                for c in range(n_chan):
-                    d = xr[c] - shift[c]
-                    t1[c] += d
-                    t2[c] += d * d
-            for c in range(n_chan):
-                a1[c] += t1[c]
-                a2[c] += t2[c]
-                t1[c] = 0.0
-                t2[c] = 0.0
+        _row_block_moments(x, shift, blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks, s1[blk], s2[blk])
     hi = np.empty(n_chan, x.dtype)
     lo = np.empty(n_chan, x.dtype)
     scale = np.empty(n_chan, x.dtype)
@@ -440,24 +451,8 @@ def _train_backward_rows(n_blocks, dy, x, mean, var, weight, eps, batch_stats, d
     hi = mean.astype(x.dtype)
     lo = (mean - hi.astype(np.float64)).astype(x.dtype)
     for blk in prange(n_blocks):
-        a1 = p1[blk]
-        a2 = p2[blk]
-        t1 = np.zeros(n_chan, x.dtype)
-        t2 = np.zeros(n_chan, x.dtype)
-        stop = (blk + 1) * n_rows // n_blocks
-        for start in range(blk * n_rows // n_blocks, stop, ROW_FOLD):
-            for r in range(start, min(start + ROW_FOLD, stop)):
-                gr = dy[r]
-                xr = x[r]
-                for c in range(n_chan):
-                    g = gr[c]
-                    t1[c] += g
-                    t2[c] += g * _centered(xr[c], hi[c], lo[c])
-            for c in range(n_chan):
-                a1[c] += t1[c]
-                a2[c] += t2[c]
-                t1[c] = 0.0
-                t2[c] = 0.0
+        _row_block_grad_sums(dy, x, hi, lo, blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks, p1[blk],
+                             p2[blk])
     count = max(n_rows, 1)
     k_dy = np.empty(n_chan, x.dtype)
     k_x = np.empty(n_chan, x.dtype)
