@@ -410,6 +410,31 @@ def test_eager_path_partial_gradients(shape, channels_last, wanted):
     assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-5)
 
 
+def test_per_channel_views_follow_their_tensors():
+    """The cached NumPy views of weights follow in-place updates, `.data` reassignment and resizing."""
+    x = _input((6, 4, 3, 3), torch.float32, seed=27)
+    layer = torch.nn.BatchNorm2d(4)
+    torch.nn.init.uniform_(layer.weight, 0.5, 1.5)
+
+    def check():
+        ours = functional.batch_norm(x, None, None, layer.weight, layer.bias, True)
+        theirs = torch.nn.functional.batch_norm(x, None, None, layer.weight, layer.bias, True)
+        assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+    check()
+    with torch.no_grad():
+        layer.weight.mul_(3.0)
+    check()
+    layer.weight.data = torch.rand(4) + 2.0
+    check()
+    layer.bias.data = torch.randn(4)
+    check()
+    weight = torch.rand(4)
+    assert np.array_equal(kernels._vector(weight, np.dtype(np.float32)), weight.numpy())
+    weight.resize_(2)
+    assert kernels._vector(weight, np.dtype(np.float32)).shape == (2,)
+
+
 def test_eager_path_bumps_running_buffer_versions_and_refuses_double_backward():
     """Running buffers are marked modified (as torch's in-place update does); double backward raises."""
     x = _input((8, 3, 4, 4), torch.float32, seed=20).requires_grad_()
