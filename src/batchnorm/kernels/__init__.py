@@ -17,8 +17,11 @@ Fused entry points (`train_forward`, `normalize`, `train_backward`) do a whole l
 Optional per-channel tensors (weight, bias, running buffers) must be contiguous 1-D CPU tensors or None;
 running buffers are updated in place by the kernel.
 
+The eager `batchnorm.functional.batch_norm` calls the fused entry points (one kernel call per pass); the custom
+ops (`torch.compile` path) and the variants call the four primitives.
+
 Only CPU float32/float64 tensors reach this module; `batchnorm.functional` routes everything else to torch.
-Per-channel vectors are float64 NumPy arrays of length C.
+Per-channel vectors returned or taken by the primitives are float64 NumPy arrays of length C.
 """
 
 from __future__ import annotations

@@ -5,11 +5,16 @@ Two memory layouts, both C-contiguous NumPy arrays:
   * rows            `x2` of shape (R, C):    (N, C) input, and channels_last NHWC/NDHWC with R = N*H*W(*D).
 
 The primitives (c is the channel, sums run over all other positions):
-  stats        mean_c, var_c (biased) in one read of x: shifted sums in float64, the shift being the
-               channel's first value, so that an offset of 1e4 costs no precision;
+  stats        mean_c, var_c (biased) in one read of x from shifted sums d = x - shift_c,
+               mean = shift + sum(d)/m, var = sum(d^2)/m - (sum(d)/m)^2, so that an offset of 1e4 costs no
+               precision. Channels-first: float64 sums, shift = the channel's first value. Rows: sums over
+               ROW_FOLD rows in x's dtype (vectorized across channels) folded into float64, shift = mean of
+               the first SHIFT_ROWS rows (float32 variance to about 1e-6 relative; float64 exact);
   affine       out = (x - center_c) * scale_c + shift_c;
-  grad_sums    sum(dy)_c and sum(dy * (x - center_c))_c in one read of dy and x, in float64;
+  grad_sums    sum(dy)_c and sum(dy * (x - center_c))_c in one read of dy and x (float64 accumulation as stats);
   grad_input   out = k_dy_c * dy + k_x_c * (x - center_c) + k_0_c.
+x - center is computed as (x - center_hi) - center_lo with the center split into its x-dtype rounding and the
+remainder, so that float32 data far from zero keep their digits in y and dx.
 
 Fused kernels (one call per layer and pass; the per-channel algebra happens inside them):
   train_forward     stats + running-statistics update + normalize. The channels-first version works one
