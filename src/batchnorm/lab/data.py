@@ -235,6 +235,20 @@ def read_mnist_idx(directory: str) -> Dataset:
     return Dataset("mnist", parts[0], parts[1], parts[2], parts[3], 10)
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR-10's batches (dicts of NumPy arrays, lists, strings) and refuses every other global, so a
+    malicious file cannot run code (`pickle.load` would call whatever callable the file names)."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}   # the last: bytes in protocol 2
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR-10 batch")
+        return super().find_class(module, name)
+
+
 def read_cifar10(directory: str) -> Dataset:
     """CIFAR-10 from its python batches in `directory` (data_batch_1..5 and test_batch: pickled dicts with
     b'data' (N, 3072) uint8 and b'labels'). Pixels scaled to [0, 1]; samples have shape (3, 32, 32)."""
@@ -243,10 +257,17 @@ def read_cifar10(directory: str) -> Dataset:
     def read(names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = [], []
         for name in names:
-            with open(os.path.join(directory, name), "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
-            xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
+            path = os.path.join(directory, name)
+            try:
+                with open(path, "rb") as f:
+                    batch = _CifarUnpickler(f, encoding="bytes").load()
+                data, labels = batch[b"data"], batch[b"labels"]
+            except Exception as error:  # noqa: BLE001 - refused, truncated or foreign files
+                raise ValueError(f"{path} could not be read as a CIFAR-10 python batch (a pickled dict with b'data' "
+                                 f"and b'labels'; only NumPy arrays and plain containers are accepted): "
+                                 f"{type(error).__name__}: {error}") from None
+            xs.append(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(labels, dtype=np.int64))
         return torch.tensor(np.concatenate(xs), dtype=torch.float32) / 255.0, torch.tensor(np.concatenate(ys))
 
     train_names = sorted(n for n in os.listdir(directory) if n.startswith("data_batch_")) \
