@@ -173,7 +173,11 @@ def load_data(args) -> list:
             if inputs_key is None:
                 raise CommandError(f"--data {spec!r} is an empty .npz file")
             labels_key = next((k for k in ("labels", "y", "targets") if k in keys), None)
-            inputs, labels = loaded[inputs_key], (loaded[labels_key] if labels_key else None)
+            try:   # .npz members are read lazily: an object array or a damaged member fails here
+                inputs, labels = loaded[inputs_key], (loaded[labels_key] if labels_key else None)
+            except Exception as error:  # noqa: BLE001
+                raise CommandError(f"--data {spec!r} could not be read with numpy.load(allow_pickle=False): "
+                                   f"{type(error).__name__}: {error}")
         inputs = torch.from_numpy(np.ascontiguousarray(inputs))
         labels = None if labels is None else torch.from_numpy(np.ascontiguousarray(labels))
     else:
