@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["is_active", "world_size", "merge_moments", "all_reduce_sum"]
+__all__ = ["is_active", "world_size", "merge_moments", "check_same_channels", "all_reduce_sum"]
 
 
 def is_active(group=None) -> bool:
@@ -115,6 +115,26 @@ def _chan_merge(gathered, where):
     total = counts.sum(0)
     mean = (counts * means).sum(0) / where(total > 0, total, 1.0)
     return total, mean, m2s.sum(0) + (counts * (means - mean) ** 2).sum(0)
+
+
+def check_same_channels(channels: int, group=None, where: str = "SyncBatchNorm") -> None:
+    """Raise ValueError on every rank when the ranks of `group` disagree on the channel count.
+
+    One all_gather of a single int64 per rank (a fixed size, so it is safe even when the counts differ; gloo
+    aborts the process when the per-channel tensors of a later collective have different sizes). Every rank of
+    the group must call it at the same point; nothing happens when not distributed.
+    """
+    if not is_active(group):
+        return
+    local = torch.tensor([int(channels)], dtype=torch.int64)
+    gathered = torch.empty((world_size(group), 1), dtype=torch.int64)
+    _collective(where, "all_gather of the channel count",
+                lambda: torch.distributed.all_gather(list(gathered.unbind(0)), local, group=group), group)
+    counts = gathered[:, 0].tolist()
+    if any(c != counts[0] for c in counts):
+        raise ValueError(f"{where} expected the same num_features on every rank of the process group, got "
+                         f"channel counts {counts} (rank i at position i; this rank: {int(channels)}): every rank "
+                         f"must build the same model; check the per-rank configuration")
 
 
 def all_reduce_sum(tensor: Tensor, group=None) -> Tensor:

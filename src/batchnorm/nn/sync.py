@@ -154,6 +154,8 @@ class _SyncBatchNormFunction(torch.autograd.Function):
 
 
 # ------------------------------------------------------------------------------------------- modules
+_UNCHECKED = object()   # SyncBatchNorm._checked_group before the channel counts were compared across ranks
+
 class SyncBatchNorm(BatchNormMixin, _BatchNorm):
     r"""Batch normalization with statistics over the global batch of a process group; drop-in for torch's.
 
@@ -216,6 +218,10 @@ class SyncBatchNorm(BatchNormMixin, _BatchNorm):
         self._check_input_dim(input)
         if self.eps <= 0.0:
             raise ValueError(f"{type(self).__name__} eps must be positive during training, got eps={self.eps}")
+        if getattr(self, "_checked_group", _UNCHECKED) is not self.process_group:
+            # once per layer: ranks with different channel counts get a ValueError (gloo would abort on them)
+            distributed.check_same_channels(self.num_features, self.process_group, type(self).__name__)
+            self._checked_group = self.process_group
         factor = self._averaging_factor()
         running_mean, running_var = self._buffers_to_update()
         return _SyncBatchNormFunction.apply(input, self.weight, self.bias, running_mean, running_var, self.eps,
