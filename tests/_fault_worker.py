@@ -1,0 +1,54 @@
+"""Worker process for tests/test_faults.py: one rank of a gloo group on 127.0.0.1 running one distributed fault.
+
+Usage (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, FAULT_PG_TIMEOUT in the environment):
+    python tests/_fault_worker.py SCENARIO
+Scenarios (2 ranks):
+    die_forward  after one training step, rank 1 exits (code 3) before the second forward; rank 0's forward must
+                 fail with a clear error.
+    mismatch     rank 0 has SyncBatchNorm(4), rank 1 SyncBatchNorm(5): both must fail with a clear error.
+    stall        after one training step, rank 1 sleeps past the process group's timeout; rank 0 must fail once
+                 the timeout expires.
+Exit codes: 17 when the forward raised the expected kind of error (RuntimeError or ValueError; its message is
+printed on stderr), 0 when it did not fail (a test failure), 3 for the rank that dies on purpose.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import time
+
+import torch
+
+torch.set_num_threads(1)
+
+import batchnorm.nn as bnn  # noqa: E402
+
+
+def main() -> None:
+    scenario = sys.argv[1]
+    rank = int(os.environ["RANK"])
+    timeout = float(os.environ.get("FAULT_PG_TIMEOUT", "20"))
+    torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout))
+    channels = 5 if (scenario == "mismatch" and rank == 1) else 4
+    layer = bnn.SyncBatchNorm(channels).double()
+    x = torch.randn(6, channels, 3, 3, dtype=torch.float64, requires_grad=True)
+    try:
+        if scenario != "mismatch":
+            layer(x).sum().backward()      # one healthy step first: the fault hits the statistics' collective
+        if scenario == "die_forward" and rank == 1:
+            os._exit(3)
+        if scenario == "stall" and rank == 1:
+            time.sleep(timeout * 3)
+            os._exit(0)
+        layer(x).sum().backward()
+    except (RuntimeError, ValueError) as error:
+        print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        os._exit(17)    # no destroy_process_group: the peer may be gone
+    print("the forward and backward did not fail", file=sys.stderr, flush=True)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
