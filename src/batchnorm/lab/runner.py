@@ -97,8 +97,16 @@ def run_one(experiment: str, scale: str = "default", data: str | None = None, se
     if out is not None:
         path = os.path.join(out, "cache", f"{module.ID}-{cache_key(module, cfg)}.json")
         if not force and os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                return Result.from_json(json.load(f)), True
+            try:
+                with open(path, encoding="utf-8") as f:
+                    cached = Result.from_json(json.load(f))
+                if cached.experiment != module.ID:
+                    raise ValueError(f"it holds experiment {cached.experiment!r}")
+                return cached, True
+            except (ValueError, TypeError, KeyError, AttributeError) as error:   # a corrupt entry: run again
+                (stream if stream is not None else sys.stderr).write(
+                    f"{module.ID}: ignoring the unreadable cache entry {path} ({type(error).__name__}: {error}); "
+                    f"running again\n")
     import torch
 
     threads = torch.get_num_threads()  # every experiment starts with the caller's thread count
