@@ -190,12 +190,19 @@ def test_zero_initial_state_matches_reference(cls):
 
 
 def test_dropout_between_layers_matches_reference_with_the_same_masks():
-    """Dropout masks regenerated from the same seed (dropout is the only random draw in forward)."""
+    """Dropout masks regenerated from the same seed (dropout is the only random draw in forward): outputs,
+    final states, every gradient and the per-step statistics match the reference given those masks."""
     module = _build(BNLSTM, dict(input_size=3, hidden_size=4, num_layers=3, dropout=0.4, max_length=5), seed=3)
     lengths = [5, 3, 5, 2]
-    x = torch.randn(5, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(5, 4, 3, dtype=torch.float64, generator=generator)
+    running_before = running_of(module)
+    x_in = x.clone().requires_grad_()
     torch.manual_seed(123)
-    output, (h_n, c_n) = module(x, lengths=lengths)
+    output, (h_n, c_n) = module(x_in, lengths=lengths)
+    grad_out = torch.randn(output.shape, generator=generator, dtype=torch.float64)
+    grad_h = torch.randn(h_n.shape, generator=generator, dtype=torch.float64)
+    ((output * grad_out).sum() + (h_n * grad_h).sum()).backward()
     # the same draws, in packed layout, then padded back to (T, N, H)
     torch.manual_seed(123)
     pack = pack_padded_sequence(x, torch.as_tensor(lengths), enforce_sorted=False)
@@ -205,12 +212,19 @@ def test_dropout_between_layers_matches_reference_with_the_same_masks():
         padded = pad_packed_sequence(pack._replace(data=drawn), total_length=5)[0]
         masks.append(padded.numpy())
     assert any((m == 0).any() for m in masks)
-    module.reset_running_stats()  # the reference starts from the statistics before that forward
-    expected_out, expected_h, expected_c, _, _ = ref.lstm_forward(
-        x.numpy(), params_of(module), "batch", lengths=lengths, running=running_of(module), dropout_masks=masks)
+    expected_out, expected_h, expected_c, expected_running, cache = ref.lstm_forward(
+        x.numpy(), params_of(module), "batch", lengths=lengths, running=running_before, dropout_masks=masks)
+    grads = ref.lstm_backward(cache, grad_out.numpy(), grad_h.numpy())
     compare("output", output, expected_out)
     compare("h_n", h_n, expected_h)
     compare("c_n", c_n, expected_c)
+    compare("input grad", x_in.grad, grads.input)
+    for index, layer in enumerate(module.layers):
+        for name, grad in grads_of(layer).items():
+            compare(f"layer {index} {name} grad", grad, grads.layers[index][name])
+        for key, norm_name in NORM_NAMES.items():
+            compare(f"layer {index} {norm_name} running_var", getattr(layer, norm_name).running_var,
+                    expected_running[index][key].running_var)
     # eval ignores dropout: equal to the same network without it
     module.eval()
     twin = _build(BNLSTM, dict(input_size=3, hidden_size=4, num_layers=3, max_length=5), seed=0)
@@ -441,3 +455,37 @@ def test_bad_call_arguments(call, error, match):
 def test_layer_norm_lstm_trains_on_a_single_sequence():
     output, _ = LNLSTM(3, 4)(torch.randn(5, 1, 3))
     assert output.shape == (5, 1, 4)
+
+
+@pytest.mark.parametrize("cls", [BNLSTM, LNLSTM])
+def test_learns_a_small_sequence_task(cls):
+    """Quick-scale training: are most of a sequence's values positive? The loss must fall by half. (A task
+    on signs: with input_size=1 the layer norm of W_ih x_t keeps only the sign of x_t, see the next test.)"""
+    torch.manual_seed(0)
+    model = cls(1, 8, max_length=12)
+    head = torch.nn.Linear(8, 1)
+    optimizer = torch.optim.Adam(list(model.parameters()) + list(head.parameters()), lr=0.02)
+    generator = torch.Generator().manual_seed(1)
+    losses = []
+    for _ in range(120):
+        x = torch.randn(12, 32, 1, generator=generator) * 0.5
+        target = ((x > 0).sum(0) > 6).float()
+        _, (h_n, _) = model(x)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(h_n[-1]), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10, losses
+
+
+def test_layer_norm_of_a_scalar_input_keeps_only_its_sign():
+    """A property of LN-LSTM, not a bug: with input_size=1, LN(W_ih x_t) over the 4H features is
+    sign(x_t) * LN(w) (up to eps), so |x_t| is lost; BN (over the batch) keeps it. The lab must know this."""
+    model = LNLSTM(1, 4, dtype=torch.float64)
+    x = torch.rand(6, 5, 1, dtype=torch.float64) + 0.5
+    output = model(x)[0]
+    compare("LNLSTM, x and 3x", model(3.0 * x)[0], output, 1e-3)  # eps only
+    bn_model = BNLSTM(1, 4, dtype=torch.float64).eval()
+    bn_model.layers[0].norm_ih.running_var.fill_(0.04)
+    assert relative_error(bn_model(3.0 * x)[0], bn_model(x)[0]) > 0.1
