@@ -516,6 +516,10 @@ class LNLSTM(_NormalizedLSTM):
     Each LN normalizes one sequence's features (4 * hidden_size for the gate terms, hidden_size for the cell),
     so there are no batch or running statistics, training and eval agree, and a batch of 1 is fine. gamma
     starts at 1 (Ba et al.); same constructor and call as BNLSTM so the two swap in an experiment.
+
+    With input_size=1 (a signal fed one value per step), W_ih x_t = x_t w and its layer norm over the 4H
+    features is sign(x_t) * LN(w) up to eps: the magnitude of the input is lost (batch norm keeps it). That
+    is what "layer norm in the same places" means for a scalar input; embed the input first if it matters.
     """ + _CLASS_DOC_COMMON.format(
         max_length_role="accepted so that LNLSTM and BNLSTM take the same arguments; unused, layer norm has no "
                         "per-step statistics",
