@@ -350,9 +350,9 @@ class _NormalizedLSTM(torch.nn.Module):
 
     def _check_batch(self, batch: int) -> None:
         if self.training and batch < 2 and self._batch_statistics:
-            raise ValueError(f"{type(self).__name__} expected a batch of at least 2 sequences when training, got {batch}: the "
-                             f"batch variance of a single sequence is undefined. Use a larger batch, or call "
-                             f"model.eval() to normalize with the running statistics")
+            raise ValueError(f"{type(self).__name__} expected a batch of at least 2 sequences when training, got "
+                             f"{batch}: the batch variance of a single sequence is undefined. Use a larger batch, "
+                             f"or call model.eval() to normalize with the running statistics")
 
     # ------------------------------------------------------------------------------------------ forward
     def forward(self, input, hx=None, lengths=None):
@@ -434,7 +434,8 @@ _CLASS_DOC_COMMON = """
         bias: True (gate bias b and the cell normalization's beta; False: neither).
         dropout: 0.0 (dropout on the outputs of every layer but the last, in training, as torch.nn.LSTM).
         eps: 1e-5 (keyword only; inside the square root). gamma_init: {gamma_init} (keyword only; the initial
-        gamma of all three normalizations). {extra}device, dtype: factory arguments (keyword only).
+        gamma of all three normalizations).
+        {extra}device, dtype: factory arguments (keyword only).
 
     Call: ``forward(input, hx=None, lengths=None) -> (output, (h_n, c_n))``
         input: (L, N, input_size), (N, L, input_size) with batch_first, unbatched (L, input_size), or a
@@ -465,7 +466,7 @@ class BNLSTM(_NormalizedLSTM):
     """ + _CLASS_DOC_COMMON.format(
         max_length_role="slots of per-step statistics; steps >= max_length share the last slot",
         gamma_init="0.1",
-        extra="momentum: 0.1 (keyword only; weight of the new batch; None: cumulative average). ") + r"""
+        extra="momentum: 0.1 (keyword only; weight of the new batch; None: cumulative average).\n        ") + r"""
     Buffers per layer ``k`` and normalization ``ih``/``hh``/``cell``: ``layers.k.norm_*.running_mean`` and
     ``running_var`` of shape (max_length, features), ``num_batches_tracked`` of shape (max_length,).
 
@@ -521,8 +522,8 @@ class LNLSTM(_NormalizedLSTM):
     features is sign(x_t) * LN(w) up to eps: the magnitude of the input is lost (batch norm keeps it). That
     is what "layer norm in the same places" means for a scalar input; embed the input first if it matters.
     """ + _CLASS_DOC_COMMON.format(
-        max_length_role="accepted so that LNLSTM and BNLSTM take the same arguments; unused, layer norm has no "
-                        "per-step statistics",
+        max_length_role="accepted so that LNLSTM and BNLSTM take the same arguments;\n        unused: layer "
+                        "norm has no per-step statistics",
         gamma_init="1.0", extra="") + r"""
     Example:
         >>> lstm = LNLSTM(28, 64, batch_first=True)
