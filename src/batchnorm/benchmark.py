@@ -10,8 +10,9 @@ shared machine slows all of them alike):
     train f+b   the same forward plus `y.backward(dy)` (dx, dweight, dbias);
     eval fwd    `batch_norm(x, rm, rv, w, b, training=False)`;
 
-for this package (`batchnorm.functional.batch_norm`) and for `torch.nn.functional.batch_norm`, and reports the
-median of each as a multiple of the median copy time, plus the ours/torch ratio (below 1: ours is faster).
+for this package (`batchnorm.functional.batch_norm`) and for `torch.nn.functional.batch_norm`, and reports each
+as a multiple of the copy (the median over rounds of time / copy time of the same round), plus the ours/torch
+ratio (median over rounds; below 1: ours is faster), the median absolute times and the fastest rounds.
 It also measures the first call in a fresh process (a subprocess that imports the package and runs one
 training forward+backward, with the compiled kernels loaded from Numba's disk cache).
 
@@ -63,16 +64,16 @@ MODES = ("train_fwd", "train_fwd_bwd", "eval_fwd")
 
 @dataclass
 class Row:
-    """Medians (seconds) of one shape, and the same as multiples of the copy and as ours/torch ratios."""
+    """Medians (seconds) of one shape, and the medians of the per-round ratios to the copy and ours/torch."""
 
     shape: str
     megabytes: float
     copy_s: float
     clone_s: float = 0.0
     seconds: dict = field(default_factory=dict)     # "ours/train_fwd" -> median seconds
-    x_copy: dict = field(default_factory=dict)      # "ours/train_fwd" -> median / copy median
+    x_copy: dict = field(default_factory=dict)      # "ours/train_fwd" -> median over rounds of time / copy time
     min_seconds: dict = field(default_factory=dict)  # fastest round of each (copy and clone included)
-    ours_over_torch: dict = field(default_factory=dict)  # "train_fwd" -> ours median / torch median
+    ours_over_torch: dict = field(default_factory=dict)  # "train_fwd" -> median over rounds of ours / torch
 
 
 def _make_input(shape: Shape, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
@@ -154,8 +155,13 @@ def measure_shape(shape: Shape, dtype: torch.dtype = torch.float32, repeats: int
     row = Row(shape=str(shape), megabytes=x.numel() * x.element_size() / 1e6, copy_s=copy_s, clone_s=clone_s,
               seconds=medians)
     row.min_seconds = {key: min(v) for key, v in samples.items()}
-    row.x_copy = {key: value / copy_s for key, value in medians.items()}
-    row.ours_over_torch = {mode: medians[f"ours/{mode}"] / medians[f"torch/{mode}"] for mode in MODES}
+    # ratios per round (each against the copy of the same round), then their median: a load that changes
+    # between rounds (other processes on the machine) cancels out
+    copies = samples["copy"]
+    row.x_copy = {key: statistics.median(t / c for t, c in zip(samples[key], copies)) for key in medians}
+    row.ours_over_torch = {mode: statistics.median(o / t for o, t in zip(samples[f"ours/{mode}"],
+                                                                         samples[f"torch/{mode}"]))
+                           for mode in MODES}
     return row
 
 
@@ -248,7 +254,8 @@ def format_table(report: dict) -> str:
              f"dtype: {h['dtype']}, load average at start: {h.get('load_average_at_start', '?')}",
              f"python {h['python']}, torch {h['torch']}, numpy {h['numpy']}, numba {h['numba']}; {h['date_utc']} UTC",
              "",
-             "Time as a multiple of a plain copy of the same tensor (median; lower is better), and ours/torch:",
+             "Time as a multiple of a plain copy of the same tensor (median over rounds of time / copy time of the "
+             "same round; lower is better), and ours/torch (median over rounds):",
              "",
              "| shape | MB | copy (ms) | clone | train fwd ours | torch | ours/torch | train fwd+bwd ours | torch | "
              "ours/torch | eval fwd ours | torch | ours/torch |",
@@ -266,6 +273,8 @@ def format_table(report: dict) -> str:
     for r in small:
         lines.append(f"{r['shape']}: absolute medians (us): " + ", ".join(
             f"{key} {value * 1e6:.0f}" for key, value in r["seconds"].items()))
+        lines.append(f"{r['shape']}: fastest rounds (us): " + ", ".join(
+            f"{key} {value * 1e6:.0f}" for key, value in r["min_seconds"].items() if "/" in key))
     if "first_call" in report:
         fc = report["first_call"]
         lines.append(f"fresh process: import torch {fc['import_torch_s']:.2f} s; then import batchnorm + first "
