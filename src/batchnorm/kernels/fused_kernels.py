@@ -113,7 +113,9 @@ def _act_inverse(y, code, param):
         return (y, 1.0) if y > 0.0 else (y / param, param)
     if y > 0.0:  # elu
         return y, 1.0
-    return math.log1p(y / param), y + param
+    # a saturated output (y = -alpha, z below about -37 in float64) cannot be inverted: log1p(-1) = -inf would
+    # make 0 * inf = NaN gradients. Clamp z to the most negative value y can resolve; act'(z) = y + alpha = 0 there
+    return math.log1p(max(y / param, -1.0 + 1.1102230246251565e-16)), max(y + param, 0.0)
 
 
 # ----------------------------------------------------------------------------------------- channels-first
