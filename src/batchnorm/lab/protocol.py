@@ -48,7 +48,8 @@ def stat(values) -> Stat:
     array = np.asarray(list(values), dtype=float)
     if array.size == 0:
         raise ValueError("stat needs at least one value (one per seed), got none")
-    return Stat(float(array.mean()), float(array.std()), [float(v) for v in array])
+    with np.errstate(invalid="ignore"):  # inf values (e.g. 'never reached') give an inf mean and a NaN std
+        return Stat(float(array.mean()), float(array.std()), [float(v) for v in array])
 
 
 def verdict(strong: bool, weak: bool | None = None) -> str:

@@ -149,9 +149,14 @@ def run(cfg: Config) -> Result:
         Finding("BN makes the loss landscape smoother (more predictive gradients)",
                 "Santurkar et al. 2018, Fig. 4: along the gradient, the loss and the gradient change much less with "
                 "BN (effective beta-smoothness; up to ~100x early in training).",
-                "effective beta-smoothness max ||grad(w - eta g) - grad(w)|| / ||eta g||, averaged over "
-                "measurements; holds if BN's is <= 0.5x no-BN's; partly if smaller",
-                verdict(beta_s["batch"].mean <= 0.5 * beta_s["none"].mean, beta_s["batch"].mean < beta_s["none"].mean),
+                "along the gradient g (steps eta = multiplier x lr): the gradient's change, as effective "
+                "beta-smoothness max ||grad(w - eta g) - grad(w)|| / ||eta g||, and the loss's change, max - min "
+                "of L(w - eta g); each averaged over measurements; holds if both are <= 0.5x no-BN's; partly if "
+                "one is",
+                verdict(beta_s["batch"].mean <= 0.5 * beta_s["none"].mean
+                        and range_s["batch"].mean <= 0.5 * range_s["none"].mean,
+                        beta_s["batch"].mean <= 0.5 * beta_s["none"].mean
+                        or range_s["batch"].mean <= 0.5 * range_s["none"].mean),
                 f"beta-smoothness: BN {beta_s['batch']}, no BN {beta_s['none']}; loss range along the gradient: "
                 f"BN {range_s['batch']}, no BN {range_s['none']}"),
     ]

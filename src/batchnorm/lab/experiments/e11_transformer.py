@@ -46,11 +46,11 @@ def run(cfg: Config) -> Result:
     final = {k: stat([h.final_accuracy for h in v]) for k, v in runs.items()}
     ln, bn = final["layer"], final["batch"]
     findings = [Finding(
-        "Transformers such as BERT use batch norm; BN works as well as LN in a transformer",
+        "BN can stand in for LN in a transformer encoder (texts say BERT uses batch norm; it uses layer norm)",
         "BERT uses layer normalization, not batch normalization (google-research/bert modeling.py: layer_norm); "
         "so does the original Transformer.",
-        "holds if BN's test accuracy is >= LN's - 1 point; partly if >= LN's - 3 points (the fact about BERT "
-        "stands either way: it uses LN)",
+        "holds if BN's test accuracy is >= LN's - 1 point; partly if >= LN's - 3 points. The claim about BERT is "
+        "false either way: it uses LN",
         verdict(bn.mean >= ln.mean - 0.01, bn.mean >= ln.mean - 0.03),
         f"test: LN {pct(ln)}, BN {pct(bn)}, no norm {pct(final['none'])}")]
     steps = runs["layer"][0].steps
