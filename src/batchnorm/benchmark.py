@@ -13,7 +13,7 @@ shared machine slows all of them alike):
 for this package (`batchnorm.functional.batch_norm`) and for `torch.nn.functional.batch_norm`, and reports each
 as a multiple of the copy (the median over rounds of time / copy time of the same round), plus the ours/torch
 ratio (median over rounds; below 1: ours is faster), the median absolute times and the fastest rounds.
-It also measures the first call in a fresh process (a subprocess that imports the package and runs one
+Each shape is measured in its own fresh process. It also measures the first call in a fresh process (a subprocess that imports the package and runs one
 training forward+backward, with the compiled kernels loaded from Numba's disk cache).
 
 Example:
@@ -36,7 +36,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["Shape", "SUITE", "Row", "measure_shape", "first_call_seconds", "run_suite", "format_table",
+__all__ = ["Shape", "SUITE", "Row", "measure_shape", "measure_shape_isolated", "first_call_seconds", "run_suite",
+           "format_table",
            "add_arguments", "run"]
 
 
@@ -219,19 +220,35 @@ def _header(threads: int, dtype: torch.dtype) -> dict:
             "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
 
 
+_SHAPE_SCRIPT = """
+import json, sys, torch
+from dataclasses import asdict
+from batchnorm import benchmark
+torch.set_num_threads({threads})
+shape = benchmark.Shape({dims!r}, {channels_last!r})
+print(json.dumps(asdict(benchmark.measure_shape(shape, torch.{dtype}, {repeats}))))
+"""
+
+
+def measure_shape_isolated(shape: Shape, dtype: torch.dtype = torch.float32, repeats: int = 15,
+                           threads: int = 2) -> Row:
+    """`measure_shape` in a fresh Python process, so that no shape inherits the state (allocator, thread
+    pools, caches) that the shapes measured before it left behind."""
+    script = _SHAPE_SCRIPT.format(threads=threads, dims=tuple(shape.dims), channels_last=shape.channels_last,
+                                  dtype=str(dtype).removeprefix("torch."), repeats=repeats)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return Row(**json.loads(result.stdout.strip().splitlines()[-1]))
+
+
 def run_suite(shapes=SUITE, threads: int = 2, dtype: torch.dtype = torch.float32, repeats: int = 15,
               first_call: bool = True, progress=None) -> dict:
-    """Measure every shape (and the fresh-process first call); returns the JSON-ready report."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        rows = []
-        for shape in shapes:
-            rows.append(measure_shape(shape, dtype, repeats))
-            if progress:
-                progress(rows[-1])
-    finally:
-        torch.set_num_threads(previous)
+    """Measure every shape, each in its own fresh process (and the fresh-process first call); returns the
+    JSON-ready report."""
+    rows = []
+    for shape in shapes:
+        rows.append(measure_shape_isolated(shape, dtype, repeats, threads))
+        if progress:
+            progress(rows[-1])
     report = {"header": _header(threads, dtype), "rows": [asdict(r) for r in rows]}
     report["summary"] = _summary(rows)
     if first_call:
