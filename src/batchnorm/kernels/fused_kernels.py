@@ -92,8 +92,8 @@ def _act_grad(z, code, param):
         return 1.0 if z > 0.0 else 0.0
     if code == 2:
         return 1.0 if z > 0.0 else param
-    if code == 3:
-        return 1.0 if z > 0.0 else param * math.exp(z)
+    if code == 3:  # a NaN z passes the gradient through, as torch's elu_backward (it tests z <= 0)
+        return param * math.exp(z) if z <= 0.0 else 1.0
     if code == 4:
         s = 1.0 / (1.0 + math.exp(-z))
         return s * (1.0 + z * (1.0 - s))
@@ -111,7 +111,7 @@ def _act_inverse(y, code, param):
         return y, 1.0
     if code == 2:
         return (y, 1.0) if y > 0.0 else (y / param, param)
-    if y > 0.0:  # elu
+    if not y <= 0.0:  # elu; a NaN y passes the gradient through, as torch's elu_backward
         return y, 1.0
     # a saturated output (y = -alpha, z below about -37 in float64) cannot be inverted: log1p(-1) = -inf would
     # make 0 * inf = NaN gradients. Clamp z to the most negative value y can resolve; act'(z) = y + alpha = 0 there
