@@ -64,7 +64,10 @@ def test_e1_figure1():
     # the paper's Figure 1a at a tiny scale: the BN network is far ahead early in training
     assert acc["with BN"] > acc["without BN"] + 0.3
     assert r.numbers["fraction of checkpoints BN higher"] >= 0.8
-    assert all(m > 0 for m in r.numbers["movement"].values())
+    movement = r.numbers["movement"]
+    assert all(m > 0 for m in movement.values())
+    # Figure 1b/c: with BN the sigmoid input's percentiles move less than without, at the same learning rate
+    assert movement["with BN"] < movement["without BN"]
     percentile_plot = r.plots[1].lines
     for step in range(len(percentile_plot["15th percentile"]["y"])):  # percentiles are ordered
         assert (percentile_plot["15th percentile"]["y"][step] <= percentile_plot["50th percentile"]["y"][step]

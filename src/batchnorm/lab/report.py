@@ -86,8 +86,7 @@ def write_report(results: list[Result], out: str) -> str:
     summary = []
     for r in results:
         for f in r.findings:
-            summary.append([f'<a href="#{r.experiment}">{r.experiment}</a>', html.escape(f.claim), _verdict(f.verdict),
-                            html.escape(f.evidence)])
+            summary.append([f'<a href="#{r.experiment}">{r.experiment}</a>', f.claim, _verdict(f.verdict), f.evidence])
     total = sum(r.seconds for r in results if r.seconds == r.seconds)
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>batchnorm lab</title>"
              f"<style>{_STYLE}</style></head><body>",
