@@ -3,6 +3,8 @@ fused entry point in both layouts, both dtypes, serial and parallel, stability, 
 
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
 import pytest
@@ -347,6 +349,30 @@ def test_thread_count_follows_torch(monkeypatch):
             assert numba.get_num_threads() == min(threads, numba.config.NUMBA_NUM_THREADS)
     finally:
         torch.set_num_threads(previous)
+
+
+def test_concurrent_calls_from_two_threads(monkeypatch):
+    """Two Python threads running parallel kernels at once get correct results (one runs the serial twin)."""
+    import threading
+
+    monkeypatch.setattr(config, "PARALLEL_MIN_ELEMENTS", 0)
+    inputs = [_input((16, 8, 20, 20), torch.float32, seed=30 + i, offset=i) for i in range(4)]
+    results = [None] * len(inputs)
+
+    def work(i):
+        for _ in range(5):
+            results[i] = kernels.train_forward(inputs[i], None, None, EPS)[0]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for x, y in zip(inputs, results):
+        y_ref, _ = ref.batch_norm_train_forward(_np64(x), None, None, EPS)
+        assert _rel(y, y_ref) <= 1e-5
+    if not os.environ.get("NUMBA_THREADING_LAYER") and config.THREADING_LAYER:
+        assert numba.threading_layer() == config.THREADING_LAYER
 
 
 def test_routing_thresholds():

@@ -26,6 +26,8 @@ Per-channel vectors returned or taken by the primitives are float64 NumPy arrays
 
 from __future__ import annotations
 
+import os
+import threading
 import weakref
 
 import numba
@@ -76,6 +78,29 @@ def _view(t: torch.Tensor) -> np.ndarray:
     return a.reshape(t.shape[0], t.shape[1], -1)
 
 
+# Numba's threading layer: `config.THREADING_LAYER` unless the user chose one (NUMBA_THREADING_LAYER) or Numba
+# has already started one. With 'workqueue', no second OpenMP runtime spins next to torch's (see config).
+if not os.environ.get("NUMBA_THREADING_LAYER") and numba.config.THREADING_LAYER == "default" \
+        and config.THREADING_LAYER:
+    numba.config.THREADING_LAYER = config.THREADING_LAYER
+
+# One parallel kernel at a time: a call that finds another thread inside a parallel kernel runs the serial
+# twin instead (the workqueue layer must not be entered concurrently, and two teams on the same cores would
+# only slow each other down).
+_PARALLEL = threading.Lock()
+
+
+def _call(kernel, threads: int, *args):
+    """Run kernel = (serial, parallel) compiled twins: the parallel one when threads > 1 and no other thread is
+    in a parallel kernel, else the serial one."""
+    if threads > 1 and _PARALLEL.acquire(blocking=False):
+        try:
+            return kernel[1](*args)
+        finally:
+            _PARALLEL.release()
+    return kernel[0](*args)
+
+
 def _variant(kernel, x: torch.Tensor):
     """The serial or the parallel compiled kernel for x, with Numba's thread count set to torch's."""
     serial, parallel = kernel
@@ -89,12 +114,11 @@ def _variant(kernel, x: torch.Tensor):
 
 def _launch(channels_first, rows, x: torch.Tensor, xv: np.ndarray, *args) -> None:
     """Run the channels-first or the rows kernel (serial or parallel) for x, whose NumPy view is xv."""
+    threads = _threads(x.numel())
     if xv.ndim == 3:
-        _variant(channels_first, x)(*args)
+        _call(channels_first, threads, *args)
         return
-    kernel = _variant(rows, x)
-    n_blocks = 1 if kernel is rows[0] else config.row_blocks(xv.shape[0], numba.get_num_threads())
-    kernel(n_blocks, *args)
+    _call(rows, threads, 1 if threads == 1 else config.row_blocks(xv.shape[0], threads), *args)
 
 
 def batch_stats(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -232,13 +256,13 @@ def train_forward(x: torch.Tensor, weight, bias, eps: float, momentum: float = 0
     rm, rv = _vector(running_mean, dtype), _vector(running_var, dtype)
     threads = _threads(numel)
     if rows:
-        kernel = nk.train_forward_rows[threads > 1]
         n_blocks = 1 if threads == 1 else config.row_blocks(xv.shape[0], threads)
-        kernel(n_blocks, xv, w, b, float(eps), float(momentum), rm, rv, _array(y, rows), mean, var)
+        _call(nk.train_forward_rows, threads, n_blocks, xv, w, b, float(eps), float(momentum), rm, rv,
+              _array(y, rows), mean, var)
         return y, mean, var
     if _fused_channels_first(threads, channels):
-        nk.train_forward_cf[threads > 1](xv, w, b, float(eps), float(momentum), rm, rv, _array(y, rows), mean,
-                                         var)
+        _call(nk.train_forward_cf, threads, xv, w, b, float(eps), float(momentum), rm, rv, _array(y, rows), mean,
+              var)
         return y, mean, var
     mean, var = batch_stats(x)
     count = numel // channels
@@ -267,9 +291,9 @@ def normalize(x: torch.Tensor, mean, var, weight, bias, eps: float) -> torch.Ten
             _array(y, rows))
     threads = _threads(numel)
     if rows:
-        nk.normalize_rows[threads > 1](1 if threads == 1 else config.row_blocks(xv.shape[0], threads), xv, *args)
+        _call(nk.normalize_rows, threads, 1 if threads == 1 else config.row_blocks(xv.shape[0], threads), xv, *args)
     else:
-        nk.normalize_cf[threads > 1](xv, *args)
+        _call(nk.normalize_cf, threads, xv, *args)
     return y
 
 
@@ -304,10 +328,11 @@ def train_backward(dy: torch.Tensor, x: torch.Tensor, mean: np.ndarray, var: np.
     dbias = torch.from_numpy(dbias_np)
     dweight = torch.from_numpy(dweight_np) if need_dweight else None
     if rows:
-        nk.train_backward_rows[threads > 1](1 if threads == 1 else config.row_blocks(xv.shape[0], threads), *args)
+        _call(nk.train_backward_rows, threads, 1 if threads == 1 else config.row_blocks(xv.shape[0], threads),
+              *args)
         return dx, dweight, dbias
     if _fused_channels_first(threads, channels):
-        nk.train_backward_cf[threads > 1](*args)
+        _call(nk.train_backward_cf, threads, *args)
         return dx, dweight, dbias
     sum_dy, sum_dy_xc = grad_sums(dy, x, mean)
     inv_std = 1.0 / np.sqrt(var + eps)
