@@ -40,7 +40,7 @@ def main() -> None:
         if scenario == "die_forward" and rank == 1:
             os._exit(3)
         if scenario == "stall" and rank == 1:
-            time.sleep(timeout * 3)
+            time.sleep(timeout * 2)         # past rank 0's timeout, then leave without a collective
             os._exit(0)
         layer(x).sum().backward()
     except (RuntimeError, ValueError) as error:

@@ -296,7 +296,7 @@ def test_a_rank_with_a_different_channel_count(tmp_path):
 
 @pytest.mark.timeout(90)
 def test_a_rank_that_stalls_past_the_timeout(tmp_path):
-    results, seconds = _launch("stall", 2, pg_timeout=5.0)
+    results, seconds = _launch("stall", 2, pg_timeout=3.0)
     (code0, err0), _ = results
     assert code0 == 17, err0[-2000:]
     assert "merge_moments" in err0 and "failed on rank 0" in err0
