@@ -8,7 +8,6 @@ and the evidence (the numbers, mean +- std over seeds).
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .. import progress
 from ..data import load
-from ..models import CNN, LayerMissing, available
+from ..models import CNN, available
 from ..protocol import Finding, Result, stat, verdict
 from ..train import seed_everything, train
 from ._common import curve_plot, pct, table

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .. import progress
 from ..data import load
-from ..models import CNN, LayerMissing, available
+from ..models import CNN, available
 from ..protocol import Finding, Result, not_run, stat, verdict
 from ..train import seed_everything, train
 from ._common import bar_plot, pct, table

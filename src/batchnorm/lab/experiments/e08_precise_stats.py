@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from .. import progress
 from ..data import load
 from ..models import CNN, LayerMissing

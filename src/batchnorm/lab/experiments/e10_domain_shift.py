@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .. import progress
 from ..data import load, shifted
-from ..models import CNN, LayerMissing
+from ..models import CNN
 from ..protocol import Finding, Result, not_run, stat, verdict
 from ..train import evaluate, seed_everything, train
 from ._common import bar_plot, pct, table
