@@ -54,6 +54,10 @@ def draw_plot(plot: Plot, path: str) -> None:
                 ax.fill_between(line["x"], low, high, alpha=0.2)
     if plot.logx:
         ax.set_xscale("log")
+        if plot.kind != "bar":  # label the measured x values themselves (e.g. batch sizes 2, 8, 32)
+            ticks = sorted({x for line in plot.lines.values() for x in line["x"]})
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.minorticks_off()
     if plot.logy:
         ax.set_yscale("log")
     ax.set_title(plot.title, fontsize=10)
