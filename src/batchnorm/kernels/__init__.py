@@ -159,6 +159,8 @@ def grad_input(dy: torch.Tensor, x: torch.Tensor, center: np.ndarray, k_dy: np.n
     x = _dense(x, x)
     dy = _dense(dy, x)
     out = empty_output_like(x)
+    if not np.any(k_x) and not np.any(k_0):   # fixed statistics: dx = k_dy dy, never 0 * a NaN/inf input
+        x, center = dy, np.zeros_like(center)
     if x.numel():
         xv = _view(x)
         _launch(nk.grad_input_cf, nk.grad_input_rows, x, xv, _view(dy), xv, center, k_dy, k_x, k_0, _view(out))
@@ -307,6 +309,21 @@ def train_backward(dy: torch.Tensor, x: torch.Tensor, mean: np.ndarray, var: np.
     k_0 = -k_dy sum g / m (otherwise 0). `mean`, `var` are float64 arrays. dweight and dbias have weight's
     dtype (x's when weight is None).
     """
+    if need_dx and not batch_stats:
+        # Fixed statistics: dx = weight * inv_std * dy does not depend on x. Computing it from dy alone (x := dy,
+        # mean := 0) keeps a NaN/inf input element from turning its gradient into k_x * (x - mean) = 0 * NaN, as
+        # torch does; dweight, which needs x, takes a second pass only when it is asked for.
+        dx, _, dbias = _train_backward(dy, dy, np.zeros_like(mean), var, weight, eps, False, True, False)
+        if not need_dweight:
+            return dx, None, dbias
+        _, dweight, dbias = _train_backward(dy, x, mean, var, weight, eps, False, False, True)
+        return dx, dweight, dbias
+    return _train_backward(dy, x, mean, var, weight, eps, batch_stats, need_dx, need_dweight)
+
+
+def _train_backward(dy: torch.Tensor, x: torch.Tensor, mean: np.ndarray, var: np.ndarray, weight, eps: float,
+                    batch_stats: bool, need_dx: bool, need_dweight: bool):
+    """`train_backward` itself (the kernels read x only for the sums and for dx with batch statistics)."""
     x, rows = _dense_rows(x)
     channels = x.shape[1]
     param_dtype = _NUMPY_DTYPE[x.dtype if weight is None else weight.dtype]
