@@ -226,6 +226,15 @@ def _run_training_steps(kind: str, values, layout, dtype, seed, momentum, eps, a
         dg_sum, dg_xhat_sum = dg.sum(axis=axes), (dg * np.abs(x_hat)).sum(axis=axes)
         g_scale = np.abs(g).max(axis=axes, initial=0.0)
         coupling = (_bc(dg_sum, ndim) + _bc(dg_xhat_sum, ndim) * np.abs(x_hat)) / m if training else 0.0
+        if kind == "inplace" and activation == "elu" and training:
+            # InPlaceABN recovers z = log1p(y / alpha) from its output: for z < 0 that costs u exp(-z) of z
+            # (all of it once y rounds to -alpha, where z is clamped), which reaches dx through k_x (x - mean)
+            # and dweight through sum g (z - beta) / gamma (g = dy alpha exp(z) keeps that product small)
+            lost = np.where(z_ref < 0, np.minimum(K * u * np.exp(np.minimum(-z_ref, 700.0)), np.abs(z_ref) + 40.0),
+                            0.0)
+            k_z = np.abs(inv_std * dgamma_ref / m) if affine else np.abs(inv_std * (g * x_hat).sum(axis=axes) / m)
+            coupling = coupling + _bc(k_z, ndim) * lost / _bc(gamma * inv_std, ndim)
+            dg_xhat_sum = dg_xhat_sum + (np.abs(g) * lost).sum(axis=axes) / gamma
         _close(f"step {step} dx", _values(leaf.grad), dx_ref,
                K * u * kappa * _bc(gamma * inv_std * g_scale, ndim) * 4 + K * u * np.abs(dx_ref)
                + _bc(gamma * inv_std, ndim) * (dg + coupling) + floor)
