@@ -302,3 +302,15 @@ def test_a_rank_that_stalls_past_the_timeout(tmp_path):
     assert "merge_moments" in err0 and "failed on rank 0" in err0
     assert seconds < LAUNCH_TIMEOUT
     FAULTS["SyncBatchNorm: a rank stalls past the process-group timeout"] = 1
+
+
+def test_lab_command_with_a_malicious_cifar_batch_exits_2(tmp_path, capsys):
+    """`batchnorm lab E1 --data cifar10:DIR` with a malicious test_batch: exit code 2, nothing executed."""
+    marker = tmp_path / "PWNED"
+    directory = _cifar_dir(tmp_path, pickle.dumps(Exploit(marker)))
+    code = main(["lab", "E1", "--quick", "--data", f"cifar10:{directory}", "--out", str(tmp_path / "report")])
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    assert "test_batch could not be read as a CIFAR-10 python batch" in err
+    assert not marker.exists()
+    FAULTS["batchnorm lab --data cifar10 malicious"] = 1
