@@ -43,8 +43,6 @@ FACTORY = textwrap.dedent('''
 
 pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol")   # the raw-pickle payloads
 
-# Faults injected by this file, counted for the README's reliability table (tests/test_faults.py is its source).
-FAULTS = {}
 
 
 class Exploit:
@@ -163,7 +161,6 @@ def test_weights_files_malicious_truncated_or_garbage_are_refused(workdir, tmp_p
         code, err = _cli([command, "fault_factories:make_net", "--weights", str(path), *COMMANDS[command], *data],
                          workdir, capsys)
         _check_refused(code, err, "--weights", path, marker)
-        FAULTS[f"{command} --weights {name}"] = 1
     assert not (workdir / "out.pt").exists()
 
 
@@ -176,7 +173,6 @@ def test_data_files_malicious_truncated_or_garbage_are_refused(workdir, tmp_path
         code, err = _cli([command, "fault_factories:make_net", "--data", str(path), *COMMANDS[command]], workdir,
                          capsys)
         _check_refused(code, err, "--data", path, marker)
-        FAULTS[f"{command} --data {kind} {name}"] = 1
     assert not (workdir / "out.pt").exists()
 
 
@@ -203,7 +199,6 @@ def test_exit_code_of_the_installed_command_is_2(workdir, tmp_path):
     assert "weights_only" in proc.stderr and "evil.pt" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not marker.exists()
-    FAULTS["python -m batchnorm fold --weights malicious (subprocess)"] = 1
 
 
 # ------------------------------------------------------------------------------ the lab's file readers
@@ -233,7 +228,6 @@ def test_lab_cifar_reader_reads_real_batches_and_refuses_malicious_or_corrupt_on
         with pytest.raises(ValueError, match=r"test_batch.*(CIFAR-10|could not be read)"):
             load(f"cifar10:{directory}")
         assert not marker.exists()
-        FAULTS[f"lab cifar10 reader {name}"] = 1
 
 
 # ------------------------------------------------------------------------------------ distributed faults
@@ -280,7 +274,6 @@ def test_a_rank_that_dies_before_the_forward_collective(tmp_path):
     assert code0 == 17, err0[-2000:]        # the worker's code for "raised RuntimeError with our message"
     assert "merge_moments: the all_gather of per-channel (count, mean, M2) across 2 ranks failed on rank 0" in err0
     assert seconds < LAUNCH_TIMEOUT
-    FAULTS["SyncBatchNorm: a rank dies before the forward"] = 1
 
 
 @pytest.mark.timeout(90)
@@ -291,7 +284,6 @@ def test_a_rank_with_a_different_channel_count(tmp_path):
         assert "ValueError: SyncBatchNorm expected the same num_features on every rank" in err, err[-2000:]
         assert "channel counts [4, 5]" in err, err[-2000:]
     assert seconds < LAUNCH_TIMEOUT
-    FAULTS["SyncBatchNorm: ranks with different channel counts"] = 1
 
 
 @pytest.mark.timeout(90)
@@ -301,7 +293,6 @@ def test_a_rank_that_stalls_past_the_timeout(tmp_path):
     assert code0 == 17, err0[-2000:]
     assert "merge_moments" in err0 and "failed on rank 0" in err0
     assert seconds < LAUNCH_TIMEOUT
-    FAULTS["SyncBatchNorm: a rank stalls past the process-group timeout"] = 1
 
 
 def test_lab_command_with_a_malicious_cifar_batch_exits_2(tmp_path, capsys):
@@ -313,4 +304,3 @@ def test_lab_command_with_a_malicious_cifar_batch_exits_2(tmp_path, capsys):
     assert code == 2, err[-2000:]
     assert "test_batch could not be read as a CIFAR-10 python batch" in err
     assert not marker.exists()
-    FAULTS["batchnorm lab --data cifar10 malicious"] = 1
