@@ -336,17 +336,21 @@ def test_serial_and_parallel_twins_agree(shape, channels_last, monkeypatch):
 
 
 def test_thread_count_follows_torch(monkeypatch):
-    """The parallel kernels run on torch.get_num_threads() Numba threads (capped by Numba's maximum)."""
+    """Kernels run on torch.get_num_threads() Numba threads (capped by Numba's maximum); with one torch thread
+    they run serially and never start Numba's thread pool (whose idle workers would compete with torch's)."""
     monkeypatch.setattr(config, "PARALLEL_MIN_ELEMENTS", 0)
     previous = torch.get_num_threads()
     x = _input((8, 4, 6, 6), torch.float32, seed=15)
     try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            kernels.train_forward(x, None, None, EPS)
-            assert numba.get_num_threads() == min(threads, numba.config.NUMBA_NUM_THREADS)
-            kernels.batch_stats(x)
-            assert numba.get_num_threads() == min(threads, numba.config.NUMBA_NUM_THREADS)
+        torch.set_num_threads(1)
+        assert kernels._threads(x.numel()) == 1
+        torch.set_num_threads(2)
+        expected = min(2, numba.config.NUMBA_NUM_THREADS)
+        assert kernels._threads(x.numel()) == expected
+        kernels.train_forward(x, None, None, EPS)
+        assert numba.get_num_threads() == expected
+        kernels.batch_stats(x)
+        assert numba.get_num_threads() == expected
     finally:
         torch.set_num_threads(previous)
 

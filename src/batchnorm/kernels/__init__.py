@@ -101,17 +101,6 @@ def _call(kernel, threads: int, *args):
     return kernel[0](*args)
 
 
-def _variant(kernel, x: torch.Tensor):
-    """The serial or the parallel compiled kernel for x, with Numba's thread count set to torch's."""
-    serial, parallel = kernel
-    if x.numel() < config.PARALLEL_MIN_ELEMENTS:
-        return serial
-    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
-    if numba.get_num_threads() != threads:
-        numba.set_num_threads(threads)
-    return parallel
-
-
 def _launch(channels_first, rows, x: torch.Tensor, xv: np.ndarray, *args) -> None:
     """Run the channels-first or the rows kernel (serial or parallel) for x, whose NumPy view is xv."""
     threads = _threads(x.numel())
@@ -226,6 +215,8 @@ def _threads(numel: int) -> int:
     if numel < config.PARALLEL_MIN_ELEMENTS:
         return 1
     threads = min(torch.get_num_threads(), _NUMBA_MAX_THREADS)
+    if threads == 1:  # never start Numba's thread pool for a single thread (it would compete with torch's)
+        return 1
     if numba.get_num_threads() != threads:
         numba.set_num_threads(threads)
     return threads
