@@ -343,26 +343,41 @@ def _grad_sums_act_rows(n_blocks, dy, x, center, scale, shift, code, param, sum_
     n_rows, n_chan = x.shape
     p1 = np.zeros((n_blocks, n_chan))
     p2 = np.zeros((n_blocks, n_chan))
-    linear = code <= 2
     slope = _slope(code, param)
     mh, ml = _split_rows(center, x)
     k, t = scale.astype(x.dtype), shift.astype(x.dtype)
-    for blk in prange(n_blocks):
-        a1 = p1[blk]
-        a2 = p2[blk]
-        for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
-            for c in range(n_chan):
-                xc = np.float64(x[r, c]) - center[c]
-                if linear:  # the sign test repeats the forward's arithmetic, in the input's dtype
+    if code <= 2:  # the sign test repeats the forward's arithmetic, in the input's dtype
+        for blk in prange(n_blocks):
+            a1 = np.zeros(n_chan)
+            a2 = np.zeros(n_chan)
+            for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
+                for c in range(n_chan):
                     g = np.float64(dy[r, c])
                     g = g if ((x[r, c] - mh[c]) - ml[c]) * k[c] + t[c] > 0 else slope * g
-                else:
+                    a1[c] += g
+                    a2[c] += g * (np.float64(x[r, c]) - center[c])
+            p1[blk] = a1
+            p2[blk] = a2
+    else:
+        for blk in prange(n_blocks):
+            a1 = np.zeros(n_chan)
+            a2 = np.zeros(n_chan)
+            for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
+                for c in range(n_chan):
+                    xc = np.float64(x[r, c]) - center[c]
                     g = dy[r, c] * _act_grad(xc * scale[c] + shift[c], code, param)
-                a1[c] += g
-                a2[c] += g * xc
-    for c in range(n_chan):
-        sum_g[c] = p1[:, c].sum()
-        sum_g_xc[c] = p2[:, c].sum()
+                    a1[c] += g
+                    a2[c] += g * xc
+            p1[blk] = a1
+            p2[blk] = a2
+    for c in range(n_chan):  # scalar loops: an array .sum() here would become a parallel region per channel
+        t1 = 0.0
+        t2 = 0.0
+        for blk in range(n_blocks):
+            t1 += p1[blk, c]
+            t2 += p2[blk, c]
+        sum_g[c] = t1
+        sum_g_xc[c] = t2
 
 
 def _grad_input_act_rows(n_blocks, dy, x, center, scale, shift, code, param, k_dy, k_x, k_0, out):
@@ -392,27 +407,43 @@ def _grad_add_act_rows(n_blocks, dy, x, center, scale, shift, residual, code, pa
     n_rows, n_chan = x.shape
     p1 = np.zeros((n_blocks, n_chan))
     p2 = np.zeros((n_blocks, n_chan))
-    linear = code <= 2
     slope = _slope(code, param)
     mh, ml = _split_rows(center, x)
     k, t = scale.astype(x.dtype), shift.astype(x.dtype)
-    for blk in prange(n_blocks):
-        a1 = p1[blk]
-        a2 = p2[blk]
-        for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
-            for c in range(n_chan):
-                xc = np.float64(x[r, c]) - center[c]
-                if linear:  # the sign test repeats the forward's arithmetic, in the input's dtype
+    if code <= 2:  # the sign test repeats the forward's arithmetic, in the input's dtype
+        for blk in prange(n_blocks):
+            a1 = np.zeros(n_chan)
+            a2 = np.zeros(n_chan)
+            for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
+                for c in range(n_chan):
                     g = np.float64(dy[r, c])
                     g = g if ((x[r, c] - mh[c]) - ml[c]) * k[c] + t[c] + residual[r, c] > 0 else slope * g
-                else:
+                    g_out[r, c] = g
+                    a1[c] += g
+                    a2[c] += g * (np.float64(x[r, c]) - center[c])
+            p1[blk] = a1
+            p2[blk] = a2
+    else:
+        for blk in prange(n_blocks):
+            a1 = np.zeros(n_chan)
+            a2 = np.zeros(n_chan)
+            for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
+                for c in range(n_chan):
+                    xc = np.float64(x[r, c]) - center[c]
                     g = dy[r, c] * _act_grad(xc * scale[c] + shift[c] + residual[r, c], code, param)
-                g_out[r, c] = g
-                a1[c] += g
-                a2[c] += g * xc
-    for c in range(n_chan):
-        sum_g[c] = p1[:, c].sum()
-        sum_g_xc[c] = p2[:, c].sum()
+                    g_out[r, c] = g
+                    a1[c] += g
+                    a2[c] += g * xc
+            p1[blk] = a1
+            p2[blk] = a2
+    for c in range(n_chan):  # scalar loops: an array .sum() here would become a parallel region per channel
+        t1 = 0.0
+        t2 = 0.0
+        for blk in range(n_blocks):
+            t1 += p1[blk, c]
+            t2 += p2[blk, c]
+        sum_g[c] = t1
+        sum_g_xc[c] = t2
 
 
 def _grad_sums_out_rows(n_blocks, dy, y, center, code, param, sum_g, sum_g_zc):
@@ -420,17 +451,24 @@ def _grad_sums_out_rows(n_blocks, dy, y, center, code, param, sum_g, sum_g_zc):
     p1 = np.zeros((n_blocks, n_chan))
     p2 = np.zeros((n_blocks, n_chan))
     for blk in prange(n_blocks):
-        a1 = p1[blk]
-        a2 = p2[blk]
+        a1 = np.zeros(n_chan)
+        a2 = np.zeros(n_chan)
         for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
             for c in range(n_chan):
                 z, d = _act_inverse(np.float64(y[r, c]), code, param)
                 g = dy[r, c] * d
                 a1[c] += g
                 a2[c] += g * (z - center[c])
-    for c in range(n_chan):
-        sum_g[c] = p1[:, c].sum()
-        sum_g_zc[c] = p2[:, c].sum()
+        p1[blk] = a1
+        p2[blk] = a2
+    for c in range(n_chan):  # scalar loops: an array .sum() here would become a parallel region per channel
+        t1 = 0.0
+        t2 = 0.0
+        for blk in range(n_blocks):
+            t1 += p1[blk, c]
+            t2 += p2[blk, c]
+        sum_g[c] = t1
+        sum_g_zc[c] = t2
 
 
 def _grad_input_out_rows(n_blocks, dy, y, center, code, param, k_dy, k_x, k_0, out):
