@@ -77,9 +77,7 @@ def _transform(x: Tensor, mean: np.ndarray, var: np.ndarray, weight: Optional[Te
                activation: str = "identity", activation_param: float = 0.0) -> Tensor:
     """y = act((xhat * r + d) * gamma + beta); r, d (Batch Renorm's per-channel constants) default to 1 and 0."""
     scale, shift = _scale_shift(x.shape[1], var, weight, bias, eps, r, d)
-    if activation != "identity":
-        return fused.affine_act(x, mean, scale, shift, activation, activation_param)
-    return kernels.affine(x, mean, scale, shift)
+    return kernels.affine(x, mean, scale, shift, activation, activation_param)
 
 
 def input_grad_coefficients(sum_dy: np.ndarray, sum_dy_xc: np.ndarray, inv_std: np.ndarray, gamma: np.ndarray,
@@ -111,13 +109,11 @@ def _transform_backward(dy: Tensor, x: Tensor, mean: np.ndarray, var: np.ndarray
     """
     channels = x.shape[1]
     inv_std = _inv_std(var, eps)
+    scale, shift = _scale_shift(channels, var, weight, bias, eps, r, d)
     if sums is not None:
         sum_dy, sum_dy_xc = sums
-    elif activation == "identity":
-        sum_dy, sum_dy_xc = kernels.grad_sums(dy, x, mean)
     else:
-        scale, shift = _scale_shift(channels, var, weight, bias, eps, r, d)
-        sum_dy, sum_dy_xc = fused.grad_sums_act(dy, x, mean, scale, shift, activation, activation_param)
+        sum_dy, sum_dy_xc = kernels.grad_sums(dy, x, mean, scale, shift, activation, activation_param)
     dx = None
     if need_dx:
         count = x.numel() // max(channels, 1)
@@ -125,10 +121,7 @@ def _transform_backward(dy: Tensor, x: Tensor, mean: np.ndarray, var: np.ndarray
         if r is not None:
             gamma = gamma * r
         k_dy, k_x, k_0 = input_grad_coefficients(sum_dy, sum_dy_xc, inv_std, gamma, count, batch_stats)
-        if activation == "identity":
-            dx = kernels.grad_input(dy, x, mean, k_dy, k_x, k_0)
-        else:
-            dx = fused.grad_input_act(dy, x, mean, scale, shift, activation, activation_param, k_dy, k_x, k_0)
+        dx = kernels.grad_input(dy, x, mean, k_dy, k_x, k_0, scale, shift, activation, activation_param)
     dgamma = sum_dy_xc * inv_std
     if r is not None:
         dgamma = dgamma * r
@@ -165,7 +158,7 @@ def _normalize(x: Tensor, mean: Tensor, var: Tensor, weight: Optional[Tensor], b
     """y = act(((x - mean) / sqrt(var + eps) * r + d) * weight + bias); `batch_stats`: mean/var came from x.
 
     r and d (optional, per channel; 1 and 0 when None) are Batch Renorm's corrections, constants in backprop.
-    `activation` is one of `kernels.fused_kernels.ACTIVATIONS` with its parameter (slope, alpha).
+    `activation` is one of `kernels.activations.ACTIVATIONS` with its parameter (slope, alpha).
     """
     channels = x.shape[1]
     return _transform(x, _np(mean, channels, 0.0), _np(var, channels, 1.0), weight, bias, eps,
@@ -271,9 +264,10 @@ def _check_statistics_arguments(input: Tensor, running_mean: Optional[Tensor], r
 
 
 # ------------------------------------------------------------------------------------------ eager path
-# Outside torch.compile/export/tracing, `batch_norm` (activation "identity") runs through this one
-# autograd.Function: one fused kernel call for the forward (statistics, running update, normalize) and one for
-# the backward (both sums, dweight, dbias, dx), with no custom-op dispatch and no per-channel tensors in between.
+# Outside torch.compile/export/tracing, `batch_norm` (with or without a fused activation) runs through this one
+# autograd.Function: one fused kernel call for the forward (statistics, running update, normalize, activation)
+# and one for the backward (both sums, dweight, dbias, dx), with no custom-op dispatch and no per-channel tensors
+# in between.
 # It computes exactly what `batch_stats` + `normalize` + `normalize_backward` compute; those custom ops remain
 # the path for torch.compile (and every variant that builds on them).
 def _eager_eligible(input: Tensor, *per_channel: Optional[Tensor]) -> bool:
@@ -290,51 +284,60 @@ def _eager_eligible(input: Tensor, *per_channel: Optional[Tensor]) -> bool:
 
 
 class _EagerBatchNorm(torch.autograd.Function):
-    """Forward and backward of batch norm on the fused kernels (`kernels.train_forward/normalize/train_backward`)."""
+    """Forward and backward of batch norm (+ activation) on the fused kernels (`kernels.train_forward/normalize/
+    train_backward`)."""
 
     @staticmethod
-    def forward(ctx, input, weight, bias, running_mean, running_var, training, momentum, eps):
-        y, mean, var = _eager_forward(input, weight, bias, running_mean, running_var, training, momentum, eps)
-        ctx.save_for_backward(input, weight)
-        ctx.stats = (mean, var, training, eps)
+    def forward(ctx, input, weight, bias, running_mean, running_var, training, momentum, eps, activation,
+                activation_param):
+        y, mean, var = _eager_forward(input, weight, bias, running_mean, running_var, training, momentum, eps,
+                                      activation, activation_param)
+        # the backward recomputes the pre-activation z from x, so an activation needs the bias too
+        ctx.save_for_backward(input, weight, bias if activation != "identity" else None)
+        ctx.stats = (mean, var, training, eps, activation, activation_param)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        x, weight = ctx.saved_tensors
-        mean, var, training, eps = ctx.stats
+        x, weight, bias = ctx.saved_tensors
+        mean, var, training, eps, activation, activation_param = ctx.stats
         need_dx, need_dweight, need_dbias = ctx.needs_input_grad[:3]
-        dx, dweight, dbias = kernels.train_backward(dy, x, mean, var, weight, eps, training, need_dx,
-                                                    need_dweight)
-        return dx, dweight, (dbias if need_dbias else None), None, None, None, None, None
+        dx, dweight, dbias = kernels.train_backward(dy, x, mean, var, weight, eps, training, need_dx, need_dweight,
+                                                    bias, activation, activation_param)
+        return dx, dweight, (dbias if need_dbias else None), None, None, None, None, None, None, None
 
 
 # Function.apply without its functorch bookkeeping (`_eager_eligible` has ruled functorch transforms out).
 _eager_apply = super(torch.autograd.Function, _EagerBatchNorm).apply
 
 
-def _eager_forward(input, weight, bias, running_mean, running_var, training, momentum, eps):
+def _eager_forward(input, weight, bias, running_mean, running_var, training, momentum, eps, activation,
+                   activation_param):
     """(y, mean, var) with float64 NumPy statistics; updates the running buffers in training."""
     if training:
-        y, mean, var = kernels.train_forward(input, weight, bias, eps, momentum, running_mean, running_var)
+        y, mean, var = kernels.train_forward(input, weight, bias, eps, momentum, running_mean, running_var,
+                                             activation, activation_param)
         if input.numel():
             for buffer in (running_mean, running_var):
                 if buffer is not None:
                     torch.autograd.graph.increment_version(buffer)
         return y, mean, var
-    y = kernels.normalize(input, running_mean, running_var, weight, bias, eps)
+    y = kernels.normalize(input, running_mean, running_var, weight, bias, eps, activation, activation_param)
     return y, running_mean.detach().numpy().astype(np.float64), running_var.detach().numpy().astype(np.float64)
 
 
-def _eager_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps) -> Tensor:
+def _eager_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, activation,
+                      activation_param) -> Tensor:
     _check_statistics_arguments(input, running_mean, running_var, training, eps)
     if torch.is_grad_enabled() and (input.requires_grad or (weight is not None and weight.requires_grad)
                                     or (bias is not None and bias.requires_grad)):
-        return _eager_apply(input, weight, bias, running_mean, running_var, training, momentum, eps)
+        return _eager_apply(input, weight, bias, running_mean, running_var, training, momentum, eps, activation,
+                            activation_param)
     if training:
-        return _eager_forward(input, weight, bias, running_mean, running_var, training, momentum, eps)[0]
-    return kernels.normalize(input, running_mean, running_var, weight, bias, eps)
+        return _eager_forward(input, weight, bias, running_mean, running_var, training, momentum, eps, activation,
+                              activation_param)[0]
+    return kernels.normalize(input, running_mean, running_var, weight, bias, eps, activation, activation_param)
 
 
 def _statistics(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor], training: bool,
@@ -380,8 +383,9 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     if not uses_own_kernels(input):
         y = torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
         return torch_activation(y, activation, activation_param)
-    if activation == "identity" and _eager_eligible(input, weight, bias, running_mean, running_var):
-        return _eager_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    if _eager_eligible(input, weight, bias, running_mean, running_var):
+        return _eager_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps,
+                                 activation, float(activation_param))
     mean, var = _statistics(input, running_mean, running_var, training, momentum, eps)
     if activation == "identity":
         return torch.ops.batchnorm.normalize(input, mean, var, weight, bias, eps, training)
@@ -525,7 +529,7 @@ class _InPlaceABN(torch.autograd.Function):
         gamma = effective_weight(weight, channels, min_abs_weight)
         beta = _np(bias, channels, 0.0)
         inv_std = _inv_std(_np(var, channels, 1.0), eps)
-        fused.affine_act(x, _np(mean, channels, 0.0), inv_std * gamma, beta, activation, activation_param, out=x)
+        kernels.affine(x, _np(mean, channels, 0.0), inv_std * gamma, beta, activation, activation_param, out=x)
         ctx.mark_dirty(x)
         ctx.save_for_backward(x)
         ctx.gamma, ctx.beta, ctx.inv_std = gamma, beta, inv_std

@@ -9,8 +9,9 @@ Routing (documented here and tested):
   * a gradient `dy` is brought into the layout of its `x` before the kernels read both.
 
 Fused entry points (`train_forward`, `normalize`, `train_backward`) do a whole layer pass in one kernel call:
-  * channels-first with at least `config.FUSED_MIN_CHANNELS_PER_THREAD` channels per thread: one channel at a
-    time per thread (statistics, then the normalize/dx sweep while the channel is still in the cache);
+  * channels-first with at least `config.FUSED_MIN_CHANNELS_PER_THREAD` channels per thread: one block of
+    channels at a time per thread (`config.channel_blocks`: statistics, then the normalize/dx sweep while the
+    block is still in the cache);
   * channels-first with fewer channels (e.g. C=1 with a large image): statistics parallel over (sample,
     channel) slices, then the transform, through the four primitives;
   * rows: row blocks in parallel, partial sums per block, then the transform over the same blocks.
@@ -36,6 +37,7 @@ import torch
 
 from . import config
 from . import numba_kernels as nk
+from .activations import code
 
 __all__ = ["is_channels_last", "empty_output_like", "batch_stats", "affine", "grad_sums", "grad_input",
            "train_forward", "normalize", "train_backward"]
@@ -120,39 +122,55 @@ def batch_stats(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return mean, var
 
 
-def affine(x: torch.Tensor, center: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> torch.Tensor:
-    """out = (x - center_c) * scale_c + shift_c, in the layout `empty_output_like(x)` gives."""
+def affine(x: torch.Tensor, center: np.ndarray, scale: np.ndarray, shift: np.ndarray, activation: str = "identity",
+           param: float = 0.0, out: torch.Tensor | None = None) -> torch.Tensor:
+    """out = act((x - center_c) * scale_c + shift_c), by default in the layout `empty_output_like(x)` gives;
+    `out` may be x itself (dense) for an in-place update."""
     x = _dense(x, x)
-    out = empty_output_like(x)
+    out = empty_output_like(x) if out is None else out
     if x.numel():
         xv = _view(x)
-        _launch(nk.affine_cf, nk.affine_rows, x, xv, xv, center, scale, shift, _view(out))
+        _launch(nk.affine_cf, nk.affine_rows, x, xv, xv, center, scale, shift, code(activation), float(param),
+                _view(out))
     return out
 
 
-def grad_sums(dy: torch.Tensor, x: torch.Tensor, center: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """sum(dy)_c and sum(dy * (x - center_c))_c as float64 arrays of length C."""
+def _identity_affine(scale, shift, channels: int):
+    """(scale, shift) for the kernels' z; only an activation reads them (ones and zeros when absent)."""
+    return (np.ones(channels) if scale is None else scale), (np.zeros(channels) if shift is None else shift)
+
+
+def grad_sums(dy: torch.Tensor, x: torch.Tensor, center: np.ndarray, scale: np.ndarray | None = None,
+              shift: np.ndarray | None = None, activation: str = "identity",
+              param: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """sum(g)_c and sum(g * (x - center_c))_c as float64 arrays of length C, with g = dy * act'(z) and
+    z = (x - center_c) * scale_c + shift_c (g = dy for the identity, which needs no scale/shift)."""
     x = _dense(x, x)
     dy = _dense(dy, x)
     sum_dy = np.zeros(x.shape[1])
     sum_dy_xc = np.zeros(x.shape[1])
     if x.numel():
         xv = _view(x)
-        _launch(nk.grad_sums_cf, nk.grad_sums_rows, x, xv, _view(dy), xv, center, sum_dy, sum_dy_xc)
+        scale, shift = _identity_affine(scale, shift, x.shape[1])
+        _launch(nk.grad_sums_cf, nk.grad_sums_rows, x, xv, _view(dy), xv, center, scale, shift, code(activation),
+                float(param), sum_dy, sum_dy_xc)
     return sum_dy, sum_dy_xc
 
 
 def grad_input(dy: torch.Tensor, x: torch.Tensor, center: np.ndarray, k_dy: np.ndarray, k_x: np.ndarray,
-               k_0: np.ndarray) -> torch.Tensor:
-    """out = k_dy_c * dy + k_x_c * (x - center_c) + k_0_c, in the layout of `empty_output_like(x)`."""
+               k_0: np.ndarray, scale: np.ndarray | None = None, shift: np.ndarray | None = None,
+               activation: str = "identity", param: float = 0.0) -> torch.Tensor:
+    """out = k_dy_c * g + k_x_c * (x - center_c) + k_0_c (g as in `grad_sums`), in the layout of
+    `empty_output_like(x)`. With k_x = k_0 = 0 (fixed statistics) out = k_dy_c * g, never 0 * a NaN/inf input."""
     x = _dense(x, x)
     dy = _dense(dy, x)
     out = empty_output_like(x)
-    if not np.any(k_x) and not np.any(k_0):   # fixed statistics: dx = k_dy dy, never 0 * a NaN/inf input
-        x, center = dy, np.zeros_like(center)
     if x.numel():
         xv = _view(x)
-        _launch(nk.grad_input_cf, nk.grad_input_rows, x, xv, _view(dy), xv, center, k_dy, k_x, k_0, _view(out))
+        scale, shift = _identity_affine(scale, shift, x.shape[1])
+        batch_stats = bool(np.any(k_x) or np.any(k_0))
+        _launch(nk.grad_input_cf, nk.grad_input_rows, x, xv, _view(dy), xv, center, scale, shift, k_dy, k_x, k_0,
+                batch_stats, code(activation), float(param), _view(out))
     return out
 
 
@@ -222,16 +240,36 @@ def _threads(numel: int) -> int:
     return threads
 
 
+def _channel_blocks(xv: np.ndarray, threads: int) -> int:
+    """Channel blocks of a fused channels-first kernel over the (N, C, S) view xv."""
+    return config.channel_blocks(xv.shape[0], xv.shape[1], xv.shape[2], xv.itemsize, threads)
+
+
 def _fused_channels_first(threads: int, channels: int) -> bool:
     """Whether the per-channel fused sweep keeps every thread busy (the serial kernel always is fused)."""
     return threads == 1 or channels >= config.FUSED_MIN_CHANNELS_PER_THREAD * threads
 
 
+def _float64_vector(t, channels: int, fill: float) -> np.ndarray:
+    """A per-channel tensor or array as float64 NumPy (`fill` when None)."""
+    if t is None:
+        return np.full(channels, fill)
+    return np.asarray(t.detach().numpy() if isinstance(t, torch.Tensor) else t, dtype=np.float64)
+
+
+def _scale_shift(weight, bias, var: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel weight / sqrt(var + eps) and bias as float64: the same IEEE operations as the fused kernels'
+    `_scale_value`, so that every path computes the same z."""
+    channels = var.shape[0]
+    return _float64_vector(weight, channels, 1.0) / np.sqrt(var + eps), _float64_vector(bias, channels, 0.0)
+
+
 def train_forward(x: torch.Tensor, weight, bias, eps: float, momentum: float = 0.0, running_mean=None,
-                  running_var=None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+                  running_var=None, activation: str = "identity",
+                  param: float = 0.0) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """(y, mean, var): batch statistics (float64 NumPy, biased variance), running update, normalized output.
 
-    y = (x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c. The running buffers (if given) are updated in
+    y = act((x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c). The running buffers (if given) are updated in
     place: running <- (1 - momentum) * running + momentum * batch, with the unbiased variance. An empty
     batch gives an empty y, mean 0 and var 1, and leaves the running buffers alone.
     """
@@ -248,14 +286,15 @@ def train_forward(x: torch.Tensor, weight, bias, eps: float, momentum: float = 0
     w, b = _vector(weight, dtype), _vector(bias, dtype)
     rm, rv = _vector(running_mean, dtype), _vector(running_var, dtype)
     threads = _threads(numel)
+    act = code(activation)
     if rows:
         n_blocks = 1 if threads == 1 else config.row_blocks(xv.shape[0], threads)
-        _call(nk.train_forward_rows, threads, n_blocks, xv, w, b, float(eps), float(momentum), rm, rv,
-              _array(y, rows), mean, var)
+        _call(nk.train_forward_rows, threads, n_blocks, xv, w, b, float(eps), float(momentum), rm, rv, act,
+              float(param), _array(y, rows), mean, var)
         return y, mean, var
     if _fused_channels_first(threads, channels):
-        _call(nk.train_forward_cf, threads, xv, w, b, float(eps), float(momentum), rm, rv, _array(y, rows), mean,
-              var)
+        _call(nk.train_forward_cf, threads, _channel_blocks(xv, threads), xv, w, b, float(eps), float(momentum), rm,
+              rv, act, float(param), _array(y, rows), mean, var)
         return y, mean, var
     mean, var = batch_stats(x)
     count = numel // channels
@@ -266,13 +305,13 @@ def train_forward(x: torch.Tensor, weight, bias, eps: float, momentum: float = 0
         unbiased = var * (count / (count - 1)) if count > 1 else np.full(channels, np.inf)
         rv *= 1.0 - momentum
         rv += (momentum * unbiased).astype(rv.dtype)
-    scale = (1.0 / np.sqrt(var + eps)) * (w.astype(np.float64) if w.size else 1.0)
-    shift = b.astype(np.float64) if b.size else np.zeros(channels)
-    return affine(x, mean, scale, shift), mean, var
+    scale, shift = _scale_shift(w if w.size else None, b if b.size else None, var, eps)
+    return affine(x, mean, scale, shift, activation, param), mean, var
 
 
-def normalize(x: torch.Tensor, mean, var, weight, bias, eps: float) -> torch.Tensor:
-    """y = (x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c with given statistics (tensors or arrays)."""
+def normalize(x: torch.Tensor, mean, var, weight, bias, eps: float, activation: str = "identity",
+              param: float = 0.0) -> torch.Tensor:
+    """y = act((x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c) with given statistics (tensors or arrays)."""
     x, rows = _dense_rows(x)
     y = torch.empty_like(x)
     numel = x.numel()
@@ -281,7 +320,7 @@ def normalize(x: torch.Tensor, mean, var, weight, bias, eps: float) -> torch.Ten
     xv = _array(x, rows)
     dtype = xv.dtype
     args = (_vector(mean, dtype), _vector(var, dtype), _vector(weight, dtype), _vector(bias, dtype), float(eps),
-            _array(y, rows))
+            code(activation), float(param), _array(y, rows))
     threads = _threads(numel)
     if rows:
         _call(nk.normalize_rows, threads, 1 if threads == 1 else config.row_blocks(xv.shape[0], threads), xv, *args)
@@ -291,30 +330,17 @@ def normalize(x: torch.Tensor, mean, var, weight, bias, eps: float) -> torch.Ten
 
 
 def train_backward(dy: torch.Tensor, x: torch.Tensor, mean: np.ndarray, var: np.ndarray, weight, eps: float,
-                   batch_stats: bool, need_dx: bool = True, need_dweight: bool = True):
-    """(dx or None, dweight or None, dbias) of y = (x - mean) / sqrt(var + eps) * weight + bias.
+                   batch_stats: bool, need_dx: bool = True, need_dweight: bool = True, bias=None,
+                   activation: str = "identity", param: float = 0.0):
+    """(dx or None, dweight or None, dbias) of y = act(z), z = (x - mean) / sqrt(var + eps) * weight + bias.
 
-    With g = dy, inv_std = 1 / sqrt(var + eps), m values per channel: dbias = sum g,
-    dweight = inv_std * sum g (x - mean), and dx = k_dy g + k_x (x - mean) + k_0 where k_dy = weight * inv_std
-    and, when `batch_stats` (mean, var are x's own statistics), k_x = -k_dy inv_std^2 sum g (x - mean) / m,
-    k_0 = -k_dy sum g / m (otherwise 0). `mean`, `var` are float64 arrays. dweight and dbias have weight's
-    dtype (x's when weight is None).
+    With g = dy * act'(z) (z recomputed from x, weight and bias; g = dy for the identity), inv_std =
+    1 / sqrt(var + eps), m values per channel: dbias = sum g, dweight = inv_std * sum g (x - mean), and
+    dx = k_dy g + k_x (x - mean) + k_0 where k_dy = weight * inv_std and, when `batch_stats` (mean, var are
+    x's own statistics), k_x = -k_dy inv_std^2 sum g (x - mean) / m, k_0 = -k_dy sum g / m; otherwise
+    dx = k_dy g (a NaN/inf input element never turns its gradient into 0 * NaN, as torch). `mean`, `var` are
+    float64 arrays. dweight and dbias have weight's dtype (x's when weight is None).
     """
-    if need_dx and not batch_stats:
-        # Fixed statistics: dx = weight * inv_std * dy does not depend on x. Computing it from dy alone (x := dy,
-        # mean := 0) keeps a NaN/inf input element from turning its gradient into k_x * (x - mean) = 0 * NaN, as
-        # torch does; dweight, which needs x, takes a second pass only when it is asked for.
-        dx, _, dbias = _train_backward(dy, dy, np.zeros_like(mean), var, weight, eps, False, True, False)
-        if not need_dweight:
-            return dx, None, dbias
-        _, dweight, dbias = _train_backward(dy, x, mean, var, weight, eps, False, False, True)
-        return dx, dweight, dbias
-    return _train_backward(dy, x, mean, var, weight, eps, batch_stats, need_dx, need_dweight)
-
-
-def _train_backward(dy: torch.Tensor, x: torch.Tensor, mean: np.ndarray, var: np.ndarray, weight, eps: float,
-                    batch_stats: bool, need_dx: bool, need_dweight: bool):
-    """`train_backward` itself (the kernels read x only for the sums and for dx with batch statistics)."""
     x, rows = _dense_rows(x)
     channels = x.shape[1]
     param_dtype = _NUMPY_DTYPE[x.dtype if weight is None else weight.dtype]
@@ -330,7 +356,8 @@ def _train_backward(dy: torch.Tensor, x: torch.Tensor, mean: np.ndarray, var: np
                            torch.channels_last_3d if rows and x.dim() == 5 else torch.contiguous_format)
     xv = _array(x, rows)
     np_dtype = xv.dtype
-    args = (_array(dy, rows), xv, mean, var, _vector(weight, np_dtype), float(eps), bool(batch_stats),
+    args = (_array(dy, rows), xv, mean, var, _vector(weight, np_dtype), _vector(bias, np_dtype), float(eps),
+            bool(batch_stats), code(activation), float(param),
             _array(dx, rows) if need_dx else np.empty((0,) * xv.ndim, np_dtype), dweight_np, dbias_np)
     threads = _threads(numel)
     dbias = torch.from_numpy(dbias_np)
@@ -340,18 +367,18 @@ def _train_backward(dy: torch.Tensor, x: torch.Tensor, mean: np.ndarray, var: np
               *args)
         return dx, dweight, dbias
     if _fused_channels_first(threads, channels):
-        _call(nk.train_backward_cf, threads, *args)
+        _call(nk.train_backward_cf, threads, _channel_blocks(xv, threads), *args)
         return dx, dweight, dbias
-    sum_dy, sum_dy_xc = grad_sums(dy, x, mean)
+    scale, shift = _scale_shift(weight, bias, var, eps)
+    sum_dy, sum_dy_xc = grad_sums(dy, x, mean, scale, shift, activation, param)
     inv_std = 1.0 / np.sqrt(var + eps)
     dbias.copy_(torch.from_numpy(sum_dy))
     if dweight is not None:
         dweight.copy_(torch.from_numpy(sum_dy_xc * inv_std))
     if need_dx:
-        gamma = np.ones(channels) if weight is None else weight.detach().to(torch.float64).numpy()
-        k_dy = gamma * inv_std
+        k_dy = _float64_vector(weight, channels, 1.0) * inv_std
         count = numel // channels
         k_x = -k_dy * inv_std * inv_std * sum_dy_xc / count if batch_stats else np.zeros(channels)
         k_0 = -k_dy * sum_dy / count if batch_stats else np.zeros(channels)
-        dx = grad_input(dy, x, mean, k_dy, k_x, k_0)
+        dx = grad_input(dy, x, mean, k_dy, k_x, k_0, scale, shift, activation, param)
     return dx, dweight, dbias

@@ -28,9 +28,21 @@ BLOCKS_PER_THREAD = 4
 MIN_BLOCK_ROWS = 16
 
 
-# Channels-first fused kernels (one channel at a time per thread) need this many channels per thread to
-# keep the threads evenly busy; below it, the statistics run in parallel over (sample, channel) slices.
+# Channels-first fused kernels (one block of channels at a time per thread) need this many channels per thread
+# to keep the threads evenly busy; below it, the statistics run in parallel over (sample, channel) slices.
 FUSED_MIN_CHANNELS_PER_THREAD = 4
+
+# A channel block of the fused channels-first kernels holds about CF_BLOCK_BYTES of x (all samples of its
+# channels), so that the second sweep over it reads from the core's L2 cache; small images (7x7, 14x14) get
+# many channels per block, read sample by sample in long contiguous runs instead of one short run per channel.
+CF_BLOCK_BYTES = 256 * 1024
+
+
+def channel_blocks(batch: int, channels: int, space: int, itemsize: int, threads: int) -> int:
+    """Number of channel blocks for a fused channels-first kernel over an (N, C, S) input."""
+    per_block = max(1, CF_BLOCK_BYTES // max(1, batch * space * itemsize))
+    blocks = -(-channels // per_block)
+    return min(channels, max(blocks, threads * FUSED_MIN_CHANNELS_PER_THREAD))
 
 
 # Rows kernels sum ROW_FOLD rows at a time in the input's dtype (one vector lane per channel) and fold those

@@ -1,6 +1,6 @@
-"""Dispatcher for the fused activation kernels: same layout and variant rules as `batchnorm.kernels`.
+"""Dispatcher for the BN + add + activation and in-place activated BN kernels (rules of `batchnorm.kernels`).
 
-`activation` is a name from `fused_kernels.ACTIVATIONS` with one float parameter (slope of leaky_relu, alpha
+`activation` is a name from `activations.ACTIVATIONS` with one float parameter (slope of leaky_relu, alpha
 of elu; ignored by the others). Per-channel vectors are float64 NumPy arrays of length C.
 """
 
@@ -11,25 +11,9 @@ import torch
 
 from . import _dense, _launch, _view, empty_output_like
 from . import fused_kernels as fk
+from .activations import code
 
-__all__ = ["affine_act", "affine_add_act", "grad_sums_act", "grad_input_act", "grad_add_act",
-           "grad_sums_from_output", "grad_input_from_output"]
-
-
-def _code(activation: str) -> int:
-    return fk.ACTIVATIONS[activation]
-
-
-def affine_act(x: torch.Tensor, center: np.ndarray, scale: np.ndarray, shift: np.ndarray, activation: str,
-               param: float, out: torch.Tensor | None = None) -> torch.Tensor:
-    """out = act((x - center_c) * scale_c + shift_c); `out` may be x itself (dense) for an in-place update."""
-    x = _dense(x, x)
-    out = empty_output_like(x) if out is None else out
-    if x.numel():
-        xv = _view(x)
-        _launch(fk.affine_act_cf, fk.affine_act_rows, x, xv, xv, center, scale, shift, _code(activation),
-                float(param), _view(out))
-    return out
+__all__ = ["affine_add_act", "grad_add_act", "grad_sums_from_output", "grad_input_from_output"]
 
 
 def affine_add_act(x: torch.Tensor, center: np.ndarray, scale: np.ndarray, shift: np.ndarray,
@@ -41,34 +25,7 @@ def affine_add_act(x: torch.Tensor, center: np.ndarray, scale: np.ndarray, shift
     if x.numel():
         xv = _view(x)
         _launch(fk.affine_add_act_cf, fk.affine_add_act_rows, x, xv, xv, center, scale, shift, _view(residual),
-                _code(activation), float(param), _view(out))
-    return out
-
-
-def grad_sums_act(dy: torch.Tensor, x: torch.Tensor, center: np.ndarray, scale: np.ndarray, shift: np.ndarray,
-                  activation: str, param: float) -> tuple[np.ndarray, np.ndarray]:
-    """sum(g)_c, sum(g * (x - center_c))_c with g = dy * act'(z), z = (x - center_c) * scale_c + shift_c."""
-    x = _dense(x, x)
-    dy = _dense(dy, x)
-    sum_g, sum_g_xc = np.zeros(x.shape[1]), np.zeros(x.shape[1])
-    if x.numel():
-        xv = _view(x)
-        _launch(fk.grad_sums_act_cf, fk.grad_sums_act_rows, x, xv, _view(dy), xv, center, scale, shift,
-                _code(activation), float(param), sum_g, sum_g_xc)
-    return sum_g, sum_g_xc
-
-
-def grad_input_act(dy: torch.Tensor, x: torch.Tensor, center: np.ndarray, scale: np.ndarray, shift: np.ndarray,
-                   activation: str, param: float, k_dy: np.ndarray, k_x: np.ndarray,
-                   k_0: np.ndarray) -> torch.Tensor:
-    """out = k_dy_c * g + k_x_c * (x - center_c) + k_0_c with g = dy * act'(z), z recomputed from x."""
-    x = _dense(x, x)
-    dy = _dense(dy, x)
-    out = empty_output_like(x)
-    if x.numel():
-        xv = _view(x)
-        _launch(fk.grad_input_act_cf, fk.grad_input_act_rows, x, xv, _view(dy), xv, center, scale, shift,
-                _code(activation), float(param), k_dy, k_x, k_0, _view(out))
+                code(activation), float(param), _view(out))
     return out
 
 
@@ -83,7 +40,7 @@ def grad_add_act(dy: torch.Tensor, x: torch.Tensor, center: np.ndarray, scale: n
     if x.numel():
         xv = _view(x)
         _launch(fk.grad_add_act_cf, fk.grad_add_act_rows, x, xv, _view(dy), xv, center, scale, shift,
-                _view(residual), _code(activation), float(param), _view(g), sum_g, sum_g_xc)
+                _view(residual), code(activation), float(param), _view(g), sum_g, sum_g_xc)
     return g, sum_g, sum_g_xc
 
 
@@ -95,7 +52,7 @@ def grad_sums_from_output(dy: torch.Tensor, y: torch.Tensor, center: np.ndarray,
     sum_g, sum_g_zc = np.zeros(y.shape[1]), np.zeros(y.shape[1])
     if y.numel():
         yv = _view(y)
-        _launch(fk.grad_sums_out_cf, fk.grad_sums_out_rows, y, yv, _view(dy), yv, center, _code(activation),
+        _launch(fk.grad_sums_out_cf, fk.grad_sums_out_rows, y, yv, _view(dy), yv, center, code(activation),
                 float(param), sum_g, sum_g_zc)
     return sum_g, sum_g_zc
 
@@ -108,6 +65,6 @@ def grad_input_from_output(dy: torch.Tensor, y: torch.Tensor, center: np.ndarray
     out = empty_output_like(y)
     if y.numel():
         yv = _view(y)
-        _launch(fk.grad_input_out_cf, fk.grad_input_out_rows, y, yv, _view(dy), yv, center, _code(activation),
+        _launch(fk.grad_input_out_cf, fk.grad_input_out_rows, y, yv, _view(dy), yv, center, code(activation),
                 float(param), k_dy, k_x, k_0, _view(out))
     return out

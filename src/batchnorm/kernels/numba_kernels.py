@@ -17,17 +17,24 @@ x - center is computed as (x - center_hi) - center_lo with the center split into
 remainder, so that float32 data far from zero keep their digits in y and dx.
 
 Fused kernels (one call per layer and pass; the per-channel algebra happens inside them):
-  train_forward     stats + running-statistics update + normalize. The channels-first version works one
-                    channel at a time per thread, so the second read of x (to normalize) comes from the cache:
-                    x is read once from memory, y written once;
+  train_forward     stats + running-statistics update + normalize. The channels-first version works on one
+                    block of channels at a time per thread (sized by the dispatcher to stay in the core's cache,
+                    walked sample by sample so that reads are contiguous), so the second read of x (to
+                    normalize) comes from the cache: x is read once from memory, y written once;
   normalize         y = (x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c from given statistics (inference);
-  train_backward    both gradient sums, dweight, dbias, and dx in the same per-channel sweep (the second read
+  train_backward    both gradient sums, dweight, dbias, and dx in the same per-block sweep (the second read
                     of dy and x again from the cache in the channels-first version).
 Optional per-channel arrays (weight, bias, running buffers, dx, dweight) are passed as length-0 arrays when
-absent. Elementwise work goes through `_affine_value`/`_grad_value` so that fused activations can be added
-in one place later.
+absent.
 
-Rows kernels take `n_blocks`, the number of row blocks that run in parallel (each keeps C partial sums).
+Activations (`activations.py`, an integer `code` and a float `param`) are fused into every elementwise pass:
+the forward writes act(z) with z the affine output, and the backward recomputes z from x (and the scale and
+shift) to replace dy by g = dy * act'(z) in the sums and in dx. The piecewise-linear family (identity, relu,
+leaky_relu) runs in the input's dtype like the plain transform; the other activations in float64. The per-span
+helpers below hold every elementwise loop once; the kernels only differ in how they walk the data.
+
+Rows kernels take `n_blocks`, the number of row blocks that run in parallel (each keeps C partial sums);
+the fused channels-first kernels take the number of channel blocks.
 Each primitive is compiled twice from the same Python function: a parallel version (prange over rows or
 blocks) and a serial one for small inputs. Kernels take arrays and scalars only; the dispatcher in
 `batchnorm.kernels` chooses layout, dtype and variant.
@@ -39,6 +46,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from .activations import LINEAR_MAX_CODE, act, act_grad, linear_act, linear_grad, slope
 from .config import NJIT_ELEMENTWISE, NJIT_INLINE, NJIT_PARALLEL, NJIT_SERIAL, ROW_FOLD, SHIFT_ROWS
 
 
@@ -73,7 +81,7 @@ def _update_running(running_mean, running_var, c, mean, var, count, momentum):
 # into x - (hi + lo).
 @numba.njit(**NJIT_ELEMENTWISE)
 def _affine_value(v, center_hi, center_lo, scale, shift):
-    """The forward's elementwise map ((x - center) * scale + shift; the place where a fused activation goes)."""
+    """The forward's elementwise map before the activation: (x - center) * scale + shift."""
     return ((v - center_hi) - center_lo) * scale + shift
 
 
@@ -87,6 +95,133 @@ def _centered(v, center_hi, center_lo):
 def _grad_value(g, v, center_hi, center_lo, k_dy, k_x, k_0):
     """The backward's elementwise map dx = k_dy * dy + k_x * (x - center) + k_0."""
     return k_dy * g + k_x * ((v - center_hi) - center_lo) + k_0
+
+
+@numba.njit(**NJIT_INLINE)
+def _scale_value(weight, c, var_c, eps):
+    """weight_c / sqrt(var_c + eps) in float64: one expression for every kernel, so that the backward's z is
+    bit-identical to the forward's (the sign test of relu/leaky_relu must see the same z)."""
+    return _optional(weight, c, 1.0) / np.sqrt(var_c + eps)
+
+
+# ------------------------------------------------------------------------ elementwise spans (fused activation)
+# cf kernels walk one contiguous span x[b, c] at a time with per-channel scalars, rows kernels one row x[r]
+# with per-channel arrays. Every scalar/array is in x's dtype: hi, lo (the split center), k (scale), t (shift).
+@numba.njit(**NJIT_INLINE)
+def _forward_span(xs, ys, hi, lo, k, t, code, param):
+    """ys = act((xs - center) * k + t) over one contiguous span of a channel."""
+    if code == 0:
+        for s in range(xs.shape[0]):
+            ys[s] = _affine_value(xs[s], hi, lo, k, t)
+    elif code <= LINEAR_MAX_CODE:
+        a, zero = xs.dtype.type(slope(code, param)), xs.dtype.type(0.0)
+        for s in range(xs.shape[0]):
+            ys[s] = linear_act(_affine_value(xs[s], hi, lo, k, t), code, a, zero)
+    else:
+        m, k64, t64 = np.float64(hi) + np.float64(lo), np.float64(k), np.float64(t)
+        for s in range(xs.shape[0]):
+            ys[s] = act((np.float64(xs[s]) - m) * k64 + t64, code, param)
+
+
+@numba.njit(**NJIT_INLINE)
+def _grad_sums_span(gs, xs, m, hi, lo, k, t, code, param):
+    """(sum g, sum g (x - m)) in float64 over one span, with g = dy * act'(z) (dy itself for identity)."""
+    a1 = 0.0
+    a2 = 0.0
+    if code == 0:
+        for s in range(xs.shape[0]):
+            g = np.float64(gs[s])
+            a1 += g
+            a2 += g * (np.float64(xs[s]) - m)
+    elif code <= LINEAR_MAX_CODE:
+        a, zero = xs.dtype.type(slope(code, param)), xs.dtype.type(0.0)
+        for s in range(xs.shape[0]):
+            g = np.float64(linear_grad(gs[s], _affine_value(xs[s], hi, lo, k, t), code, a, zero))
+            a1 += g
+            a2 += g * (np.float64(xs[s]) - m)
+    else:
+        k64, t64 = np.float64(k), np.float64(t)
+        for s in range(xs.shape[0]):
+            xc = np.float64(xs[s]) - m
+            g = np.float64(gs[s]) * act_grad(xc * k64 + t64, code, param)
+            a1 += g
+            a2 += g * xc
+    return a1, a2
+
+
+@numba.njit(**NJIT_INLINE)
+def _grad_input_span(gs, xs, ds, hi, lo, k, t, k_dy, k_x, k_0, batch_stats, code, param):
+    """ds = k_dy g + k_x (x - center) + k_0 with g = dy * act'(z). Without batch statistics ds = k_dy g: x then
+    enters only through act'(z), so a NaN/inf input element never becomes 0 * NaN in its gradient (as torch)."""
+    if code == 0:
+        if batch_stats:
+            for s in range(xs.shape[0]):
+                ds[s] = _grad_value(gs[s], xs[s], hi, lo, k_dy, k_x, k_0)
+        else:
+            for s in range(xs.shape[0]):
+                ds[s] = k_dy * gs[s]
+    elif code <= LINEAR_MAX_CODE:
+        a, zero = xs.dtype.type(slope(code, param)), xs.dtype.type(0.0)
+        if batch_stats:
+            for s in range(xs.shape[0]):
+                g = linear_grad(gs[s], _affine_value(xs[s], hi, lo, k, t), code, a, zero)
+                ds[s] = _grad_value(g, xs[s], hi, lo, k_dy, k_x, k_0)
+        else:
+            for s in range(xs.shape[0]):
+                ds[s] = k_dy * linear_grad(gs[s], _affine_value(xs[s], hi, lo, k, t), code, a, zero)
+    else:
+        m, k64, t64 = np.float64(hi) + np.float64(lo), np.float64(k), np.float64(t)
+        a64, q64, r64 = np.float64(k_dy), np.float64(k_x), np.float64(k_0)
+        for s in range(xs.shape[0]):
+            xc = np.float64(xs[s]) - m
+            g = np.float64(gs[s]) * act_grad(xc * k64 + t64, code, param)
+            ds[s] = a64 * g + q64 * xc + r64 if batch_stats else a64 * g
+
+
+@numba.njit(**NJIT_INLINE)
+def _forward_row(xr, yr, hi, lo, k, t, code, param):
+    """yr = act((xr - center) * k + t) over one row of the rows layout (per-channel arrays)."""
+    if code == 0:
+        for c in range(xr.shape[0]):
+            yr[c] = _affine_value(xr[c], hi[c], lo[c], k[c], t[c])
+    elif code <= LINEAR_MAX_CODE:
+        a, zero = xr.dtype.type(slope(code, param)), xr.dtype.type(0.0)
+        for c in range(xr.shape[0]):
+            yr[c] = linear_act(_affine_value(xr[c], hi[c], lo[c], k[c], t[c]), code, a, zero)
+    else:
+        for c in range(xr.shape[0]):
+            z = (np.float64(xr[c]) - (np.float64(hi[c]) + np.float64(lo[c]))) * np.float64(k[c]) + np.float64(t[c])
+            yr[c] = act(z, code, param)
+
+
+@numba.njit(**NJIT_INLINE)
+def _grad_input_row(gr, xr, dr, hi, lo, k, t, k_dy, k_x, k_0, batch_stats, code, param):
+    """`_grad_input_span` over one row of the rows layout (per-channel arrays)."""
+    if code == 0:
+        if batch_stats:
+            for c in range(xr.shape[0]):
+                dr[c] = _grad_value(gr[c], xr[c], hi[c], lo[c], k_dy[c], k_x[c], k_0[c])
+        else:
+            for c in range(xr.shape[0]):
+                dr[c] = k_dy[c] * gr[c]
+    elif code <= LINEAR_MAX_CODE:
+        a, zero = xr.dtype.type(slope(code, param)), xr.dtype.type(0.0)
+        for c in range(xr.shape[0]):
+            g = linear_grad(gr[c], _affine_value(xr[c], hi[c], lo[c], k[c], t[c]), code, a, zero)
+            dr[c] = _grad_value(g, xr[c], hi[c], lo[c], k_dy[c], k_x[c], k_0[c]) if batch_stats else k_dy[c] * g
+    else:
+        for c in range(xr.shape[0]):
+            xc = np.float64(xr[c]) - (np.float64(hi[c]) + np.float64(lo[c]))
+            g = np.float64(gr[c]) * act_grad(xc * np.float64(k[c]) + np.float64(t[c]), code, param)
+            dr[c] = (np.float64(k_dy[c]) * g + np.float64(k_x[c]) * xc + np.float64(k_0[c]) if batch_stats
+                     else np.float64(k_dy[c]) * g)
+
+
+@numba.njit(**NJIT_INLINE)
+def _split_center(center, dtype_sample):
+    """Per-channel (hi, lo) arrays in the dtype of `dtype_sample`: hi = center rounded, lo = the remainder."""
+    hi = center.astype(dtype_sample.dtype)
+    return hi, (center - hi.astype(np.float64)).astype(dtype_sample.dtype)
 
 
 # ----------------------------------------------------------------------------------------- channels-first
@@ -115,41 +250,31 @@ def _stats_cf(x, mean, var):
             a2 += s2[b, c]
         d_mean = a1 / count
         mean[c] = np.float64(x[0, c, 0]) + d_mean
-        v = a2 / count - d_mean * d_mean
-        var[c] = v if v > 0.0 else (v if v != v else 0.0)  # clip negatives, keep NaN
+        var[c] = _clip_variance(a2 / count - d_mean * d_mean)
 
 
-def _affine_cf(x, center, scale, shift, out):
+def _affine_cf(x, center, scale, shift, code, param, out):
     n_batch, n_chan, n_space = x.shape
+    dt = x.dtype.type
     for i in prange(n_batch * n_chan):
         b = i // n_chan
         c = i - b * n_chan
-        hi = x.dtype.type(center[c])
-        lo = x.dtype.type(center[c] - np.float64(hi))
-        k = x.dtype.type(scale[c])
-        t = x.dtype.type(shift[c])
-        xb = x[b, c]
-        ob = out[b, c]
-        for s in range(n_space):
-            ob[s] = _affine_value(xb[s], hi, lo, k, t)
+        hi = dt(center[c])
+        _forward_span(x[b, c], out[b, c], hi, dt(center[c] - np.float64(hi)), dt(scale[c]), dt(shift[c]), code,
+                      param)
 
 
-def _grad_sums_cf(dy, x, center, sum_dy, sum_dy_xc):
+def _grad_sums_cf(dy, x, center, scale, shift, code, param, sum_dy, sum_dy_xc):
     n_batch, n_chan, n_space = x.shape
+    dt = x.dtype.type
     p1 = np.empty((n_batch, n_chan))
     p2 = np.empty((n_batch, n_chan))
     for i in prange(n_batch * n_chan):
         b = i // n_chan
         c = i - b * n_chan
-        m = center[c]
-        a1 = 0.0
-        a2 = 0.0
-        for s in range(n_space):
-            g = np.float64(dy[b, c, s])
-            a1 += g
-            a2 += g * (np.float64(x[b, c, s]) - m)
-        p1[b, c] = a1
-        p2[b, c] = a2
+        hi = dt(center[c])
+        p1[b, c], p2[b, c] = _grad_sums_span(dy[b, c], x[b, c], center[c], hi, dt(center[c] - np.float64(hi)),
+                                             dt(scale[c]), dt(shift[c]), code, param)
     for c in prange(n_chan):
         a1 = 0.0
         a2 = 0.0
@@ -160,56 +285,60 @@ def _grad_sums_cf(dy, x, center, sum_dy, sum_dy_xc):
         sum_dy_xc[c] = a2
 
 
-def _grad_input_cf(dy, x, center, k_dy, k_x, k_0, out):
+def _grad_input_cf(dy, x, center, scale, shift, k_dy, k_x, k_0, batch_stats, code, param, out):
     n_batch, n_chan, n_space = x.shape
+    dt = x.dtype.type
     for i in prange(n_batch * n_chan):
         b = i // n_chan
         c = i - b * n_chan
-        hi = x.dtype.type(center[c])
-        lo = x.dtype.type(center[c] - np.float64(hi))
-        a = x.dtype.type(k_dy[c])
-        k = x.dtype.type(k_x[c])
-        t = x.dtype.type(k_0[c])
-        gb = dy[b, c]
-        xb = x[b, c]
-        ob = out[b, c]
-        for s in range(n_space):
-            ob[s] = _grad_value(gb[s], xb[s], hi, lo, a, k, t)
+        hi = dt(center[c])
+        _grad_input_span(dy[b, c], x[b, c], out[b, c], hi, dt(center[c] - np.float64(hi)), dt(scale[c]),
+                         dt(shift[c]), dt(k_dy[c]), dt(k_x[c]), dt(k_0[c]), batch_stats, code, param)
 
 
 # ------------------------------------------------------------------------------ channels-first, fused
-def _train_forward_cf(x, weight, bias, eps, momentum, running_mean, running_var, y, mean, var):
+def _train_forward_cf(n_blocks, x, weight, bias, eps, momentum, running_mean, running_var, code, param, y, mean,
+                      var):
     n_batch, n_chan, n_space = x.shape
     count = n_batch * n_space
-    for c in prange(n_chan):
-        shift = np.float64(x[0, c, 0])
-        a1 = 0.0
-        a2 = 0.0
+    hi = np.empty(n_chan, x.dtype)
+    lo = np.empty(n_chan, x.dtype)
+    scale = np.empty(n_chan, x.dtype)
+    offset = np.empty(n_chan, x.dtype)
+    for blk in prange(n_blocks):
+        first, stop = blk * n_chan // n_blocks, (blk + 1) * n_chan // n_blocks
+        for c in range(first, stop):  # mean, var hold the shifted sums until the block is summed up
+            mean[c] = 0.0
+            var[c] = 0.0
         for b in range(n_batch):
-            xb = x[b, c]
-            for s in range(n_space):
-                d = np.float64(xb[s]) - shift
-                a1 += d
-                a2 += d * d
-        d_mean = a1 / count
-        m = shift + d_mean
-        v = _clip_variance(a2 / count - d_mean * d_mean)
-        mean[c] = m
-        var[c] = v
-        _update_running(running_mean, running_var, c, m, v, count, momentum)
-        k64 = _optional(weight, c, 1.0) / np.sqrt(v + eps)
-        hi = x.dtype.type(m)
-        lo = x.dtype.type(m - np.float64(hi))
-        scale = x.dtype.type(k64)
-        offset = x.dtype.type(_optional(bias, c, 0.0))
-        for b in range(n_batch):
-            xb = x[b, c]
-            yb = y[b, c]
-            for s in range(n_space):
-                yb[s] = _affine_value(xb[s], hi, lo, scale, offset)
+            for c in range(first, stop):
+                xs = x[b, c]
+                shift = np.float64(x[0, c, 0])
+                a1 = 0.0
+                a2 = 0.0
+                for s in range(n_space):
+                    d = np.float64(xs[s]) - shift
+                    a1 += d
+                    a2 += d * d
+                mean[c] += a1
+                var[c] += a2
+        for c in range(first, stop):
+            d_mean = mean[c] / count
+            m = np.float64(x[0, c, 0]) + d_mean
+            v = _clip_variance(var[c] / count - d_mean * d_mean)
+            mean[c] = m
+            var[c] = v
+            _update_running(running_mean, running_var, c, m, v, count, momentum)
+            hi[c] = m
+            lo[c] = m - np.float64(hi[c])
+            scale[c] = _scale_value(weight, c, v, eps)
+            offset[c] = _optional(bias, c, 0.0)
+        for b in range(n_batch):  # the block's data come back from the cache
+            for c in range(first, stop):
+                _forward_span(x[b, c], y[b, c], hi[c], lo[c], scale[c], offset[c], code, param)
 
 
-def _normalize_cf(x, mean, var, weight, bias, eps, y):
+def _normalize_cf(x, mean, var, weight, bias, eps, code, param, y):
     n_batch, n_chan, n_space = x.shape
     hi = np.empty(n_chan, x.dtype)
     lo = np.empty(n_chan, x.dtype)
@@ -218,58 +347,62 @@ def _normalize_cf(x, mean, var, weight, bias, eps, y):
     for c in range(n_chan):
         hi[c] = mean[c]
         lo[c] = np.float64(mean[c]) - np.float64(hi[c])
-        scale[c] = _optional(weight, c, 1.0) / np.sqrt(np.float64(var[c]) + eps)
+        scale[c] = _scale_value(weight, c, np.float64(var[c]), eps)
         offset[c] = _optional(bias, c, 0.0)
     for i in prange(n_batch * n_chan):
         b = i // n_chan
         c = i - b * n_chan
-        h = hi[c]
-        low = lo[c]
-        k = scale[c]
-        t = offset[c]
-        xb = x[b, c]
-        yb = y[b, c]
-        for s in range(n_space):
-            yb[s] = _affine_value(xb[s], h, low, k, t)
+        _forward_span(x[b, c], y[b, c], hi[c], lo[c], scale[c], offset[c], code, param)
 
 
-def _train_backward_cf(dy, x, mean, var, weight, eps, batch_stats, dx, dweight, dbias):
+def _train_backward_cf(n_blocks, dy, x, mean, var, weight, bias, eps, batch_stats, code, param, dx, dweight,
+                       dbias):
     n_batch, n_chan, n_space = x.shape
     count = max(n_batch * n_space, 1)
-    for c in prange(n_chan):
-        m = mean[c]
-        a1 = 0.0
-        a2 = 0.0
-        if batch_stats or dweight.shape[0]:
-            for b in range(n_batch):
-                gb = dy[b, c]
-                xb = x[b, c]
-                for s in range(n_space):
-                    g = np.float64(gb[s])
-                    a1 += g
-                    a2 += g * (np.float64(xb[s]) - m)
-        else:
-            for b in range(n_batch):
-                gb = dy[b, c]
-                for s in range(n_space):
-                    a1 += np.float64(gb[s])
-        inv_std = 1.0 / np.sqrt(var[c] + eps)
-        dbias[c] = a1
-        if dweight.shape[0]:
-            dweight[c] = a2 * inv_std
-        if dx.shape[0]:
+    hi = np.empty(n_chan, x.dtype)
+    lo = np.empty(n_chan, x.dtype)
+    scale = np.empty(n_chan, x.dtype)
+    offset = np.empty(n_chan, x.dtype)
+    k_dy = np.empty(n_chan, x.dtype)
+    k_x = np.empty(n_chan, x.dtype)
+    k_0 = np.empty(n_chan, x.dtype)
+    sum_g = np.zeros(n_chan)
+    sum_gx = np.zeros(n_chan)
+    need_x = batch_stats or dweight.shape[0] or code != 0
+    for blk in prange(n_blocks):
+        first, stop = blk * n_chan // n_blocks, (blk + 1) * n_chan // n_blocks
+        for c in range(first, stop):
+            hi[c] = mean[c]
+            lo[c] = mean[c] - np.float64(hi[c])
+            scale[c] = _scale_value(weight, c, var[c], eps)
+            offset[c] = _optional(bias, c, 0.0)
+        for b in range(n_batch):
+            for c in range(first, stop):
+                if need_x:
+                    a1, a2 = _grad_sums_span(dy[b, c], x[b, c], mean[c], hi[c], lo[c], scale[c], offset[c], code,
+                                             param)
+                    sum_g[c] += a1
+                    sum_gx[c] += a2
+                else:
+                    gs = dy[b, c]
+                    a1 = 0.0
+                    for s in range(n_space):
+                        a1 += np.float64(gs[s])
+                    sum_g[c] += a1
+        for c in range(first, stop):
+            inv_std = 1.0 / np.sqrt(var[c] + eps)
+            dbias[c] = sum_g[c]
+            if dweight.shape[0]:
+                dweight[c] = sum_gx[c] * inv_std
             k_dy64 = _optional(weight, c, 1.0) * inv_std
-            k_dy = x.dtype.type(k_dy64)
-            k_x = x.dtype.type(-k_dy64 * inv_std * inv_std * a2 / count if batch_stats else 0.0)
-            k_0 = x.dtype.type(-k_dy64 * a1 / count if batch_stats else 0.0)
-            hi = x.dtype.type(m)
-            lo = x.dtype.type(m - np.float64(hi))
-            for b in range(n_batch):
-                gb = dy[b, c]
-                xb = x[b, c]
-                ob = dx[b, c]
-                for s in range(n_space):
-                    ob[s] = _grad_value(gb[s], xb[s], hi, lo, k_dy, k_x, k_0)
+            k_dy[c] = k_dy64
+            k_x[c] = -k_dy64 * inv_std * inv_std * sum_gx[c] / count if batch_stats else 0.0
+            k_0[c] = -k_dy64 * sum_g[c] / count if batch_stats else 0.0
+        if dx.shape[0]:
+            for b in range(n_batch):  # the block's data come back from the cache
+                for c in range(first, stop):
+                    _grad_input_span(dy[b, c], x[b, c], dx[b, c], hi[c], lo[c], scale[c], offset[c], k_dy[c],
+                                     k_x[c], k_0[c], batch_stats, code, param)
 
 
 # ---------------------------------------------------------------------------------------------------- rows
@@ -307,24 +440,52 @@ def _row_block_moments(x, shift, start, stop, a1, a2):
 
 
 @numba.njit(**NJIT_INLINE)
-def _row_block_grad_sums(dy, x, hi, lo, start, stop, a1, a2):
-    """a1 += sum(dy), a2 += sum(dy * (x - center)) over rows [start, stop), folded like `_row_block_moments`."""
+def _row_block_grad_sums(dy, x, hi, lo, k, t, code, param, start, stop, a1, a2):
+    """a1 += sum(g), a2 += sum(g * (x - center)) over rows [start, stop), g = dy * act'(z): folded like
+    `_row_block_moments` for the piecewise-linear family, in float64 for the other activations."""
     n_chan = x.shape[1]
+    if code > LINEAR_MAX_CODE:
+        for r in range(start, stop):
+            for c in range(n_chan):
+                xc = np.float64(x[r, c]) - (np.float64(hi[c]) + np.float64(lo[c]))
+                g = np.float64(dy[r, c]) * act_grad(xc * np.float64(k[c]) + np.float64(t[c]), code, param)
+                a1[c] += g
+                a2[c] += g * xc
+        return
+    a, zero = x.dtype.type(slope(code, param)), x.dtype.type(0.0)
     t1 = np.zeros(n_chan, x.dtype)
     t2 = np.zeros(n_chan, x.dtype)
     for begin in range(start, stop, ROW_FOLD):
         for r in range(begin, min(begin + ROW_FOLD, stop)):
             gr = dy[r]
             xr = x[r]
-            for c in range(n_chan):
-                g = gr[c]
-                t1[c] += g
-                t2[c] += g * _centered(xr[c], hi[c], lo[c])
+            if code == 0:
+                for c in range(n_chan):
+                    g = gr[c]
+                    t1[c] += g
+                    t2[c] += g * _centered(xr[c], hi[c], lo[c])
+            else:
+                for c in range(n_chan):
+                    g = linear_grad(gr[c], _affine_value(xr[c], hi[c], lo[c], k[c], t[c]), code, a, zero)
+                    t1[c] += g
+                    t2[c] += g * _centered(xr[c], hi[c], lo[c])
         for c in range(n_chan):
             a1[c] += t1[c]
             a2[c] += t2[c]
             t1[c] = 0.0
             t2[c] = 0.0
+
+
+@numba.njit(**NJIT_INLINE)
+def _sum_blocks(p1, p2, c):
+    """(sum over blocks of p1[:, c], of p2[:, c]) in scalar loops (an array .sum() inside a parallel kernel would
+    become a parallel region of its own)."""
+    a1 = 0.0
+    a2 = 0.0
+    for blk in range(p1.shape[0]):
+        a1 += p1[blk, c]
+        a2 += p2[blk, c]
+    return a1, a2
 
 
 def _stats_rows(n_blocks, x, mean, var):
@@ -335,67 +496,52 @@ def _stats_rows(n_blocks, x, mean, var):
     for blk in prange(n_blocks):
         _row_block_moments(x, shift, blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks, s1[blk], s2[blk])
     for c in range(n_chan):
-        a1 = 0.0
-        a2 = 0.0
-        for blk in range(n_blocks):
-            a1 += s1[blk, c]
-            a2 += s2[blk, c]
+        a1, a2 = _sum_blocks(s1, s2, c)
         d_mean = a1 / n_rows
         mean[c] = np.float64(shift[c]) + d_mean
         var[c] = _clip_variance(a2 / n_rows - d_mean * d_mean)
 
 
-def _affine_rows(n_blocks, x, center, scale, shift, out):
+def _affine_rows(n_blocks, x, center, scale, shift, code, param, out):
     n_rows, n_chan = x.shape
-    hi = center.astype(x.dtype)
-    lo = (center - hi.astype(np.float64)).astype(x.dtype)
+    hi, lo = _split_center(center, x)
     k = scale.astype(x.dtype)
     t = shift.astype(x.dtype)
     for blk in prange(n_blocks):
         for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
-            xr = x[r]
-            outr = out[r]
-            for c in range(n_chan):
-                outr[c] = _affine_value(xr[c], hi[c], lo[c], k[c], t[c])
+            _forward_row(x[r], out[r], hi, lo, k, t, code, param)
 
 
-def _grad_sums_rows(n_blocks, dy, x, center, sum_dy, sum_dy_xc):
+def _grad_sums_rows(n_blocks, dy, x, center, scale, shift, code, param, sum_dy, sum_dy_xc):
     n_rows, n_chan = x.shape
     p1 = np.zeros((n_blocks, n_chan))
     p2 = np.zeros((n_blocks, n_chan))
-    hi = center.astype(x.dtype)
-    lo = (center - hi.astype(np.float64)).astype(x.dtype)
+    hi, lo = _split_center(center, x)
+    k = scale.astype(x.dtype)
+    t = shift.astype(x.dtype)
     for blk in prange(n_blocks):
-        _row_block_grad_sums(dy, x, hi, lo, blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks, p1[blk],
-                             p2[blk])
+        _row_block_grad_sums(dy, x, hi, lo, k, t, code, param, blk * n_rows // n_blocks,
+                             (blk + 1) * n_rows // n_blocks, p1[blk], p2[blk])
     for c in range(n_chan):
-        a1 = 0.0
-        a2 = 0.0
-        for blk in range(n_blocks):
-            a1 += p1[blk, c]
-            a2 += p2[blk, c]
-        sum_dy[c] = a1
-        sum_dy_xc[c] = a2
+        sum_dy[c], sum_dy_xc[c] = _sum_blocks(p1, p2, c)
 
 
-def _grad_input_rows(n_blocks, dy, x, center, k_dy, k_x, k_0, out):
+def _grad_input_rows(n_blocks, dy, x, center, scale, shift, k_dy, k_x, k_0, batch_stats, code, param, out):
     n_rows, n_chan = x.shape
-    hi = center.astype(x.dtype)
-    lo = (center - hi.astype(np.float64)).astype(x.dtype)
+    hi, lo = _split_center(center, x)
+    k = scale.astype(x.dtype)
+    t = shift.astype(x.dtype)
     a = k_dy.astype(x.dtype)
-    k = k_x.astype(x.dtype)
-    t = k_0.astype(x.dtype)
+    q = k_x.astype(x.dtype)
+    r0 = k_0.astype(x.dtype)
     for blk in prange(n_blocks):
         for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
-            gr = dy[r]
-            xr = x[r]
-            outr = out[r]
-            for c in range(n_chan):
-                outr[c] = _grad_value(gr[c], xr[c], hi[c], lo[c], a[c], k[c], t[c])
+            _grad_input_row(dy[r], x[r], out[r], hi, lo, k, t, a, q, r0, batch_stats, code, param)
 
 
 # -------------------------------------------------------------------------------------------- rows, fused
-def _train_forward_rows(n_blocks, x, weight, bias, eps, momentum, running_mean, running_var, y, mean, var):
+def _train_forward_rows(n_blocks, x, weight, bias, eps, momentum, running_mean, running_var, code, param, y,
+                        mean, var):
     n_rows, n_chan = x.shape
     s1 = np.zeros((n_blocks, n_chan))
     s2 = np.zeros((n_blocks, n_chan))
@@ -407,11 +553,7 @@ def _train_forward_rows(n_blocks, x, weight, bias, eps, momentum, running_mean, 
     scale = np.empty(n_chan, x.dtype)
     offset = np.empty(n_chan, x.dtype)
     for c in range(n_chan):
-        a1 = 0.0
-        a2 = 0.0
-        for blk in range(n_blocks):
-            a1 += s1[blk, c]
-            a2 += s2[blk, c]
+        a1, a2 = _sum_blocks(s1, s2, c)
         d_mean = a1 / n_rows
         m = np.float64(shift[c]) + d_mean
         v = _clip_variance(a2 / n_rows - d_mean * d_mean)
@@ -420,17 +562,14 @@ def _train_forward_rows(n_blocks, x, weight, bias, eps, momentum, running_mean, 
         _update_running(running_mean, running_var, c, m, v, n_rows, momentum)
         hi[c] = m
         lo[c] = m - np.float64(hi[c])
-        scale[c] = _optional(weight, c, 1.0) / np.sqrt(v + eps)
+        scale[c] = _scale_value(weight, c, v, eps)
         offset[c] = _optional(bias, c, 0.0)
     for blk in prange(n_blocks):
         for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
-            xr = x[r]
-            yr = y[r]
-            for c in range(n_chan):
-                yr[c] = _affine_value(xr[c], hi[c], lo[c], scale[c], offset[c])
+            _forward_row(x[r], y[r], hi, lo, scale, offset, code, param)
 
 
-def _normalize_rows(n_blocks, x, mean, var, weight, bias, eps, y):
+def _normalize_rows(n_blocks, x, mean, var, weight, bias, eps, code, param, y):
     n_rows, n_chan = x.shape
     hi = np.empty(n_chan, x.dtype)
     lo = np.empty(n_chan, x.dtype)
@@ -439,35 +578,33 @@ def _normalize_rows(n_blocks, x, mean, var, weight, bias, eps, y):
     for c in range(n_chan):
         hi[c] = mean[c]
         lo[c] = np.float64(mean[c]) - np.float64(hi[c])
-        scale[c] = _optional(weight, c, 1.0) / np.sqrt(np.float64(var[c]) + eps)
+        scale[c] = _scale_value(weight, c, np.float64(var[c]), eps)
         offset[c] = _optional(bias, c, 0.0)
     for blk in prange(n_blocks):
         for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
-            xr = x[r]
-            yr = y[r]
-            for c in range(n_chan):
-                yr[c] = _affine_value(xr[c], hi[c], lo[c], scale[c], offset[c])
+            _forward_row(x[r], y[r], hi, lo, scale, offset, code, param)
 
 
-def _train_backward_rows(n_blocks, dy, x, mean, var, weight, eps, batch_stats, dx, dweight, dbias):
+def _train_backward_rows(n_blocks, dy, x, mean, var, weight, bias, eps, batch_stats, code, param, dx, dweight,
+                         dbias):
     n_rows, n_chan = x.shape
+    hi, lo = _split_center(mean, x)
+    scale = np.empty(n_chan, x.dtype)
+    offset = np.empty(n_chan, x.dtype)
+    for c in range(n_chan):
+        scale[c] = _scale_value(weight, c, var[c], eps)
+        offset[c] = _optional(bias, c, 0.0)
     p1 = np.zeros((n_blocks, n_chan))
     p2 = np.zeros((n_blocks, n_chan))
-    hi = mean.astype(x.dtype)
-    lo = (mean - hi.astype(np.float64)).astype(x.dtype)
     for blk in prange(n_blocks):
-        _row_block_grad_sums(dy, x, hi, lo, blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks, p1[blk],
-                             p2[blk])
+        _row_block_grad_sums(dy, x, hi, lo, scale, offset, code, param, blk * n_rows // n_blocks,
+                             (blk + 1) * n_rows // n_blocks, p1[blk], p2[blk])
     count = max(n_rows, 1)
     k_dy = np.empty(n_chan, x.dtype)
     k_x = np.empty(n_chan, x.dtype)
     k_0 = np.empty(n_chan, x.dtype)
     for c in range(n_chan):
-        a1 = 0.0
-        a2 = 0.0
-        for blk in range(n_blocks):
-            a1 += p1[blk, c]
-            a2 += p2[blk, c]
+        a1, a2 = _sum_blocks(p1, p2, c)
         inv_std = 1.0 / np.sqrt(var[c] + eps)
         dbias[c] = a1
         if dweight.shape[0]:
@@ -479,11 +616,8 @@ def _train_backward_rows(n_blocks, dy, x, mean, var, weight, eps, batch_stats, d
     if dx.shape[0]:
         for blk in prange(n_blocks):
             for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
-                gr = dy[r]
-                xr = x[r]
-                outr = dx[r]
-                for c in range(n_chan):
-                    outr[c] = _grad_value(gr[c], xr[c], hi[c], lo[c], k_dy[c], k_x[c], k_0[c])
+                _grad_input_row(dy[r], x[r], dx[r], hi, lo, scale, offset, k_dy, k_x, k_0, batch_stats, code,
+                                param)
 
 
 def _compile(fn):

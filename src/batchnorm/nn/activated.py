@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .. import functional
-from ..kernels.fused_kernels import ACTIVATIONS, INVERTIBLE
+from ..kernels.activations import ACTIVATIONS, INVERTIBLE
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 
 __all__ = ["BatchNormAct1d", "BatchNormAct2d", "BatchNormAct3d", "BatchNormAddAct1d", "BatchNormAddAct2d",
