@@ -3,7 +3,9 @@ fused entry point in both layouts, both dtypes, serial and parallel, stability, 
 
 from __future__ import annotations
 
+import importlib
 import os
+import time
 
 import numba
 import numpy as np
@@ -375,8 +377,62 @@ def test_concurrent_calls_from_two_threads(monkeypatch):
     for x, y in zip(inputs, results):
         y_ref, _ = ref.batch_norm_train_forward(_np64(x), None, None, EPS)
         assert _rel(y, y_ref) <= 1e-5
-    if not os.environ.get("NUMBA_THREADING_LAYER") and config.THREADING_LAYER:
-        assert numba.threading_layer() == config.THREADING_LAYER
+    if not os.environ.get("NUMBA_THREADING_LAYER"):
+        assert numba.threading_layer() == _first_loadable_layer()
+
+
+def _first_loadable_layer() -> str:
+    """The first of config.THREADING_LAYERS whose Numba extension imports on this machine."""
+    modules = {"omp": "numba.np.ufunc.omppool", "workqueue": "numba.np.ufunc.workqueue",
+               "tbb": "numba.np.ufunc.tbbpool"}
+    for name in config.THREADING_LAYERS:
+        try:
+            importlib.import_module(modules[name])
+            return name
+        except ImportError:
+            continue
+    raise AssertionError("no Numba threading layer loads")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_runs_serial_kernels_after_parent_used_the_pool():
+    """GNU OpenMP cannot run in a child forked from a process that uses it (Numba would terminate the child):
+    the dispatcher must run the serial kernels there, with the same results."""
+    x = torch.randn(64, 32, 8, 8, generator=torch.Generator().manual_seed(3))
+    assert x.numel() >= config.PARALLEL_MIN_ELEMENTS
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert kernels._threads(x.numel()) == 2
+        y_parent = kernels.train_forward(x, None, None, EPS)[0]  # runs in parallel: the pool is started
+        _check_forked_child(x, y_parent)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_forked_child(x: torch.Tensor, y_parent: torch.Tensor) -> None:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: run the same kernel, report the result's max deviation from the parent's (in
+        try:         # NumPy: torch's own parallel ops are not usable after fork either)
+            y_child = kernels.train_forward(x, None, None, EPS)[0]
+            os.write(write, repr(float(np.abs(y_child.numpy() - y_parent.numpy()).max())).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    for _ in range(600):  # a child stuck in a parallel runtime is killed after 60 s, and the test fails
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        raise AssertionError("the forked child did not finish within 60 s")
+    message = os.read(read, 100).decode()
+    os.close(read)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child ended with status {status}"
+    assert message and float(message) <= 1e-6
 
 
 def test_routing_thresholds():

@@ -230,26 +230,38 @@ print(json.dumps(asdict(benchmark.measure_shape(shape, torch.{dtype}, {repeats})
 """
 
 
+def _environment(omp_passive: bool) -> dict:
+    """The child processes' environment: this one's, with OMP_WAIT_POLICY=PASSIVE when asked for."""
+    env = dict(os.environ)
+    if omp_passive:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    return env
+
+
 def measure_shape_isolated(shape: Shape, dtype: torch.dtype = torch.float32, repeats: int = 15,
-                           threads: int = 2) -> Row:
+                           threads: int = 2, omp_passive: bool = False) -> Row:
     """`measure_shape` in a fresh Python process, so that no shape inherits the state (allocator, thread
-    pools, caches) that the shapes measured before it left behind."""
+    pools, caches) that the shapes measured before it left behind. `omp_passive`: the process runs with
+    OMP_WAIT_POLICY=PASSIVE (torch's OpenMP threads sleep after a parallel region instead of spinning)."""
     script = _SHAPE_SCRIPT.format(threads=threads, dims=tuple(shape.dims), channels_last=shape.channels_last,
                                   dtype=str(dtype).removeprefix("torch."), repeats=repeats)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                            env=_environment(omp_passive))
     return Row(**json.loads(result.stdout.strip().splitlines()[-1]))
 
 
 def run_suite(shapes=SUITE, threads: int = 2, dtype: torch.dtype = torch.float32, repeats: int = 15,
-              first_call: bool = True, progress=None) -> dict:
+              first_call: bool = True, progress=None, omp_passive: bool = False) -> dict:
     """Measure every shape, each in its own fresh process (and the fresh-process first call); returns the
     JSON-ready report."""
     rows = []
     for shape in shapes:
-        rows.append(measure_shape_isolated(shape, dtype, repeats, threads))
+        rows.append(measure_shape_isolated(shape, dtype, repeats, threads, omp_passive))
         if progress:
             progress(rows[-1])
-    report = {"header": _header(threads, dtype), "rows": [asdict(r) for r in rows]}
+    header = _header(threads, dtype)
+    header["omp_wait_policy"] = "PASSIVE" if omp_passive else os.environ.get("OMP_WAIT_POLICY", "unset")
+    report = {"header": header, "rows": [asdict(r) for r in rows]}
     report["summary"] = _summary(rows)
     if first_call:
         report["first_call"] = first_call_seconds(threads)
@@ -268,7 +280,8 @@ def format_table(report: dict) -> str:
     """The report as Markdown: header, one row per shape, the summary and the first-call time."""
     h = report["header"]
     lines = [f"machine: {h['machine']} ({h['logical_cpus']} logical CPUs), threads: {h['threads']}, "
-             f"dtype: {h['dtype']}, load average at start: {h.get('load_average_at_start', '?')}",
+             f"dtype: {h['dtype']}, OMP_WAIT_POLICY: {h.get('omp_wait_policy', 'unset')}, "
+             f"load average at start: {h.get('load_average_at_start', '?')}",
              f"python {h['python']}, torch {h['torch']}, numpy {h['numpy']}, numba {h['numba']}; {h['date_utc']} UTC",
              "",
              "Time as a multiple of a plain copy of the same tensor (median over rounds of time / copy time of the "
@@ -317,15 +330,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=15, help="measured rounds per shape (default 15)")
     parser.add_argument("--json", default=None, help="also write the report as JSON to this path")
     parser.add_argument("--no-first-call", action="store_true", help="skip the fresh-process first-call timing")
+    parser.add_argument("--fused", action="store_true",
+                        help="time BN+ReLU (torch BN then ReLU, our fused BatchNormAct, our plain BN) instead")
+    parser.add_argument("--memory", action="store_true",
+                        help="peak memory of a 16-block conv-BN-activation training step: torch BN+ReLU, "
+                             "BatchNormAct, InPlaceABN")
+    parser.add_argument("--omp-passive", action="store_true",
+                        help="run the measuring processes with OMP_WAIT_POLICY=PASSIVE (torch's OpenMP threads "
+                             "then sleep after each parallel region instead of spinning on the cores)")
+
+
+def format_fused_header(args: argparse.Namespace) -> str:
+    h = _header(args.threads, torch.float32)
+    policy = "PASSIVE" if args.omp_passive else os.environ.get("OMP_WAIT_POLICY", "unset")
+    return (f"machine: {h['machine']}, threads: {args.threads}, OMP_WAIT_POLICY: {policy}, load average at start: "
+            f"{h['load_average_at_start']}; torch {h['torch']}, numba {h['numba']}; {h['date_utc']} UTC\n\n")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise ValueError(f"bench --threads must be at least 1, got {args.threads}")
     shapes = tuple(args.shapes) if args.shapes else SUITE
+    if args.fused or args.memory:
+        from . import benchmark_fused
+
+        report = {}
+        if args.fused:
+            report["fused"] = benchmark_fused.fused_table(
+                shapes, args.threads, args.repeats, args.omp_passive,
+                progress=lambda r: print(f"measured {r['shape']}", file=sys.stderr, flush=True))
+            print(format_fused_header(args) + benchmark_fused.format_fused(report["fused"]))
+        if args.memory:
+            report["memory"] = benchmark_fused.memory_table(args.threads)
+            print(benchmark_fused.format_memory(report["memory"]))
+        report["header"] = _header(args.threads, torch.float32)
+        report["header"]["omp_wait_policy"] = "PASSIVE" if args.omp_passive else os.environ.get("OMP_WAIT_POLICY",
+                                                                                                 "unset")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=2)
+        return 0
     report = run_suite(shapes, args.threads, getattr(torch, args.dtype), args.repeats,
                        first_call=not args.no_first_call,
-                       progress=lambda r: print(f"measured {r.shape}", file=sys.stderr, flush=True))
+                       progress=lambda r: print(f"measured {r.shape}", file=sys.stderr, flush=True),
+                       omp_passive=args.omp_passive)
     print(format_table(report))
     if args.json:
         with open(args.json, "w") as f:

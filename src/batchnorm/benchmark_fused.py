@@ -15,6 +15,7 @@ every 0.2 ms by a background thread.
 Example:
     batchnorm bench --fused                 # BN+ReLU table on the suite
     batchnorm bench --memory                # the three-variant memory table
+    python bench/run_fused.py               # both, saved to bench/results_fused.*
 """
 
 from __future__ import annotations
@@ -28,14 +29,21 @@ import time
 
 import torch
 
-__all__ = ["measure_fused_shape", "peak_step_memory", "memory_table", "MEMORY_VARIANTS"]
+__all__ = ["measure_fused_shape", "fused_table", "format_fused", "peak_step_memory", "memory_table",
+           "format_memory", "MEMORY_VARIANTS"]
 
 MEMORY_VARIANTS = ("torch BN+ReLU", "ours BatchNormAct", "ours InPlaceABN")
 
 
 def measure_fused_shape(dims: tuple[int, ...], channels_last: bool = False, repeats: int = 15,
-                        warmup: int = 3) -> dict:
-    """Median seconds of copy / torch BN+ReLU / our fused BN+ReLU / our plain BN, training fwd+bwd (float32)."""
+                        warmup: int = 3, min_round_seconds: float = 0.02) -> dict:
+    """Copy / torch BN+ReLU / our fused BN+ReLU / our plain BN, training fwd+bwd (float32), interleaved round by
+    round; each measurement repeats its call for about `min_round_seconds` (small shapes) and takes the mean.
+
+    Returns the median seconds, the medians over rounds of time / copy time of the same round, and the medians
+    over rounds of fused/torch and fused/plain.
+    """
+    from .benchmark import _timer
     from .functional import batch_norm
 
     generator = torch.Generator().manual_seed(0)
@@ -43,41 +51,106 @@ def measure_fused_shape(dims: tuple[int, ...], channels_last: bool = False, repe
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
     x.requires_grad_()
-    dy = torch.randn_like(x)
+    dy = torch.randn(x.shape, generator=generator).contiguous(memory_format=torch.channels_last) \
+        if channels_last and x.dim() == 4 else torch.randn(x.shape, generator=generator)
     channels = dims[1]
     weight = torch.ones(channels, requires_grad=True)
     bias = torch.zeros(channels, requires_grad=True)
     destination = torch.empty_like(x)
 
+    def clear():
+        x.grad = None
+        weight.grad = None
+        bias.grad = None
+
     def copy():
         destination.copy_(x.detach())
 
     def torch_bn_relu():
+        clear()
         torch.relu(torch.nn.functional.batch_norm(x, None, None, weight, bias, True)).backward(dy)
 
     def ours_fused():
+        clear()
         batch_norm(x, None, None, weight, bias, True, activation="relu").backward(dy)
 
     def ours_plain():
+        clear()
         batch_norm(x, None, None, weight, bias, True).backward(dy)
 
     cases = {"copy": copy, "torch": torch_bn_relu, "ours_fused": ours_fused, "ours_plain": ours_plain}
+    inner = {}
+    for name, fn in cases.items():
+        fn()
+        inner[name] = max(1, int(min_round_seconds / max(_timer(fn, 1), 1e-7)))
     times: dict[str, list[float]] = {name: [] for name in cases}
     for round_index in range(warmup + repeats):
         for name, fn in cases.items():
-            start = time.perf_counter()
-            fn()
-            elapsed = time.perf_counter() - start
+            elapsed = _timer(fn, inner[name])
             if round_index >= warmup:
                 times[name].append(elapsed)
-    medians = {name: statistics.median(values) for name, values in times.items()}
+
+    def ratio(a, b):
+        return statistics.median(t / u for t, u in zip(times[a], times[b]))
+
     return {
         "shape": "x".join(map(str, dims)) + (" (channels_last)" if channels_last else ""),
-        "seconds": medians,
-        "x_copy": {name: medians[name] / medians["copy"] for name in ("torch", "ours_fused", "ours_plain")},
-        "fused_over_torch": medians["ours_fused"] / medians["torch"],
-        "fused_over_plain": medians["ours_fused"] / medians["ours_plain"],
+        "seconds": {name: statistics.median(values) for name, values in times.items()},
+        "x_copy": {name: ratio(name, "copy") for name in ("torch", "ours_fused", "ours_plain")},
+        "fused_over_torch": ratio("ours_fused", "torch"),
+        "fused_over_plain": ratio("ours_fused", "ours_plain"),
     }
+
+
+_FUSED_SCRIPT = """
+import json, torch
+torch.set_num_threads({threads})
+from batchnorm.benchmark_fused import measure_fused_shape
+print(json.dumps(measure_fused_shape({dims!r}, {channels_last!r}, {repeats})))
+"""
+
+
+def fused_table(shapes, threads: int = 2, repeats: int = 15, omp_passive: bool = False, progress=None) -> dict:
+    """`measure_fused_shape` for every shape, each in a fresh process; rows plus the medians of the ratios."""
+    from .benchmark import _environment
+
+    rows = []
+    for shape in shapes:
+        script = _FUSED_SCRIPT.format(threads=threads, dims=tuple(shape.dims), channels_last=shape.channels_last,
+                                      repeats=repeats)
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                              env=_environment(omp_passive))
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        if progress:
+            progress(rows[-1])
+    return {"rows": rows,
+            "median fused/torch": statistics.median(r["fused_over_torch"] for r in rows),
+            "median fused/plain": statistics.median(r["fused_over_plain"] for r in rows)}
+
+
+def format_fused(report: dict) -> str:
+    """The BN+ReLU table as Markdown."""
+    lines = ["BN+ReLU training forward+backward, float32, as multiples of a copy of the same tensor (medians over "
+             "rounds):", "",
+             "| shape | torch BN+ReLU | ours BatchNormAct | ours plain BN | fused / torch | fused / plain |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in report["rows"]:
+        c = r["x_copy"]
+        lines.append(f"| {r['shape']} | {c['torch']:.2f} | {c['ours_fused']:.2f} | {c['ours_plain']:.2f} | "
+                     f"{r['fused_over_torch']:.2f} | {r['fused_over_plain']:.2f} |")
+    lines += ["", f"median fused/torch: {report['median fused/torch']:.2f}",
+              f"median fused/plain: {report['median fused/plain']:.2f}"]
+    return "\n".join(lines)
+
+
+def format_memory(report: dict) -> str:
+    """The peak-memory table as Markdown."""
+    lines = ["Peak resident memory of one training step of 16 conv3x3-BN-activation blocks (32x64x56x56 "
+             "float32) above the state before it, each variant in a fresh process:", "",
+             "| variant | peak extra (MB) | / torch |", "|---|---:|---:|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['variant']} | {r['peak_extra_bytes'] / 1e6:.0f} | {r['ratio_to_torch']:.2f} |")
+    return "\n".join(lines)
 
 
 def _resident_bytes() -> int:
@@ -146,4 +219,4 @@ def memory_table(threads: int = 2) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(memory_table(), indent=2))
+    print(format_memory(memory_table()))

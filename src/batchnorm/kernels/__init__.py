@@ -80,11 +80,10 @@ def _view(t: torch.Tensor) -> np.ndarray:
     return a.reshape(t.shape[0], t.shape[1], -1)
 
 
-# Numba's threading layer: `config.THREADING_LAYER` unless the user chose one (NUMBA_THREADING_LAYER) or Numba
-# has already started one. With 'workqueue', no second OpenMP runtime spins next to torch's (see config).
-if not os.environ.get("NUMBA_THREADING_LAYER") and numba.config.THREADING_LAYER == "default" \
-        and config.THREADING_LAYER:
-    numba.config.THREADING_LAYER = config.THREADING_LAYER
+# Numba's threading layer: the first of `config.THREADING_LAYERS` that loads, unless the user chose one
+# (NUMBA_THREADING_LAYER) or Numba has already started one.
+if not os.environ.get("NUMBA_THREADING_LAYER") and numba.config.THREADING_LAYER == "default":
+    numba.config.THREADING_LAYER_PRIORITY = list(config.THREADING_LAYERS)
 
 # One parallel kernel at a time: a call that finds another thread inside a parallel kernel runs the serial
 # twin instead (the workqueue layer must not be entered concurrently, and two teams on the same cores would
@@ -227,13 +226,21 @@ def _vector(t, dtype: np.dtype) -> np.ndarray:
     return view
 
 
+_POOL_PID: list[int] = []  # the process that started Numba's thread pool through this module
+
+
 def _threads(numel: int) -> int:
     """Threads for a kernel over `numel` elements: 1 below the parallel threshold, else torch's thread count
-    (Numba's is set to match)."""
+    (Numba's is set to match). 1 as well in a process forked from one whose pool is running: GNU OpenMP cannot
+    be used after fork (Numba would terminate the process)."""
     if numel < config.PARALLEL_MIN_ELEMENTS:
         return 1
     threads = min(torch.get_num_threads(), _NUMBA_MAX_THREADS)
     if threads == 1:  # never start Numba's thread pool for a single thread (it would compete with torch's)
+        return 1
+    if not _POOL_PID:
+        _POOL_PID.append(os.getpid())
+    elif _POOL_PID[0] != os.getpid():
         return 1
     if numba.get_num_threads() != threads:
         numba.set_num_threads(threads)

@@ -11,12 +11,15 @@ CACHE = True
 # exactly as IEEE arithmetic says, as in torch.
 FASTMATH = {"reassoc", "contract"}
 
-# Numba threading layer used unless the user sets NUMBA_THREADING_LAYER ("" leaves Numba's default). torch
-# runs its own OpenMP runtime; a second OpenMP runtime (Numba's 'omp' layer) keeps its idle threads spinning on
-# the same cores after every parallel kernel, and the two slow each other down, badly on a busy machine:
-# measured with 2 threads, the rows-layout forward went from about 4.7x to 1.4x a copy with 'workqueue'.
-# The dispatcher never enters the workqueue layer from two threads at once (a concurrent call runs serial).
-THREADING_LAYER = os.environ.get("BATCHNORM_THREADING_LAYER", "workqueue")
+# Numba threading layers in order of preference, used unless the user sets NUMBA_THREADING_LAYER
+# (BATCHNORM_THREADING_LAYER puts one layer first). Measured on this project's 2-core machine, one session, the
+# same shapes back to back: Numba's OpenMP layer starts a parallel kernel in 2-5 us, 'workqueue' in 100-160 us,
+# and a 4M-element kernel right after a torch op took 1.6 ms on OpenMP but 6.4 ms on workqueue; the training
+# forward of 32x256x28x28 / 4096x1024 / 32x64x56x56 channels_last took 1.6x / 1.9x / 1.9x a copy on OpenMP
+# against 3.5x / 4.3x / 3.7x on workqueue. GNU OpenMP cannot be used in a process forked from one that uses it,
+# so the dispatcher runs the serial kernels there.
+THREADING_LAYERS = tuple(dict.fromkeys(
+    [name for name in [os.environ.get("BATCHNORM_THREADING_LAYER", "")] if name] + ["omp", "workqueue", "tbb"]))
 
 # Tensors with fewer elements than this run on the single-threaded kernels: starting the thread pool costs
 # more than it saves on small inputs (the paper's 60x100 MLP is 6,000 elements).
