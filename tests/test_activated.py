@@ -254,3 +254,36 @@ def test_float32_with_a_large_offset_keeps_its_digits(kind, layout):
     with torch.no_grad():
         y = layer(x, residual) if kind == 1 else layer(x.clone())
     assert (y.double() - expected).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("activation, param", [("relu", None), ("leaky_relu", 0.2)])
+@pytest.mark.parametrize("size", ["small", "parallel"])
+def test_nonfinite_eval_input_as_torch(layout, activation, param, size):
+    """Eval with NaN, +inf and -inf inputs: relu(-inf) = 0 (not 0 * -inf = NaN), leaky_relu(-inf) = -inf,
+    NaN stays NaN; outputs and input gradients equal torch's BN followed by its activation."""
+    plain_cls, shape = LAYOUTS[layout]
+    if size == "parallel":  # enough elements for the parallel kernels
+        shape = (shape[0] * 64,) + shape[1:] if len(shape) == 2 else (shape[0] * 16,) + shape[1:]
+    generator = torch.Generator().manual_seed(11)
+    x = torch.randn(shape, generator=generator)
+    x.view(-1)[:3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    x.view(-1)[-1] = -float("inf")
+    if layout == "NHWC":
+        x = x.contiguous(memory_format=torch.channels_last)
+    channels = shape[1]
+    fused = FUSED[plain_cls][0](channels, activation=activation, activation_param=param).eval()
+    random_affine_(fused, generator)
+    reference = torch.nn.Sequential(getattr(torch.nn, plain_cls.__name__)(channels),
+                                    torch_activation(activation, param)).eval()
+    reference[0].load_state_dict(fused.state_dict())
+    dy = torch.randn(x.shape, generator=generator)
+    ours_x, theirs_x = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours, theirs = fused(ours_x), reference(theirs_x)
+    ours.backward(dy)
+    theirs.backward(dy)
+    assert torch.equal(ours.isnan(), theirs.isnan()) and torch.equal(ours.isinf(), theirs.isinf())
+    finite = theirs.isfinite()
+    torch.testing.assert_close(ours[finite], theirs[finite], rtol=1e-5, atol=1e-5)
+    assert torch.equal(ours[theirs.isinf()], theirs[theirs.isinf()])
+    torch.testing.assert_close(ours_x.grad, theirs_x.grad, rtol=1e-5, atol=1e-5, equal_nan=True)

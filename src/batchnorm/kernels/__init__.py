@@ -27,6 +27,7 @@ Per-channel vectors returned or taken by the primitives are float64 NumPy arrays
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import weakref
@@ -36,8 +37,41 @@ import numpy as np
 import torch
 
 from . import config
-from . import numba_kernels as nk
-from .activations import code
+
+
+def _clear_stale_kernel_cache() -> None:
+    """Numba keys a cached kernel on the timestamp of its own file only, so an edit of a helper module the
+    kernels call (activations.py, config.py) would leave stale machine code in the cache. A digest of all kernel
+    sources, kept next to the in-tree cache, clears that cache whenever any of them changed. (A read-only
+    install uses Numba's user-wide cache; upgrades replace every file there, which invalidates it.)"""
+    here = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256()
+    for name in ("numba_kernels.py", "fused_kernels.py", "activations.py", "config.py"):
+        with open(os.path.join(here, name), "rb") as source:
+            digest.update(source.read())
+    cache = os.path.join(here, "__pycache__")
+    stamp = os.path.join(cache, "kernel-sources.sha256")
+    try:
+        with open(stamp) as f:
+            if f.read() == digest.hexdigest():
+                return
+    except OSError:
+        pass
+    try:
+        os.makedirs(cache, exist_ok=True)
+        for name in os.listdir(cache):
+            if name.endswith((".nbi", ".nbc")):
+                os.remove(os.path.join(cache, name))
+        with open(stamp, "w") as f:
+            f.write(digest.hexdigest())
+    except OSError:
+        pass
+
+
+_clear_stale_kernel_cache()
+
+from . import numba_kernels as nk  # noqa: E402  (after the cache check)
+from .activations import code  # noqa: E402
 
 __all__ = ["is_channels_last", "empty_output_like", "batch_stats", "affine", "grad_sums", "grad_input",
            "train_forward", "normalize", "train_backward"]

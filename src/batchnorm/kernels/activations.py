@@ -56,11 +56,12 @@ def linear_act(z, code, slope, zero):
 
 @numba.njit(**NJIT_ELEMENTWISE)
 def linear_grad(g, z, code, slope, zero):
-    """g * act'(z) for codes 0..2 in g's dtype, as a select (an infinite g below 0 gives 0 for relu, as torch)."""
+    """g * act'(z) for codes 0..2 in g's dtype, as torch's selects: relu 0 where z <= 0 (g passes at a NaN z),
+    leaky_relu g where z > 0 (slope * g at a NaN z)."""
     if code == 0:
         return g
     if code == 1:
-        return g if z > zero else zero
+        return zero if z <= zero else g
     return g if z > zero else slope * g
 
 
