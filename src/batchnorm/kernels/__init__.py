@@ -137,10 +137,11 @@ def _call(kernel, threads: int, *args):
 
 
 def _launch(channels_first, rows, x: torch.Tensor, xv: np.ndarray, *args) -> None:
-    """Run the channels-first or the rows kernel (serial or parallel) for x, whose NumPy view is xv."""
+    """Run the channels-first or the rows kernel (serial or parallel) for x, whose NumPy view is xv; both take
+    their number of parallel blocks first."""
     threads = _threads(x.numel())
     if xv.ndim == 3:
-        _call(channels_first, threads, *args)
+        _call(channels_first, threads, config.sample_blocks(xv.shape[0], xv.shape[1], threads), *args)
         return
     _call(rows, threads, 1 if threads == 1 else config.row_blocks(xv.shape[0], threads), *args)
 
@@ -366,7 +367,7 @@ def normalize(x: torch.Tensor, mean, var, weight, bias, eps: float, activation: 
     if rows:
         _call(nk.normalize_rows, threads, 1 if threads == 1 else config.row_blocks(xv.shape[0], threads), xv, *args)
     else:
-        _call(nk.normalize_cf, threads, xv, *args)
+        _call(nk.normalize_cf, threads, config.sample_blocks(xv.shape[0], xv.shape[1], threads), xv, *args)
     return y
 
 

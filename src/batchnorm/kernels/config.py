@@ -56,6 +56,12 @@ ROW_FOLD = 64
 SHIFT_ROWS = 16
 
 
+def sample_blocks(batch: int, channels: int, threads: int) -> int:
+    """Channel blocks per sample for the channels-first kernels that run over (sample, channel block) pairs:
+    whole samples (long contiguous runs) when the batch alone gives every thread BLOCKS_PER_THREAD pairs."""
+    return max(1, min(channels, -(-threads * BLOCKS_PER_THREAD // max(batch, 1))))
+
+
 def row_blocks(rows: int, threads: int) -> int:
     """Number of parallel row blocks for a rows-layout kernel over `rows` rows."""
     return max(1, min(threads * BLOCKS_PER_THREAD, rows // MIN_BLOCK_ROWS))

@@ -38,113 +38,117 @@ def _split_rows(center, sample):
 
 
 # ----------------------------------------------------------------------------------------- channels-first
-def _affine_add_act_cf(x, center, scale, shift, residual, code, param, out):
+def _affine_add_act_cf(n_blocks, x, center, scale, shift, residual, code, param, out):
     n_batch, n_chan, n_space = x.shape
     linear = code <= 2
-    for i in prange(n_batch * n_chan):
-        b = i // n_chan
-        c = i - b * n_chan
-        if linear:
-            (mh, ml), k, t = _split(center[c], x), x.dtype.type(scale[c]), x.dtype.type(shift[c])
-            slope, zero = x.dtype.type(_slope(code, param)), x.dtype.type(0.0)
-            for s in range(n_space):
-                z = ((x[b, c, s] - mh) - ml) * k + t + residual[b, c, s]
-                out[b, c, s] = linear_act(z, code, slope, zero)
-        else:
-            m, k, t = center[c], scale[c], shift[c]
-            for s in range(n_space):
-                out[b, c, s] = act((np.float64(x[b, c, s]) - m) * k + t + residual[b, c, s], code, param)
+    for i in prange(n_batch * n_blocks):  # (sample, block of channels) pairs
+        b = i // n_blocks
+        first, stop = (i - b * n_blocks) * n_chan // n_blocks, (i - b * n_blocks + 1) * n_chan // n_blocks
+        for c in range(first, stop):
+            if linear:
+                (mh, ml), k, t = _split(center[c], x), x.dtype.type(scale[c]), x.dtype.type(shift[c])
+                slope, zero = x.dtype.type(_slope(code, param)), x.dtype.type(0.0)
+                for s in range(n_space):
+                    z = ((x[b, c, s] - mh) - ml) * k + t + residual[b, c, s]
+                    out[b, c, s] = linear_act(z, code, slope, zero)
+            else:
+                m, k, t = center[c], scale[c], shift[c]
+                for s in range(n_space):
+                    out[b, c, s] = act((np.float64(x[b, c, s]) - m) * k + t + residual[b, c, s], code, param)
 
 
-def _grad_add_act_cf(dy, x, center, scale, shift, residual, code, param, g_out, sum_g, sum_g_xc):
+def _grad_add_act_cf(n_blocks, dy, x, center, scale, shift, residual, code, param, g_out, sum_g, sum_g_xc):
     n_batch, n_chan, n_space = x.shape
     p1 = np.empty((n_batch, n_chan))
     p2 = np.empty((n_batch, n_chan))
     linear = code <= 2
     slope = _slope(code, param)
-    for i in prange(n_batch * n_chan):
-        b = i // n_chan
-        c = i - b * n_chan
-        m, k, t = center[c], scale[c], shift[c]
-        a1 = 0.0
-        a2 = 0.0
-        if linear:  # the sign test repeats the forward's arithmetic, in the input's dtype
-            (mh, ml), kt, tt = _split(m, x), x.dtype.type(k), x.dtype.type(t)
-            for s in range(n_space):
-                g = np.float64(dy[b, c, s])
-                g = g if ((x[b, c, s] - mh) - ml) * kt + tt + residual[b, c, s] > 0 else slope * g
-                g_out[b, c, s] = g
-                a1 += g
-                a2 += g * (np.float64(x[b, c, s]) - m)
-        else:
-            for s in range(n_space):
-                xc = np.float64(x[b, c, s]) - m
-                g = dy[b, c, s] * act_grad(xc * k + t + residual[b, c, s], code, param)
-                g_out[b, c, s] = g
-                a1 += g
-                a2 += g * xc
-        p1[b, c] = a1
-        p2[b, c] = a2
+    for i in prange(n_batch * n_blocks):  # (sample, block of channels) pairs
+        b = i // n_blocks
+        first, stop = (i - b * n_blocks) * n_chan // n_blocks, (i - b * n_blocks + 1) * n_chan // n_blocks
+        for c in range(first, stop):
+            m, k, t = center[c], scale[c], shift[c]
+            a1 = 0.0
+            a2 = 0.0
+            if linear:  # the sign test repeats the forward's arithmetic, in the input's dtype
+                (mh, ml), kt, tt = _split(m, x), x.dtype.type(k), x.dtype.type(t)
+                for s in range(n_space):
+                    g = np.float64(dy[b, c, s])
+                    g = g if ((x[b, c, s] - mh) - ml) * kt + tt + residual[b, c, s] > 0 else slope * g
+                    g_out[b, c, s] = g
+                    a1 += g
+                    a2 += g * (np.float64(x[b, c, s]) - m)
+            else:
+                for s in range(n_space):
+                    xc = np.float64(x[b, c, s]) - m
+                    g = dy[b, c, s] * act_grad(xc * k + t + residual[b, c, s], code, param)
+                    g_out[b, c, s] = g
+                    a1 += g
+                    a2 += g * xc
+            p1[b, c] = a1
+            p2[b, c] = a2
     for c in prange(n_chan):
         sum_g[c] = p1[:, c].sum()
         sum_g_xc[c] = p2[:, c].sum()
 
 
-def _grad_sums_out_cf(dy, y, center, code, param, sum_g, sum_g_zc):
+def _grad_sums_out_cf(n_blocks, dy, y, center, code, param, sum_g, sum_g_zc):
     n_batch, n_chan, n_space = y.shape
     p1 = np.empty((n_batch, n_chan))
     p2 = np.empty((n_batch, n_chan))
     linear = code <= 2
     slope = _slope(code, param)
     inv_slope = 1.0 / slope if linear else 1.0
-    for i in prange(n_batch * n_chan):
-        b = i // n_chan
-        c = i - b * n_chan
-        m = center[c]
-        a1 = 0.0
-        a2 = 0.0
-        if linear:
-            for s in range(n_space):
-                v = np.float64(y[b, c, s])
-                g = np.float64(dy[b, c, s])
-                positive = v > 0.0
-                g = g if positive else slope * g
-                a1 += g
-                a2 += g * ((v if positive else v * inv_slope) - m)
-        else:
-            for s in range(n_space):
-                z, d = act_inverse(np.float64(y[b, c, s]), code, param)
-                g = dy[b, c, s] * d
-                a1 += g
-                a2 += g * (z - m)
-        p1[b, c] = a1
-        p2[b, c] = a2
+    for i in prange(n_batch * n_blocks):  # (sample, block of channels) pairs
+        b = i // n_blocks
+        first, stop = (i - b * n_blocks) * n_chan // n_blocks, (i - b * n_blocks + 1) * n_chan // n_blocks
+        for c in range(first, stop):
+            m = center[c]
+            a1 = 0.0
+            a2 = 0.0
+            if linear:
+                for s in range(n_space):
+                    v = np.float64(y[b, c, s])
+                    g = np.float64(dy[b, c, s])
+                    positive = v > 0.0
+                    g = g if positive else slope * g
+                    a1 += g
+                    a2 += g * ((v if positive else v * inv_slope) - m)
+            else:
+                for s in range(n_space):
+                    z, d = act_inverse(np.float64(y[b, c, s]), code, param)
+                    g = dy[b, c, s] * d
+                    a1 += g
+                    a2 += g * (z - m)
+            p1[b, c] = a1
+            p2[b, c] = a2
     for c in prange(n_chan):
         sum_g[c] = p1[:, c].sum()
         sum_g_zc[c] = p2[:, c].sum()
 
 
-def _grad_input_out_cf(dy, y, center, code, param, k_dy, k_x, k_0, out):
+def _grad_input_out_cf(n_blocks, dy, y, center, code, param, k_dy, k_x, k_0, out):
     n_batch, n_chan, n_space = y.shape
     linear = code <= 2
-    for i in prange(n_batch * n_chan):
-        b = i // n_chan
-        c = i - b * n_chan
-        if linear:
-            dt = y.dtype.type
-            m, a, q, r = dt(center[c]), dt(k_dy[c]), dt(k_x[c]), dt(k_0[c])
-            slope = dt(_slope(code, param))
-            inv_slope = dt(1.0 / _slope(code, param))
-            for s in range(n_space):
-                v = y[b, c, s]
-                positive = v > 0
-                g = dy[b, c, s] if positive else slope * dy[b, c, s]
-                out[b, c, s] = a * g + q * ((v if positive else v * inv_slope) - m) + r
-        else:
-            m, a, q, r = center[c], k_dy[c], k_x[c], k_0[c]
-            for s in range(n_space):
-                z, d = act_inverse(np.float64(y[b, c, s]), code, param)
-                out[b, c, s] = a * (dy[b, c, s] * d) + q * (z - m) + r
+    for i in prange(n_batch * n_blocks):  # (sample, block of channels) pairs
+        b = i // n_blocks
+        first, stop = (i - b * n_blocks) * n_chan // n_blocks, (i - b * n_blocks + 1) * n_chan // n_blocks
+        for c in range(first, stop):
+            if linear:
+                dt = y.dtype.type
+                m, a, q, r = dt(center[c]), dt(k_dy[c]), dt(k_x[c]), dt(k_0[c])
+                slope = dt(_slope(code, param))
+                inv_slope = dt(1.0 / _slope(code, param))
+                for s in range(n_space):
+                    v = y[b, c, s]
+                    positive = v > 0
+                    g = dy[b, c, s] if positive else slope * dy[b, c, s]
+                    out[b, c, s] = a * g + q * ((v if positive else v * inv_slope) - m) + r
+            else:
+                m, a, q, r = center[c], k_dy[c], k_x[c], k_0[c]
+                for s in range(n_space):
+                    z, d = act_inverse(np.float64(y[b, c, s]), code, param)
+                    out[b, c, s] = a * (dy[b, c, s] * d) + q * (z - m) + r
 
 
 # ---------------------------------------------------------------------------------------------------- rows

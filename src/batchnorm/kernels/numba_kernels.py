@@ -104,117 +104,182 @@ def _scale_value(weight, c, var_c, eps):
     return _optional(weight, c, 1.0) / np.sqrt(var_c + eps)
 
 
-# ------------------------------------------------------------------------ elementwise spans (fused activation)
-# cf kernels walk one contiguous span x[b, c] at a time with per-channel scalars, rows kernels one row x[r]
-# with per-channel arrays. Every scalar/array is in x's dtype: hi, lo (the split center), k (scale), t (shift).
+# ------------------------------------------------------------------------ elementwise loops (fused activation)
+# cf kernels walk blocks of samples x channels of (N, C, S), rows kernels ranges of rows of (R, C). Per-channel
+# arrays are in x's dtype: hi, lo (the split center), k (scale), t (shift), k_dy, k_x, k_0 (dx coefficients).
+# The activation (and whether the statistics are the batch's) is chosen outside the loops: a choice inside
+# them keeps LLVM from vectorizing (measured: the rows dx loop ran 5x slower).
 @numba.njit(**NJIT_INLINE)
-def _forward_span(xs, ys, hi, lo, k, t, code, param):
-    """ys = act((xs - center) * k + t) over one contiguous span of a channel."""
+def _forward_block(x, y, b0, b1, c0, c1, hi, lo, k, t, code, param):
+    """y[b, c] = act((x[b, c] - center_c) * k_c + t_c) for samples [b0, b1) and channels [c0, c1) of (N, C, S)."""
     if code == 0:
-        for s in range(xs.shape[0]):
-            ys[s] = _affine_value(xs[s], hi, lo, k, t)
+        for b in range(b0, b1):
+            for c in range(c0, c1):
+                xs, ys, h, low, kc, tc = x[b, c], y[b, c], hi[c], lo[c], k[c], t[c]
+                for s in range(xs.shape[0]):
+                    ys[s] = _affine_value(xs[s], h, low, kc, tc)
     elif code <= LINEAR_MAX_CODE:
-        a, zero = xs.dtype.type(slope(code, param)), xs.dtype.type(0.0)
-        for s in range(xs.shape[0]):
-            ys[s] = linear_act(_affine_value(xs[s], hi, lo, k, t), code, a, zero)
+        a, zero = x.dtype.type(slope(code, param)), x.dtype.type(0.0)
+        for b in range(b0, b1):
+            for c in range(c0, c1):
+                xs, ys, h, low, kc, tc = x[b, c], y[b, c], hi[c], lo[c], k[c], t[c]
+                for s in range(xs.shape[0]):
+                    ys[s] = linear_act(_affine_value(xs[s], h, low, kc, tc), code, a, zero)
     else:
-        m, k64, t64 = np.float64(hi) + np.float64(lo), np.float64(k), np.float64(t)
-        for s in range(xs.shape[0]):
-            ys[s] = act((np.float64(xs[s]) - m) * k64 + t64, code, param)
+        for b in range(b0, b1):
+            for c in range(c0, c1):
+                xs, ys = x[b, c], y[b, c]
+                m, k64, t64 = np.float64(hi[c]) + np.float64(lo[c]), np.float64(k[c]), np.float64(t[c])
+                for s in range(xs.shape[0]):
+                    ys[s] = act((np.float64(xs[s]) - m) * k64 + t64, code, param)
 
 
 @numba.njit(**NJIT_INLINE)
-def _grad_sums_span(gs, xs, m, hi, lo, k, t, code, param):
-    """(sum g, sum g (x - m)) in float64 over one span, with g = dy * act'(z) (dy itself for identity)."""
-    a1 = 0.0
-    a2 = 0.0
+def _grad_sums_block(dy, x, b0, b1, c0, c1, mean, hi, lo, k, t, code, param, sum_g, sum_gx):
+    """sum_g[c] += sum g, sum_gx[c] += sum g (x - mean_c) in float64 over samples [b0, b1), channels [c0, c1),
+    with g = dy * act'(z) (dy itself for identity)."""
     if code == 0:
-        for s in range(xs.shape[0]):
-            g = np.float64(gs[s])
-            a1 += g
-            a2 += g * (np.float64(xs[s]) - m)
+        for b in range(b0, b1):
+            for c in range(c0, c1):
+                gs, xs, m = dy[b, c], x[b, c], mean[c]
+                a1 = 0.0
+                a2 = 0.0
+                for s in range(xs.shape[0]):
+                    g = np.float64(gs[s])
+                    a1 += g
+                    a2 += g * (np.float64(xs[s]) - m)
+                sum_g[c] += a1
+                sum_gx[c] += a2
     elif code <= LINEAR_MAX_CODE:
-        a, zero = xs.dtype.type(slope(code, param)), xs.dtype.type(0.0)
-        for s in range(xs.shape[0]):
-            g = np.float64(linear_grad(gs[s], _affine_value(xs[s], hi, lo, k, t), code, a, zero))
-            a1 += g
-            a2 += g * (np.float64(xs[s]) - m)
+        a, zero = x.dtype.type(slope(code, param)), x.dtype.type(0.0)
+        for b in range(b0, b1):
+            for c in range(c0, c1):
+                gs, xs, m, h, low, kc, tc = dy[b, c], x[b, c], mean[c], hi[c], lo[c], k[c], t[c]
+                a1 = 0.0
+                a2 = 0.0
+                for s in range(xs.shape[0]):
+                    g = np.float64(linear_grad(gs[s], _affine_value(xs[s], h, low, kc, tc), code, a, zero))
+                    a1 += g
+                    a2 += g * (np.float64(xs[s]) - m)
+                sum_g[c] += a1
+                sum_gx[c] += a2
     else:
-        k64, t64 = np.float64(k), np.float64(t)
-        for s in range(xs.shape[0]):
-            xc = np.float64(xs[s]) - m
-            g = np.float64(gs[s]) * act_grad(xc * k64 + t64, code, param)
-            a1 += g
-            a2 += g * xc
-    return a1, a2
+        for b in range(b0, b1):
+            for c in range(c0, c1):
+                gs, xs, m, k64, t64 = dy[b, c], x[b, c], mean[c], np.float64(k[c]), np.float64(t[c])
+                a1 = 0.0
+                a2 = 0.0
+                for s in range(xs.shape[0]):
+                    xc = np.float64(xs[s]) - m
+                    g = np.float64(gs[s]) * act_grad(xc * k64 + t64, code, param)
+                    a1 += g
+                    a2 += g * xc
+                sum_g[c] += a1
+                sum_gx[c] += a2
 
 
 @numba.njit(**NJIT_INLINE)
-def _grad_input_span(gs, xs, ds, hi, lo, k, t, k_dy, k_x, k_0, batch_stats, code, param):
-    """ds = k_dy g + k_x (x - center) + k_0 with g = dy * act'(z). Without batch statistics ds = k_dy g: x then
-    enters only through act'(z), so a NaN/inf input element never becomes 0 * NaN in its gradient (as torch)."""
+def _grad_input_block(dy, x, dx, b0, b1, c0, c1, hi, lo, k, t, k_dy, k_x, k_0, batch_stats, code, param):
+    """dx = k_dy g + k_x (x - center) + k_0 with g = dy * act'(z), over samples [b0, b1) and channels [c0, c1).
+    Without batch statistics dx = k_dy g: x then enters only through act'(z), so a NaN/inf input element never
+    becomes 0 * NaN in its gradient (as torch). Every choice is made outside the loops (one inside them keeps
+    LLVM from vectorizing)."""
+    if code == 0 and batch_stats:
+        for b in range(b0, b1):
+            for c in range(c0, c1):
+                gs, xs, ds, h, low, kd, kx, k0 = dy[b, c], x[b, c], dx[b, c], hi[c], lo[c], k_dy[c], k_x[c], k_0[c]
+                for s in range(xs.shape[0]):
+                    ds[s] = _grad_value(gs[s], xs[s], h, low, kd, kx, k0)
+    elif code == 0:
+        for b in range(b0, b1):
+            for c in range(c0, c1):
+                gs, ds, kd = dy[b, c], dx[b, c], k_dy[c]
+                for s in range(gs.shape[0]):
+                    ds[s] = kd * gs[s]
+    elif code <= LINEAR_MAX_CODE:
+        a, zero = x.dtype.type(slope(code, param)), x.dtype.type(0.0)
+        for b in range(b0, b1):
+            for c in range(c0, c1):
+                gs, xs, ds, h, low, kc, tc = dy[b, c], x[b, c], dx[b, c], hi[c], lo[c], k[c], t[c]
+                kd, kx, k0 = k_dy[c], k_x[c], k_0[c]
+                if batch_stats:
+                    for s in range(xs.shape[0]):
+                        g = linear_grad(gs[s], _affine_value(xs[s], h, low, kc, tc), code, a, zero)
+                        ds[s] = _grad_value(g, xs[s], h, low, kd, kx, k0)
+                else:
+                    for s in range(xs.shape[0]):
+                        ds[s] = kd * linear_grad(gs[s], _affine_value(xs[s], h, low, kc, tc), code, a, zero)
+    else:
+        for b in range(b0, b1):
+            for c in range(c0, c1):
+                gs, xs, ds = dy[b, c], x[b, c], dx[b, c]
+                m, k64, t64 = np.float64(hi[c]) + np.float64(lo[c]), np.float64(k[c]), np.float64(t[c])
+                kd, kx, k0 = np.float64(k_dy[c]), np.float64(k_x[c]), np.float64(k_0[c])
+                if batch_stats:
+                    for s in range(xs.shape[0]):
+                        xc = np.float64(xs[s]) - m
+                        ds[s] = kd * np.float64(gs[s]) * act_grad(xc * k64 + t64, code, param) + kx * xc + k0
+                else:
+                    for s in range(xs.shape[0]):
+                        xc = np.float64(xs[s]) - m
+                        ds[s] = kd * np.float64(gs[s]) * act_grad(xc * k64 + t64, code, param)
+
+
+@numba.njit(**NJIT_INLINE)
+def _forward_rows(x, y, start, stop, hi, lo, k, t, code, param):
+    """y[r] = act((x[r] - center) * k + t) for rows [start, stop) of the rows layout (per-channel arrays).
+    The activation is chosen outside the loops (a choice inside them keeps LLVM from vectorizing)."""
+    n_chan = x.shape[1]
     if code == 0:
+        for r in range(start, stop):
+            for c in range(n_chan):
+                y[r, c] = _affine_value(x[r, c], hi[c], lo[c], k[c], t[c])
+    elif code <= LINEAR_MAX_CODE:
+        a, zero = x.dtype.type(slope(code, param)), x.dtype.type(0.0)
+        for r in range(start, stop):
+            for c in range(n_chan):
+                y[r, c] = linear_act(_affine_value(x[r, c], hi[c], lo[c], k[c], t[c]), code, a, zero)
+    else:
+        for r in range(start, stop):
+            for c in range(n_chan):
+                z = (np.float64(x[r, c]) - (np.float64(hi[c]) + np.float64(lo[c]))) * np.float64(k[c]) \
+                    + np.float64(t[c])
+                y[r, c] = act(z, code, param)
+
+
+@numba.njit(**NJIT_INLINE)
+def _grad_input_rows_range(dy, x, dx, start, stop, hi, lo, k, t, k_dy, k_x, k_0, batch_stats, code, param):
+    """`_grad_input_span` for rows [start, stop) of the rows layout, every choice made outside the loops."""
+    n_chan = x.shape[1]
+    if code == 0 and batch_stats:
+        for r in range(start, stop):
+            for c in range(n_chan):
+                dx[r, c] = _grad_value(dy[r, c], x[r, c], hi[c], lo[c], k_dy[c], k_x[c], k_0[c])
+    elif code == 0:
+        for r in range(start, stop):
+            for c in range(n_chan):
+                dx[r, c] = k_dy[c] * dy[r, c]
+    elif code <= LINEAR_MAX_CODE:
+        a, zero = x.dtype.type(slope(code, param)), x.dtype.type(0.0)
         if batch_stats:
-            for s in range(xs.shape[0]):
-                ds[s] = _grad_value(gs[s], xs[s], hi, lo, k_dy, k_x, k_0)
+            for r in range(start, stop):
+                for c in range(n_chan):
+                    g = linear_grad(dy[r, c], _affine_value(x[r, c], hi[c], lo[c], k[c], t[c]), code, a, zero)
+                    dx[r, c] = _grad_value(g, x[r, c], hi[c], lo[c], k_dy[c], k_x[c], k_0[c])
         else:
-            for s in range(xs.shape[0]):
-                ds[s] = k_dy * gs[s]
-    elif code <= LINEAR_MAX_CODE:
-        a, zero = xs.dtype.type(slope(code, param)), xs.dtype.type(0.0)
-        if batch_stats:
-            for s in range(xs.shape[0]):
-                g = linear_grad(gs[s], _affine_value(xs[s], hi, lo, k, t), code, a, zero)
-                ds[s] = _grad_value(g, xs[s], hi, lo, k_dy, k_x, k_0)
-        else:
-            for s in range(xs.shape[0]):
-                ds[s] = k_dy * linear_grad(gs[s], _affine_value(xs[s], hi, lo, k, t), code, a, zero)
+            for r in range(start, stop):
+                for c in range(n_chan):
+                    g = linear_grad(dy[r, c], _affine_value(x[r, c], hi[c], lo[c], k[c], t[c]), code, a, zero)
+                    dx[r, c] = k_dy[c] * g
     else:
-        m, k64, t64 = np.float64(hi) + np.float64(lo), np.float64(k), np.float64(t)
-        a64, q64, r64 = np.float64(k_dy), np.float64(k_x), np.float64(k_0)
-        for s in range(xs.shape[0]):
-            xc = np.float64(xs[s]) - m
-            g = np.float64(gs[s]) * act_grad(xc * k64 + t64, code, param)
-            ds[s] = a64 * g + q64 * xc + r64 if batch_stats else a64 * g
-
-
-@numba.njit(**NJIT_INLINE)
-def _forward_row(xr, yr, hi, lo, k, t, code, param):
-    """yr = act((xr - center) * k + t) over one row of the rows layout (per-channel arrays)."""
-    if code == 0:
-        for c in range(xr.shape[0]):
-            yr[c] = _affine_value(xr[c], hi[c], lo[c], k[c], t[c])
-    elif code <= LINEAR_MAX_CODE:
-        a, zero = xr.dtype.type(slope(code, param)), xr.dtype.type(0.0)
-        for c in range(xr.shape[0]):
-            yr[c] = linear_act(_affine_value(xr[c], hi[c], lo[c], k[c], t[c]), code, a, zero)
-    else:
-        for c in range(xr.shape[0]):
-            z = (np.float64(xr[c]) - (np.float64(hi[c]) + np.float64(lo[c]))) * np.float64(k[c]) + np.float64(t[c])
-            yr[c] = act(z, code, param)
-
-
-@numba.njit(**NJIT_INLINE)
-def _grad_input_row(gr, xr, dr, hi, lo, k, t, k_dy, k_x, k_0, batch_stats, code, param):
-    """`_grad_input_span` over one row of the rows layout (per-channel arrays)."""
-    if code == 0:
-        if batch_stats:
-            for c in range(xr.shape[0]):
-                dr[c] = _grad_value(gr[c], xr[c], hi[c], lo[c], k_dy[c], k_x[c], k_0[c])
-        else:
-            for c in range(xr.shape[0]):
-                dr[c] = k_dy[c] * gr[c]
-    elif code <= LINEAR_MAX_CODE:
-        a, zero = xr.dtype.type(slope(code, param)), xr.dtype.type(0.0)
-        for c in range(xr.shape[0]):
-            g = linear_grad(gr[c], _affine_value(xr[c], hi[c], lo[c], k[c], t[c]), code, a, zero)
-            dr[c] = _grad_value(g, xr[c], hi[c], lo[c], k_dy[c], k_x[c], k_0[c]) if batch_stats else k_dy[c] * g
-    else:
-        for c in range(xr.shape[0]):
-            xc = np.float64(xr[c]) - (np.float64(hi[c]) + np.float64(lo[c]))
-            g = np.float64(gr[c]) * act_grad(xc * np.float64(k[c]) + np.float64(t[c]), code, param)
-            dr[c] = (np.float64(k_dy[c]) * g + np.float64(k_x[c]) * xc + np.float64(k_0[c]) if batch_stats
-                     else np.float64(k_dy[c]) * g)
+        for r in range(start, stop):
+            for c in range(n_chan):
+                xc = np.float64(x[r, c]) - (np.float64(hi[c]) + np.float64(lo[c]))
+                g = np.float64(dy[r, c]) * act_grad(xc * np.float64(k[c]) + np.float64(t[c]), code, param)
+                if batch_stats:
+                    dx[r, c] = np.float64(k_dy[c]) * g + np.float64(k_x[c]) * xc + np.float64(k_0[c])
+                else:  # fixed statistics: dx = k_dy g, no 0 * NaN from x
+                    dx[r, c] = np.float64(k_dy[c]) * g
 
 
 @numba.njit(**NJIT_INLINE)
@@ -225,22 +290,24 @@ def _split_center(center, dtype_sample):
 
 
 # ----------------------------------------------------------------------------------------- channels-first
-def _stats_cf(x, mean, var):
+def _stats_cf(n_blocks, x, mean, var):
     n_batch, n_chan, n_space = x.shape
     s1 = np.empty((n_batch, n_chan))
     s2 = np.empty((n_batch, n_chan))
-    for i in prange(n_batch * n_chan):
-        b = i // n_chan
-        c = i - b * n_chan
-        shift = np.float64(x[0, c, 0])
-        a1 = 0.0
-        a2 = 0.0
-        for s in range(n_space):
-            d = np.float64(x[b, c, s]) - shift
-            a1 += d
-            a2 += d * d
-        s1[b, c] = a1
-        s2[b, c] = a2
+    for i in prange(n_batch * n_blocks):  # (sample, block of channels) pairs
+        b = i // n_blocks
+        first, stop = (i - b * n_blocks) * n_chan // n_blocks, (i - b * n_blocks + 1) * n_chan // n_blocks
+        for c in range(first, stop):
+            xs = x[b, c]
+            shift = np.float64(x[0, c, 0])
+            a1 = 0.0
+            a2 = 0.0
+            for s in range(n_space):
+                d = np.float64(xs[s]) - shift
+                a1 += d
+                a2 += d * d
+            s1[b, c] = a1
+            s2[b, c] = a2
     count = n_batch * n_space
     for c in prange(n_chan):
         a1 = 0.0
@@ -253,28 +320,28 @@ def _stats_cf(x, mean, var):
         var[c] = _clip_variance(a2 / count - d_mean * d_mean)
 
 
-def _affine_cf(x, center, scale, shift, code, param, out):
+def _affine_cf(n_blocks, x, center, scale, shift, code, param, out):
     n_batch, n_chan, n_space = x.shape
-    dt = x.dtype.type
-    for i in prange(n_batch * n_chan):
-        b = i // n_chan
-        c = i - b * n_chan
-        hi = dt(center[c])
-        _forward_span(x[b, c], out[b, c], hi, dt(center[c] - np.float64(hi)), dt(scale[c]), dt(shift[c]), code,
-                      param)
+    hi, lo = _split_center(center, x)
+    k = scale.astype(x.dtype)
+    t = shift.astype(x.dtype)
+    for i in prange(n_batch * n_blocks):  # (sample, block of channels) pairs
+        b = i // n_blocks
+        first, stop = (i - b * n_blocks) * n_chan // n_blocks, (i - b * n_blocks + 1) * n_chan // n_blocks
+        _forward_block(x, out, b, b + 1, first, stop, hi, lo, k, t, code, param)
 
 
-def _grad_sums_cf(dy, x, center, scale, shift, code, param, sum_dy, sum_dy_xc):
+def _grad_sums_cf(n_blocks, dy, x, center, scale, shift, code, param, sum_dy, sum_dy_xc):
     n_batch, n_chan, n_space = x.shape
-    dt = x.dtype.type
-    p1 = np.empty((n_batch, n_chan))
-    p2 = np.empty((n_batch, n_chan))
-    for i in prange(n_batch * n_chan):
-        b = i // n_chan
-        c = i - b * n_chan
-        hi = dt(center[c])
-        p1[b, c], p2[b, c] = _grad_sums_span(dy[b, c], x[b, c], center[c], hi, dt(center[c] - np.float64(hi)),
-                                             dt(scale[c]), dt(shift[c]), code, param)
+    hi, lo = _split_center(center, x)
+    k = scale.astype(x.dtype)
+    t = shift.astype(x.dtype)
+    p1 = np.zeros((n_batch, n_chan))
+    p2 = np.zeros((n_batch, n_chan))
+    for i in prange(n_batch * n_blocks):  # (sample, block of channels) pairs
+        b = i // n_blocks
+        first, stop = (i - b * n_blocks) * n_chan // n_blocks, (i - b * n_blocks + 1) * n_chan // n_blocks
+        _grad_sums_block(dy, x, b, b + 1, first, stop, center, hi, lo, k, t, code, param, p1[b], p2[b])
     for c in prange(n_chan):
         a1 = 0.0
         a2 = 0.0
@@ -285,15 +352,18 @@ def _grad_sums_cf(dy, x, center, scale, shift, code, param, sum_dy, sum_dy_xc):
         sum_dy_xc[c] = a2
 
 
-def _grad_input_cf(dy, x, center, scale, shift, k_dy, k_x, k_0, batch_stats, code, param, out):
+def _grad_input_cf(n_blocks, dy, x, center, scale, shift, k_dy, k_x, k_0, batch_stats, code, param, out):
     n_batch, n_chan, n_space = x.shape
-    dt = x.dtype.type
-    for i in prange(n_batch * n_chan):
-        b = i // n_chan
-        c = i - b * n_chan
-        hi = dt(center[c])
-        _grad_input_span(dy[b, c], x[b, c], out[b, c], hi, dt(center[c] - np.float64(hi)), dt(scale[c]),
-                         dt(shift[c]), dt(k_dy[c]), dt(k_x[c]), dt(k_0[c]), batch_stats, code, param)
+    hi, lo = _split_center(center, x)
+    k = scale.astype(x.dtype)
+    t = shift.astype(x.dtype)
+    a = k_dy.astype(x.dtype)
+    q = k_x.astype(x.dtype)
+    r0 = k_0.astype(x.dtype)
+    for i in prange(n_batch * n_blocks):  # (sample, block of channels) pairs
+        b = i // n_blocks
+        first, stop = (i - b * n_blocks) * n_chan // n_blocks, (i - b * n_blocks + 1) * n_chan // n_blocks
+        _grad_input_block(dy, x, out, b, b + 1, first, stop, hi, lo, k, t, a, q, r0, batch_stats, code, param)
 
 
 # ------------------------------------------------------------------------------ channels-first, fused
@@ -333,12 +403,11 @@ def _train_forward_cf(n_blocks, x, weight, bias, eps, momentum, running_mean, ru
             lo[c] = m - np.float64(hi[c])
             scale[c] = _scale_value(weight, c, v, eps)
             offset[c] = _optional(bias, c, 0.0)
-        for b in range(n_batch):  # the block's data come back from the cache
-            for c in range(first, stop):
-                _forward_span(x[b, c], y[b, c], hi[c], lo[c], scale[c], offset[c], code, param)
+        # the block's data come back from the cache
+        _forward_block(x, y, 0, n_batch, first, stop, hi, lo, scale, offset, code, param)
 
 
-def _normalize_cf(x, mean, var, weight, bias, eps, code, param, y):
+def _normalize_cf(n_blocks, x, mean, var, weight, bias, eps, code, param, y):
     n_batch, n_chan, n_space = x.shape
     hi = np.empty(n_chan, x.dtype)
     lo = np.empty(n_chan, x.dtype)
@@ -349,10 +418,10 @@ def _normalize_cf(x, mean, var, weight, bias, eps, code, param, y):
         lo[c] = np.float64(mean[c]) - np.float64(hi[c])
         scale[c] = _scale_value(weight, c, np.float64(var[c]), eps)
         offset[c] = _optional(bias, c, 0.0)
-    for i in prange(n_batch * n_chan):
-        b = i // n_chan
-        c = i - b * n_chan
-        _forward_span(x[b, c], y[b, c], hi[c], lo[c], scale[c], offset[c], code, param)
+    for i in prange(n_batch * n_blocks):  # (sample, block of channels) pairs
+        b = i // n_blocks
+        first, stop = (i - b * n_blocks) * n_chan // n_blocks, (i - b * n_blocks + 1) * n_chan // n_blocks
+        _forward_block(x, y, b, b + 1, first, stop, hi, lo, scale, offset, code, param)
 
 
 def _train_backward_cf(n_blocks, dy, x, mean, var, weight, bias, eps, batch_stats, code, param, dx, dweight,
@@ -376,14 +445,11 @@ def _train_backward_cf(n_blocks, dy, x, mean, var, weight, bias, eps, batch_stat
             lo[c] = mean[c] - np.float64(hi[c])
             scale[c] = _scale_value(weight, c, var[c], eps)
             offset[c] = _optional(bias, c, 0.0)
-        for b in range(n_batch):
-            for c in range(first, stop):
-                if need_x:
-                    a1, a2 = _grad_sums_span(dy[b, c], x[b, c], mean[c], hi[c], lo[c], scale[c], offset[c], code,
-                                             param)
-                    sum_g[c] += a1
-                    sum_gx[c] += a2
-                else:
+        if need_x:
+            _grad_sums_block(dy, x, 0, n_batch, first, stop, mean, hi, lo, scale, offset, code, param, sum_g, sum_gx)
+        else:
+            for b in range(n_batch):
+                for c in range(first, stop):
                     gs = dy[b, c]
                     a1 = 0.0
                     for s in range(n_space):
@@ -398,11 +464,9 @@ def _train_backward_cf(n_blocks, dy, x, mean, var, weight, bias, eps, batch_stat
             k_dy[c] = k_dy64
             k_x[c] = -k_dy64 * inv_std * inv_std * sum_gx[c] / count if batch_stats else 0.0
             k_0[c] = -k_dy64 * sum_g[c] / count if batch_stats else 0.0
-        if dx.shape[0]:
-            for b in range(n_batch):  # the block's data come back from the cache
-                for c in range(first, stop):
-                    _grad_input_span(dy[b, c], x[b, c], dx[b, c], hi[c], lo[c], scale[c], offset[c], k_dy[c],
-                                     k_x[c], k_0[c], batch_stats, code, param)
+        if dx.shape[0]:  # the block's data come back from the cache
+            _grad_input_block(dy, x, dx, 0, n_batch, first, stop, hi, lo, scale, offset, k_dy, k_x, k_0, batch_stats,
+                              code, param)
 
 
 # ---------------------------------------------------------------------------------------------------- rows
@@ -456,19 +520,19 @@ def _row_block_grad_sums(dy, x, hi, lo, k, t, code, param, start, stop, a1, a2):
     t1 = np.zeros(n_chan, x.dtype)
     t2 = np.zeros(n_chan, x.dtype)
     for begin in range(start, stop, ROW_FOLD):
-        for r in range(begin, min(begin + ROW_FOLD, stop)):
-            gr = dy[r]
-            xr = x[r]
-            if code == 0:
+        end = min(begin + ROW_FOLD, stop)
+        if code == 0:
+            for r in range(begin, end):
                 for c in range(n_chan):
-                    g = gr[c]
+                    g = dy[r, c]
                     t1[c] += g
-                    t2[c] += g * _centered(xr[c], hi[c], lo[c])
-            else:
+                    t2[c] += g * _centered(x[r, c], hi[c], lo[c])
+        else:
+            for r in range(begin, end):
                 for c in range(n_chan):
-                    g = linear_grad(gr[c], _affine_value(xr[c], hi[c], lo[c], k[c], t[c]), code, a, zero)
+                    g = linear_grad(dy[r, c], _affine_value(x[r, c], hi[c], lo[c], k[c], t[c]), code, a, zero)
                     t1[c] += g
-                    t2[c] += g * _centered(xr[c], hi[c], lo[c])
+                    t2[c] += g * _centered(x[r, c], hi[c], lo[c])
         for c in range(n_chan):
             a1[c] += t1[c]
             a2[c] += t2[c]
@@ -508,8 +572,7 @@ def _affine_rows(n_blocks, x, center, scale, shift, code, param, out):
     k = scale.astype(x.dtype)
     t = shift.astype(x.dtype)
     for blk in prange(n_blocks):
-        for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
-            _forward_row(x[r], out[r], hi, lo, k, t, code, param)
+        _forward_rows(x, out, blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks, hi, lo, k, t, code, param)
 
 
 def _grad_sums_rows(n_blocks, dy, x, center, scale, shift, code, param, sum_dy, sum_dy_xc):
@@ -535,8 +598,8 @@ def _grad_input_rows(n_blocks, dy, x, center, scale, shift, k_dy, k_x, k_0, batc
     q = k_x.astype(x.dtype)
     r0 = k_0.astype(x.dtype)
     for blk in prange(n_blocks):
-        for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
-            _grad_input_row(dy[r], x[r], out[r], hi, lo, k, t, a, q, r0, batch_stats, code, param)
+        _grad_input_rows_range(dy, x, out, blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks, hi, lo, k, t,
+                               a, q, r0, batch_stats, code, param)
 
 
 # -------------------------------------------------------------------------------------------- rows, fused
@@ -565,8 +628,8 @@ def _train_forward_rows(n_blocks, x, weight, bias, eps, momentum, running_mean, 
         scale[c] = _scale_value(weight, c, v, eps)
         offset[c] = _optional(bias, c, 0.0)
     for blk in prange(n_blocks):
-        for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
-            _forward_row(x[r], y[r], hi, lo, scale, offset, code, param)
+        _forward_rows(x, y, blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks, hi, lo, scale, offset, code,
+                      param)
 
 
 def _normalize_rows(n_blocks, x, mean, var, weight, bias, eps, code, param, y):
@@ -581,8 +644,8 @@ def _normalize_rows(n_blocks, x, mean, var, weight, bias, eps, code, param, y):
         scale[c] = _scale_value(weight, c, np.float64(var[c]), eps)
         offset[c] = _optional(bias, c, 0.0)
     for blk in prange(n_blocks):
-        for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
-            _forward_row(x[r], y[r], hi, lo, scale, offset, code, param)
+        _forward_rows(x, y, blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks, hi, lo, scale, offset, code,
+                      param)
 
 
 def _train_backward_rows(n_blocks, dy, x, mean, var, weight, bias, eps, batch_stats, code, param, dx, dweight,
@@ -615,9 +678,8 @@ def _train_backward_rows(n_blocks, dy, x, mean, var, weight, bias, eps, batch_st
         k_0[c] = -k_dy64 * a1 / count if batch_stats else 0.0
     if dx.shape[0]:
         for blk in prange(n_blocks):
-            for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
-                _grad_input_row(dy[r], x[r], dx[r], hi, lo, scale, offset, k_dy, k_x, k_0, batch_stats, code,
-                                param)
+            _grad_input_rows_range(dy, x, dx, blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks, hi, lo,
+                                   scale, offset, k_dy, k_x, k_0, batch_stats, code, param)
 
 
 def _compile(fn):
