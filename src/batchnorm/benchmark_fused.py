@@ -146,10 +146,11 @@ def format_fused(report: dict) -> str:
 def format_memory(report: dict) -> str:
     """The peak-memory table as Markdown."""
     lines = ["Peak resident memory of one training step of 16 conv3x3-BN-activation blocks (32x64x56x56 "
-             "float32) above the state before it, each variant in a fresh process:", "",
-             "| variant | peak extra (MB) | / torch |", "|---|---:|---:|"]
+             "float32) above the state before it, each run in a fresh process (median of the runs):", "",
+             "| variant | peak extra (MB), median | / torch | every run (MB) |", "|---|---:|---:|---|"]
     for r in report["rows"]:
-        lines.append(f"| {r['variant']} | {r['peak_extra_bytes'] / 1e6:.0f} | {r['ratio_to_torch']:.2f} |")
+        every = ", ".join(f"{p / 1e6:.0f}" for p in r.get("peaks", [r["peak_extra_bytes"]]))
+        lines.append(f"| {r['variant']} | {r['peak_extra_bytes'] / 1e6:.0f} | {r['ratio_to_torch']:.2f} | {every} |")
     return "\n".join(lines)
 
 
@@ -203,15 +204,21 @@ def peak_step_memory(variant: str, batch: int = 32, channels: int = 64, size: in
             "activation_bytes_per_tensor": x.numel() * x.element_size()}
 
 
-def memory_table(threads: int = 2) -> dict:
-    """Run `peak_step_memory` for each variant in a fresh process; returns the figures and the ratios to torch."""
+def memory_table(threads: int = 2, repeats: int = 3) -> dict:
+    """Run `peak_step_memory` for each variant `repeats` times, each in a fresh process, rounds interleaved;
+    returns the median peak of each variant, every run's peak, and the ratios of the medians to torch's."""
+    runs: dict[str, list[dict]] = {variant: [] for variant in MEMORY_VARIANTS}
+    for _ in range(repeats):
+        for variant in MEMORY_VARIANTS:
+            code = (f"import json, torch; torch.set_num_threads({threads}); "
+                    f"from batchnorm.benchmark_fused import peak_step_memory; "
+                    f"print(json.dumps(peak_step_memory({variant!r})))")
+            completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            runs[variant].append(json.loads(completed.stdout.strip().splitlines()[-1]))
     results = []
-    for variant in MEMORY_VARIANTS:
-        code = (f"import json, torch; torch.set_num_threads({threads}); "
-                f"from batchnorm.benchmark_fused import peak_step_memory; "
-                f"print(json.dumps(peak_step_memory({variant!r})))")
-        completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-        results.append(json.loads(completed.stdout.strip().splitlines()[-1]))
+    for variant, measured in runs.items():
+        peaks = [run["peak_extra_bytes"] for run in measured]
+        results.append(dict(measured[0], peak_extra_bytes=statistics.median(peaks), peaks=peaks))
     torch_peak = results[0]["peak_extra_bytes"]
     for row in results:
         row["ratio_to_torch"] = row["peak_extra_bytes"] / torch_peak
