@@ -20,7 +20,7 @@ from numba import prange
 from .activations import act, act_grad, act_inverse, linear_act
 from .activations import slope as _slope
 from .config import NJIT_SERIAL
-from .numba_kernels import _compile
+from .numba_kernels import _compile, _sample_block
 
 
 @numba.njit(inline="always", **NJIT_SERIAL)
@@ -42,8 +42,7 @@ def _affine_add_act_cf(n_blocks, x, center, scale, shift, residual, code, param,
     n_batch, n_chan, n_space = x.shape
     linear = code <= 2
     for i in prange(n_batch * n_blocks):  # (sample, block of channels) pairs
-        b = i // n_blocks
-        first, stop = (i - b * n_blocks) * n_chan // n_blocks, (i - b * n_blocks + 1) * n_chan // n_blocks
+        b, first, stop = _sample_block(i, n_blocks, n_chan)
         for c in range(first, stop):
             if linear:
                 (mh, ml), k, t = _split(center[c], x), x.dtype.type(scale[c]), x.dtype.type(shift[c])
@@ -64,8 +63,7 @@ def _grad_add_act_cf(n_blocks, dy, x, center, scale, shift, residual, code, para
     linear = code <= 2
     slope = _slope(code, param)
     for i in prange(n_batch * n_blocks):  # (sample, block of channels) pairs
-        b = i // n_blocks
-        first, stop = (i - b * n_blocks) * n_chan // n_blocks, (i - b * n_blocks + 1) * n_chan // n_blocks
+        b, first, stop = _sample_block(i, n_blocks, n_chan)
         for c in range(first, stop):
             m, k, t = center[c], scale[c], shift[c]
             a1 = 0.0
@@ -100,8 +98,7 @@ def _grad_sums_out_cf(n_blocks, dy, y, center, code, param, sum_g, sum_g_zc):
     slope = _slope(code, param)
     inv_slope = 1.0 / slope if linear else 1.0
     for i in prange(n_batch * n_blocks):  # (sample, block of channels) pairs
-        b = i // n_blocks
-        first, stop = (i - b * n_blocks) * n_chan // n_blocks, (i - b * n_blocks + 1) * n_chan // n_blocks
+        b, first, stop = _sample_block(i, n_blocks, n_chan)
         for c in range(first, stop):
             m = center[c]
             a1 = 0.0
@@ -131,8 +128,7 @@ def _grad_input_out_cf(n_blocks, dy, y, center, code, param, k_dy, k_x, k_0, out
     n_batch, n_chan, n_space = y.shape
     linear = code <= 2
     for i in prange(n_batch * n_blocks):  # (sample, block of channels) pairs
-        b = i // n_blocks
-        first, stop = (i - b * n_blocks) * n_chan // n_blocks, (i - b * n_blocks + 1) * n_chan // n_blocks
+        b, first, stop = _sample_block(i, n_blocks, n_chan)
         for c in range(first, stop):
             if linear:
                 dt = y.dtype.type

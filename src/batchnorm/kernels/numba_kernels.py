@@ -110,6 +110,49 @@ def _scale_value(weight, c, var_c, eps):
 # The activation (and whether the statistics are the batch's) is chosen outside the loops: a choice inside
 # them keeps LLVM from vectorizing (measured: the rows dx loop ran 5x slower).
 @numba.njit(**NJIT_INLINE)
+def _finish_channel(c, shift, sum_d, sum_d2, count, weight, bias, eps, momentum, running_mean, running_var, mean,
+                    var, hi, lo, scale, offset):
+    """From channel c's shifted sums (of d = x - shift over `count` values): its mean and biased variance, the
+    running update, and the transform's per-channel constants (split center, scale, shift) in x's dtype."""
+    d_mean = sum_d / count
+    m = shift + d_mean
+    v = _clip_variance(sum_d2 / count - d_mean * d_mean)
+    mean[c] = m
+    var[c] = v
+    _update_running(running_mean, running_var, c, m, v, count, momentum)
+    hi[c] = m
+    lo[c] = m - np.float64(hi[c])
+    scale[c] = _scale_value(weight, c, v, eps)
+    offset[c] = _optional(bias, c, 0.0)
+
+
+@numba.njit(**NJIT_INLINE)
+def _sample_block(i, n_blocks, n_chan):
+    """(sample b, first channel, stop channel) of the i-th (sample, block of channels) pair."""
+    b = i // n_blocks
+    blk = i - b * n_blocks
+    return b, blk * n_chan // n_blocks, (blk + 1) * n_chan // n_blocks
+
+
+@numba.njit(**NJIT_INLINE)
+def _moments_block(x, b0, b1, c0, c1, s1, s2):
+    """s1[c] += sum(x - shift_c), s2[c] += sum((x - shift_c)^2) in float64 over samples [b0, b1) and channels
+    [c0, c1) of (N, C, S), with shift_c = x[0, c, 0] (one value of the channel: no precision lost to an offset)."""
+    for b in range(b0, b1):
+        for c in range(c0, c1):
+            xs = x[b, c]
+            shift = np.float64(x[0, c, 0])
+            a1 = 0.0
+            a2 = 0.0
+            for s in range(xs.shape[0]):
+                d = np.float64(xs[s]) - shift
+                a1 += d
+                a2 += d * d
+            s1[c] += a1
+            s2[c] += a2
+
+
+@numba.njit(**NJIT_INLINE)
 def _forward_block(x, y, b0, b1, c0, c1, hi, lo, k, t, code, param):
     """y[b, c] = act((x[b, c] - center_c) * k_c + t_c) for samples [b0, b1) and channels [c0, c1) of (N, C, S)."""
     if code == 0:
@@ -292,22 +335,11 @@ def _split_center(center, dtype_sample):
 # ----------------------------------------------------------------------------------------- channels-first
 def _stats_cf(n_blocks, x, mean, var):
     n_batch, n_chan, n_space = x.shape
-    s1 = np.empty((n_batch, n_chan))
-    s2 = np.empty((n_batch, n_chan))
+    s1 = np.zeros((n_batch, n_chan))
+    s2 = np.zeros((n_batch, n_chan))
     for i in prange(n_batch * n_blocks):  # (sample, block of channels) pairs
-        b = i // n_blocks
-        first, stop = (i - b * n_blocks) * n_chan // n_blocks, (i - b * n_blocks + 1) * n_chan // n_blocks
-        for c in range(first, stop):
-            xs = x[b, c]
-            shift = np.float64(x[0, c, 0])
-            a1 = 0.0
-            a2 = 0.0
-            for s in range(n_space):
-                d = np.float64(xs[s]) - shift
-                a1 += d
-                a2 += d * d
-            s1[b, c] = a1
-            s2[b, c] = a2
+        b, first, stop = _sample_block(i, n_blocks, n_chan)
+        _moments_block(x, b, b + 1, first, stop, s1[b], s2[b])
     count = n_batch * n_space
     for c in prange(n_chan):
         a1 = 0.0
@@ -326,8 +358,7 @@ def _affine_cf(n_blocks, x, center, scale, shift, code, param, out):
     k = scale.astype(x.dtype)
     t = shift.astype(x.dtype)
     for i in prange(n_batch * n_blocks):  # (sample, block of channels) pairs
-        b = i // n_blocks
-        first, stop = (i - b * n_blocks) * n_chan // n_blocks, (i - b * n_blocks + 1) * n_chan // n_blocks
+        b, first, stop = _sample_block(i, n_blocks, n_chan)
         _forward_block(x, out, b, b + 1, first, stop, hi, lo, k, t, code, param)
 
 
@@ -339,8 +370,7 @@ def _grad_sums_cf(n_blocks, dy, x, center, scale, shift, code, param, sum_dy, su
     p1 = np.zeros((n_batch, n_chan))
     p2 = np.zeros((n_batch, n_chan))
     for i in prange(n_batch * n_blocks):  # (sample, block of channels) pairs
-        b = i // n_blocks
-        first, stop = (i - b * n_blocks) * n_chan // n_blocks, (i - b * n_blocks + 1) * n_chan // n_blocks
+        b, first, stop = _sample_block(i, n_blocks, n_chan)
         _grad_sums_block(dy, x, b, b + 1, first, stop, center, hi, lo, k, t, code, param, p1[b], p2[b])
     for c in prange(n_chan):
         a1 = 0.0
@@ -361,8 +391,7 @@ def _grad_input_cf(n_blocks, dy, x, center, scale, shift, k_dy, k_x, k_0, batch_
     q = k_x.astype(x.dtype)
     r0 = k_0.astype(x.dtype)
     for i in prange(n_batch * n_blocks):  # (sample, block of channels) pairs
-        b = i // n_blocks
-        first, stop = (i - b * n_blocks) * n_chan // n_blocks, (i - b * n_blocks + 1) * n_chan // n_blocks
+        b, first, stop = _sample_block(i, n_blocks, n_chan)
         _grad_input_block(dy, x, out, b, b + 1, first, stop, hi, lo, k, t, a, q, r0, batch_stats, code, param)
 
 
@@ -380,29 +409,10 @@ def _train_forward_cf(n_blocks, x, weight, bias, eps, momentum, running_mean, ru
         for c in range(first, stop):  # mean, var hold the shifted sums until the block is summed up
             mean[c] = 0.0
             var[c] = 0.0
-        for b in range(n_batch):
-            for c in range(first, stop):
-                xs = x[b, c]
-                shift = np.float64(x[0, c, 0])
-                a1 = 0.0
-                a2 = 0.0
-                for s in range(n_space):
-                    d = np.float64(xs[s]) - shift
-                    a1 += d
-                    a2 += d * d
-                mean[c] += a1
-                var[c] += a2
+        _moments_block(x, 0, n_batch, first, stop, mean, var)
         for c in range(first, stop):
-            d_mean = mean[c] / count
-            m = np.float64(x[0, c, 0]) + d_mean
-            v = _clip_variance(var[c] / count - d_mean * d_mean)
-            mean[c] = m
-            var[c] = v
-            _update_running(running_mean, running_var, c, m, v, count, momentum)
-            hi[c] = m
-            lo[c] = m - np.float64(hi[c])
-            scale[c] = _scale_value(weight, c, v, eps)
-            offset[c] = _optional(bias, c, 0.0)
+            _finish_channel(c, np.float64(x[0, c, 0]), mean[c], var[c], count, weight, bias, eps, momentum,
+                            running_mean, running_var, mean, var, hi, lo, scale, offset)
         # the block's data come back from the cache
         _forward_block(x, y, 0, n_batch, first, stop, hi, lo, scale, offset, code, param)
 
@@ -419,8 +429,7 @@ def _normalize_cf(n_blocks, x, mean, var, weight, bias, eps, code, param, y):
         scale[c] = _scale_value(weight, c, np.float64(var[c]), eps)
         offset[c] = _optional(bias, c, 0.0)
     for i in prange(n_batch * n_blocks):  # (sample, block of channels) pairs
-        b = i // n_blocks
-        first, stop = (i - b * n_blocks) * n_chan // n_blocks, (i - b * n_blocks + 1) * n_chan // n_blocks
+        b, first, stop = _sample_block(i, n_blocks, n_chan)
         _forward_block(x, y, b, b + 1, first, stop, hi, lo, scale, offset, code, param)
 
 
@@ -617,16 +626,8 @@ def _train_forward_rows(n_blocks, x, weight, bias, eps, momentum, running_mean, 
     offset = np.empty(n_chan, x.dtype)
     for c in range(n_chan):
         a1, a2 = _sum_blocks(s1, s2, c)
-        d_mean = a1 / n_rows
-        m = np.float64(shift[c]) + d_mean
-        v = _clip_variance(a2 / n_rows - d_mean * d_mean)
-        mean[c] = m
-        var[c] = v
-        _update_running(running_mean, running_var, c, m, v, n_rows, momentum)
-        hi[c] = m
-        lo[c] = m - np.float64(hi[c])
-        scale[c] = _scale_value(weight, c, v, eps)
-        offset[c] = _optional(bias, c, 0.0)
+        _finish_channel(c, np.float64(shift[c]), a1, a2, n_rows, weight, bias, eps, momentum, running_mean,
+                        running_var, mean, var, hi, lo, scale, offset)
     for blk in prange(n_blocks):
         _forward_rows(x, y, blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks, hi, lo, scale, offset, code,
                       param)
