@@ -57,21 +57,27 @@ def _clip_variance(v):
 
 
 @numba.njit(**NJIT_INLINE)
-def _optional(values, c, default):
-    """values[c] as float64, or `default` when the optional array is absent (length 0)."""
-    return np.float64(values[c]) if values.shape[0] else default
+def _vector64(values, n, default):
+    """An optional per-channel array as float64 of length n, `default` everywhere when absent (length 0).
+    Kernels convert once per call: a per-channel helper taking the array would pay Numba's reference counting
+    of the array on every call (measured: 3 us of a 6 us call at C=100)."""
+    out = np.full(n, default)
+    if values.shape[0]:
+        for c in range(n):
+            out[c] = values[c]
+    return out
 
 
 @numba.njit(**NJIT_INLINE)
-def _update_running(running_mean, running_var, c, mean, var, count, momentum):
-    """running <- (1 - momentum) * running + momentum * batch (unbiased variance), when the buffers exist."""
-    if count == 0:
-        return
-    if running_mean.shape[0]:
-        running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * mean
-    if running_var.shape[0]:
-        unbiased = var * count / (count - 1) if count > 1 else np.inf
-        running_var[c] = (1.0 - momentum) * running_var[c] + momentum * unbiased
+def _blend(running, batch, momentum):
+    """The running-statistics update (1 - momentum) * running + momentum * batch."""
+    return (1.0 - momentum) * running + momentum * batch
+
+
+@numba.njit(**NJIT_INLINE)
+def _unbiased(var, count):
+    """The unbiased variance count / (count - 1) * var stored in running_var (inf for a single value)."""
+    return var * count / (count - 1) if count > 1 else np.inf
 
 
 # The center of a float32 channel is split into center_hi (its float32 rounding) and center_lo (the rest), so
@@ -98,10 +104,10 @@ def _grad_value(g, v, center_hi, center_lo, k_dy, k_x, k_0):
 
 
 @numba.njit(**NJIT_INLINE)
-def _scale_value(weight, c, var_c, eps):
+def _scale_value(weight_c, var_c, eps):
     """weight_c / sqrt(var_c + eps) in float64: one expression for every kernel, so that the backward's z is
     bit-identical to the forward's (the sign test of relu/leaky_relu must see the same z)."""
-    return _optional(weight, c, 1.0) / np.sqrt(var_c + eps)
+    return weight_c / np.sqrt(var_c + eps)
 
 
 # ------------------------------------------------------------------------ elementwise loops (fused activation)
@@ -110,20 +116,10 @@ def _scale_value(weight, c, var_c, eps):
 # The activation (and whether the statistics are the batch's) is chosen outside the loops: a choice inside
 # them keeps LLVM from vectorizing (measured: the rows dx loop ran 5x slower).
 @numba.njit(**NJIT_INLINE)
-def _finish_channel(c, shift, sum_d, sum_d2, count, weight, bias, eps, momentum, running_mean, running_var, mean,
-                    var, hi, lo, scale, offset):
-    """From channel c's shifted sums (of d = x - shift over `count` values): its mean and biased variance, the
-    running update, and the transform's per-channel constants (split center, scale, shift) in x's dtype."""
+def _mean_var(shift, sum_d, sum_d2, count):
+    """(mean, biased variance) from shifted sums of d = x - shift over `count` values."""
     d_mean = sum_d / count
-    m = shift + d_mean
-    v = _clip_variance(sum_d2 / count - d_mean * d_mean)
-    mean[c] = m
-    var[c] = v
-    _update_running(running_mean, running_var, c, m, v, count, momentum)
-    hi[c] = m
-    lo[c] = m - np.float64(hi[c])
-    scale[c] = _scale_value(weight, c, v, eps)
-    offset[c] = _optional(bias, c, 0.0)
+    return shift + d_mean, _clip_variance(sum_d2 / count - d_mean * d_mean)
 
 
 @numba.njit(**NJIT_INLINE)
@@ -347,9 +343,7 @@ def _stats_cf(n_blocks, x, mean, var):
         for b in range(n_batch):
             a1 += s1[b, c]
             a2 += s2[b, c]
-        d_mean = a1 / count
-        mean[c] = np.float64(x[0, c, 0]) + d_mean
-        var[c] = _clip_variance(a2 / count - d_mean * d_mean)
+        mean[c], var[c] = _mean_var(np.float64(x[0, c, 0]), a1, a2, count)
 
 
 def _affine_cf(n_blocks, x, center, scale, shift, code, param, out):
@@ -399,6 +393,10 @@ def _grad_input_cf(n_blocks, dy, x, center, scale, shift, k_dy, k_x, k_0, batch_
 def _train_forward_cf(n_blocks, x, weight, bias, eps, momentum, running_mean, running_var, code, param, y, mean,
                       var):
     n_batch, n_chan, n_space = x.shape
+    w64 = _vector64(weight, n_chan, 1.0)
+    b64 = _vector64(bias, n_chan, 0.0)
+    update_mean = running_mean.shape[0] > 0 and n_batch * n_space > 0
+    update_var = running_var.shape[0] > 0 and n_batch * n_space > 0
     count = n_batch * n_space
     hi = np.empty(n_chan, x.dtype)
     lo = np.empty(n_chan, x.dtype)
@@ -410,15 +408,28 @@ def _train_forward_cf(n_blocks, x, weight, bias, eps, momentum, running_mean, ru
             mean[c] = 0.0
             var[c] = 0.0
         _moments_block(x, 0, n_batch, first, stop, mean, var)
+        # (per-channel work is written out here and in the rows kernel: a helper taking the arrays would pay
+        # Numba's reference counting of every array argument per channel, 4 us per call at C=100)
         for c in range(first, stop):
-            _finish_channel(c, np.float64(x[0, c, 0]), mean[c], var[c], count, weight, bias, eps, momentum,
-                            running_mean, running_var, mean, var, hi, lo, scale, offset)
+            m, v = _mean_var(np.float64(x[0, c, 0]), mean[c], var[c], count)
+            mean[c] = m
+            var[c] = v
+            if update_mean:
+                running_mean[c] = _blend(running_mean[c], m, momentum)
+            if update_var:
+                running_var[c] = _blend(running_var[c], _unbiased(v, count), momentum)
+            hi[c] = m
+            lo[c] = m - np.float64(hi[c])
+            scale[c] = _scale_value(w64[c], v, eps)
+            offset[c] = b64[c]
         # the block's data come back from the cache
         _forward_block(x, y, 0, n_batch, first, stop, hi, lo, scale, offset, code, param)
 
 
 def _normalize_cf(n_blocks, x, mean, var, weight, bias, eps, code, param, y):
     n_batch, n_chan, n_space = x.shape
+    w64 = _vector64(weight, n_chan, 1.0)
+    b64 = _vector64(bias, n_chan, 0.0)
     hi = np.empty(n_chan, x.dtype)
     lo = np.empty(n_chan, x.dtype)
     scale = np.empty(n_chan, x.dtype)
@@ -426,8 +437,8 @@ def _normalize_cf(n_blocks, x, mean, var, weight, bias, eps, code, param, y):
     for c in range(n_chan):
         hi[c] = mean[c]
         lo[c] = np.float64(mean[c]) - np.float64(hi[c])
-        scale[c] = _scale_value(weight, c, np.float64(var[c]), eps)
-        offset[c] = _optional(bias, c, 0.0)
+        scale[c] = _scale_value(w64[c], np.float64(var[c]), eps)
+        offset[c] = b64[c]
     for i in prange(n_batch * n_blocks):  # (sample, block of channels) pairs
         b, first, stop = _sample_block(i, n_blocks, n_chan)
         _forward_block(x, y, b, b + 1, first, stop, hi, lo, scale, offset, code, param)
@@ -436,6 +447,8 @@ def _normalize_cf(n_blocks, x, mean, var, weight, bias, eps, code, param, y):
 def _train_backward_cf(n_blocks, dy, x, mean, var, weight, bias, eps, batch_stats, code, param, dx, dweight,
                        dbias):
     n_batch, n_chan, n_space = x.shape
+    w64 = _vector64(weight, n_chan, 1.0)
+    b64 = _vector64(bias, n_chan, 0.0)
     count = max(n_batch * n_space, 1)
     hi = np.empty(n_chan, x.dtype)
     lo = np.empty(n_chan, x.dtype)
@@ -452,8 +465,8 @@ def _train_backward_cf(n_blocks, dy, x, mean, var, weight, bias, eps, batch_stat
         for c in range(first, stop):
             hi[c] = mean[c]
             lo[c] = mean[c] - np.float64(hi[c])
-            scale[c] = _scale_value(weight, c, var[c], eps)
-            offset[c] = _optional(bias, c, 0.0)
+            scale[c] = _scale_value(w64[c], var[c], eps)
+            offset[c] = b64[c]
         if need_x:
             _grad_sums_block(dy, x, 0, n_batch, first, stop, mean, hi, lo, scale, offset, code, param, sum_g, sum_gx)
         else:
@@ -469,7 +482,7 @@ def _train_backward_cf(n_blocks, dy, x, mean, var, weight, bias, eps, batch_stat
             dbias[c] = sum_g[c]
             if dweight.shape[0]:
                 dweight[c] = sum_gx[c] * inv_std
-            k_dy64 = _optional(weight, c, 1.0) * inv_std
+            k_dy64 = w64[c] * inv_std
             k_dy[c] = k_dy64
             k_x[c] = -k_dy64 * inv_std * inv_std * sum_gx[c] / count if batch_stats else 0.0
             k_0[c] = -k_dy64 * sum_g[c] / count if batch_stats else 0.0
@@ -570,9 +583,7 @@ def _stats_rows(n_blocks, x, mean, var):
         _row_block_moments(x, shift, blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks, s1[blk], s2[blk])
     for c in range(n_chan):
         a1, a2 = _sum_blocks(s1, s2, c)
-        d_mean = a1 / n_rows
-        mean[c] = np.float64(shift[c]) + d_mean
-        var[c] = _clip_variance(a2 / n_rows - d_mean * d_mean)
+        mean[c], var[c] = _mean_var(np.float64(shift[c]), a1, a2, n_rows)
 
 
 def _affine_rows(n_blocks, x, center, scale, shift, code, param, out):
@@ -615,6 +626,10 @@ def _grad_input_rows(n_blocks, dy, x, center, scale, shift, k_dy, k_x, k_0, batc
 def _train_forward_rows(n_blocks, x, weight, bias, eps, momentum, running_mean, running_var, code, param, y,
                         mean, var):
     n_rows, n_chan = x.shape
+    w64 = _vector64(weight, n_chan, 1.0)
+    b64 = _vector64(bias, n_chan, 0.0)
+    update_mean = running_mean.shape[0] > 0 and n_rows > 0
+    update_var = running_var.shape[0] > 0 and n_rows > 0
     s1 = np.zeros((n_blocks, n_chan))
     s2 = np.zeros((n_blocks, n_chan))
     shift = _row_shift(x)
@@ -626,8 +641,17 @@ def _train_forward_rows(n_blocks, x, weight, bias, eps, momentum, running_mean, 
     offset = np.empty(n_chan, x.dtype)
     for c in range(n_chan):
         a1, a2 = _sum_blocks(s1, s2, c)
-        _finish_channel(c, np.float64(shift[c]), a1, a2, n_rows, weight, bias, eps, momentum, running_mean,
-                        running_var, mean, var, hi, lo, scale, offset)
+        m, v = _mean_var(np.float64(shift[c]), a1, a2, n_rows)
+        mean[c] = m
+        var[c] = v
+        if update_mean:
+            running_mean[c] = _blend(running_mean[c], m, momentum)
+        if update_var:
+            running_var[c] = _blend(running_var[c], _unbiased(v, n_rows), momentum)
+        hi[c] = m
+        lo[c] = m - np.float64(hi[c])
+        scale[c] = _scale_value(w64[c], v, eps)
+        offset[c] = b64[c]
     for blk in prange(n_blocks):
         _forward_rows(x, y, blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks, hi, lo, scale, offset, code,
                       param)
@@ -635,6 +659,8 @@ def _train_forward_rows(n_blocks, x, weight, bias, eps, momentum, running_mean, 
 
 def _normalize_rows(n_blocks, x, mean, var, weight, bias, eps, code, param, y):
     n_rows, n_chan = x.shape
+    w64 = _vector64(weight, n_chan, 1.0)
+    b64 = _vector64(bias, n_chan, 0.0)
     hi = np.empty(n_chan, x.dtype)
     lo = np.empty(n_chan, x.dtype)
     scale = np.empty(n_chan, x.dtype)
@@ -642,8 +668,8 @@ def _normalize_rows(n_blocks, x, mean, var, weight, bias, eps, code, param, y):
     for c in range(n_chan):
         hi[c] = mean[c]
         lo[c] = np.float64(mean[c]) - np.float64(hi[c])
-        scale[c] = _scale_value(weight, c, np.float64(var[c]), eps)
-        offset[c] = _optional(bias, c, 0.0)
+        scale[c] = _scale_value(w64[c], np.float64(var[c]), eps)
+        offset[c] = b64[c]
     for blk in prange(n_blocks):
         _forward_rows(x, y, blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks, hi, lo, scale, offset, code,
                       param)
@@ -652,12 +678,14 @@ def _normalize_rows(n_blocks, x, mean, var, weight, bias, eps, code, param, y):
 def _train_backward_rows(n_blocks, dy, x, mean, var, weight, bias, eps, batch_stats, code, param, dx, dweight,
                          dbias):
     n_rows, n_chan = x.shape
+    w64 = _vector64(weight, n_chan, 1.0)
+    b64 = _vector64(bias, n_chan, 0.0)
     hi, lo = _split_center(mean, x)
     scale = np.empty(n_chan, x.dtype)
     offset = np.empty(n_chan, x.dtype)
     for c in range(n_chan):
-        scale[c] = _scale_value(weight, c, var[c], eps)
-        offset[c] = _optional(bias, c, 0.0)
+        scale[c] = _scale_value(w64[c], var[c], eps)
+        offset[c] = b64[c]
     p1 = np.zeros((n_blocks, n_chan))
     p2 = np.zeros((n_blocks, n_chan))
     for blk in prange(n_blocks):
@@ -673,7 +701,7 @@ def _train_backward_rows(n_blocks, dy, x, mean, var, weight, bias, eps, batch_st
         dbias[c] = a1
         if dweight.shape[0]:
             dweight[c] = a2 * inv_std
-        k_dy64 = _optional(weight, c, 1.0) * inv_std
+        k_dy64 = w64[c] * inv_std
         k_dy[c] = k_dy64
         k_x[c] = -k_dy64 * inv_std * inv_std * a2 / count if batch_stats else 0.0
         k_0[c] = -k_dy64 * a1 / count if batch_stats else 0.0
