@@ -287,3 +287,24 @@ def test_nonfinite_eval_input_as_torch(layout, activation, param, size):
     torch.testing.assert_close(ours[finite], theirs[finite], rtol=1e-5, atol=1e-5)
     assert torch.equal(ours[theirs.isinf()], theirs[theirs.isinf()])
     torch.testing.assert_close(ours_x.grad, theirs_x.grad, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("call", [
+    lambda x: functional.batch_norm(x, None, None, training=True, activation="tanh"),
+    lambda x: functional.batch_norm_add_act(x, x.clone(), None, None, training=True, activation="tanh"),
+    lambda x: functional.inplace_abn(x * 1.0, None, None, training=True, activation="relu"),
+], ids=["batch_norm", "batch_norm_add_act", "inplace_abn"])
+def test_functional_forms_reject_unknown_or_non_invertible_activation(call):
+    """The functional forms check the activation like the layers: a ValueError naming it and the choices."""
+    with pytest.raises(ValueError, match=r"activation='(tanh|relu)'; expected one of .*leaky_relu"):
+        call(torch.randn(6, 3))
+
+
+def test_functional_activation_param_defaults_are_torchs():
+    """activation_param=None: leaky_relu's slope 0.01 and elu's alpha 1.0, as torch's functions."""
+    x = torch.randn(16, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    z = torch.nn.functional.batch_norm(x, None, None, training=True)
+    for activation, expected in (("leaky_relu", torch.nn.functional.leaky_relu(z)),
+                                 ("elu", torch.nn.functional.elu(z))):
+        ours = functional.batch_norm(x, None, None, training=True, activation=activation)
+        assert (ours - expected).abs().max() <= 1e-12

@@ -355,7 +355,7 @@ def _statistics(input: Tensor, running_mean: Optional[Tensor], running_var: Opti
 def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
                weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, training: bool = False,
                momentum: float = 0.1, eps: float = 1e-5, *, activation: str = "identity",
-               activation_param: float = 0.0) -> Tensor:
+               activation_param: Optional[float] = None) -> Tensor:
     """Batch normalization with the signature and semantics of `torch.nn.functional.batch_norm`.
 
     y = (x - mean) / sqrt(var + eps) * weight + bias, per channel (axis 1). With `training=True` the mean and
@@ -371,7 +371,8 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
         momentum: weight of the new batch in the running average (PyTorch's convention, 0.1).
         eps: added to the variance inside the square root.
         activation, activation_param: an activation fused into the same pass, y = act(BN(x)) (keyword only;
-            "identity" by default; see `batchnorm.nn.BatchNormAct2d` for the list).
+            "identity" by default; see `batchnorm.nn.BatchNormAct2d` for the list; the parameter defaults to
+            0.01 for leaky_relu and 1.0 for elu, as torch's).
 
     CPU float32/float64 inputs run on this package's kernels; other devices and dtypes go to torch's
     `torch.nn.functional.batch_norm` unchanged. Ioffe & Szegedy 2015, arXiv 1502.03167.
@@ -380,17 +381,28 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
         >>> x = torch.randn(8, 3, 4, 4)
         >>> y = batch_norm(x, None, None, training=True)
     """
+    activation_param = 0.0 if activation == "identity" else _checked_activation("batch_norm", activation,
+                                                                                 activation_param)
     if not uses_own_kernels(input):
         y = torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
         return torch_activation(y, activation, activation_param)
     if _eager_eligible(input, weight, bias, running_mean, running_var):
         return _eager_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps,
-                                 activation, float(activation_param))
+                                 activation, activation_param)
     mean, var = _statistics(input, running_mean, running_var, training, momentum, eps)
     if activation == "identity":
         return torch.ops.batchnorm.normalize(input, mean, var, weight, bias, eps, training)
     return torch.ops.batchnorm.normalize(input, mean, var, weight, bias, eps, training, None, None, activation,
                                          float(activation_param))
+
+
+def _checked_activation(owner: str, activation: str, activation_param: Optional[float],
+                        invertible: bool = False) -> float:
+    """The activation's parameter (its default filled in) after `batchnorm.nn.check_activation`'s checks:
+    a ValueError/TypeError naming the activation and what is allowed, never a KeyError from the kernels."""
+    from .nn.activated import check_activation  # the layers' own check (nn imports this module)
+
+    return check_activation(owner, activation, activation_param, invertible)
 
 
 def torch_activation(z: Tensor, activation: str, param: float) -> Tensor:
@@ -471,12 +483,13 @@ _normalize_add_act.register_autograd(_backward_add_act, setup_context=_setup_add
 def batch_norm_add_act(input: Tensor, residual: Tensor, running_mean: Optional[Tensor],
                        running_var: Optional[Tensor], weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
                        training: bool = False, momentum: float = 0.1, eps: float = 1e-5,
-                       activation: str = "relu", activation_param: float = 0.0) -> Tensor:
+                       activation: str = "relu", activation_param: Optional[float] = None) -> Tensor:
     """y = act(BN(input) + residual) in one pass (ResNet's BN + add + ReLU); BN as in `batch_norm`.
 
     The residual's gradient is g = dy * act'(z), the input's is BN's backward of g. Only `input` and `residual`
     are saved for the backward. Other devices/dtypes: torch's batch_norm, add and activation.
     """
+    activation_param = _checked_activation("batch_norm_add_act", activation, activation_param)
     if residual.shape != input.shape:
         raise ValueError(f"batch_norm_add_act expected residual of the input's shape {tuple(input.shape)}, got "
                          f"{tuple(residual.shape)}: the skip connection must match the block's output")
@@ -559,7 +572,8 @@ class _InPlaceABN(torch.autograd.Function):
 def inplace_abn(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
                 weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, training: bool = False,
                 momentum: float = 0.1, eps: float = 1e-5, activation: str = "leaky_relu",
-                activation_param: float = 0.01, min_abs_weight: float = 1e-5, owner: str = "inplace_abn") -> Tensor:
+                activation_param: Optional[float] = None, min_abs_weight: float = 1e-5,
+                owner: str = "inplace_abn") -> Tensor:
     """In-place activated batch norm (Rota Bulo et al. 2018, arXiv 1712.02616): input <- act(BN(input)).
 
     Saves only the output. The backward inverts the activation, z = act^-1(y), recovers
@@ -576,6 +590,7 @@ def inplace_abn(input: Tensor, running_mean: Optional[Tensor], running_var: Opti
     Under torch.compile, and for devices/dtypes other than CPU float32/float64, it computes the same values out
     of place (BatchNormAct's path) and returns a new tensor.
     """
+    activation_param = _checked_activation(owner, activation, activation_param, invertible=True)
     if torch.compiler.is_compiling() or not uses_own_kernels(input):
         gamma = weight
         if weight is not None:

@@ -13,13 +13,16 @@ Fused entry points (`train_forward`, `normalize`, `train_backward`) do a whole l
     channels at a time per thread (`config.channel_blocks`: statistics, then the normalize/dx sweep while the
     block is still in the cache);
   * channels-first with fewer channels (e.g. C=1 with a large image): statistics parallel over (sample,
-    channel) slices, then the transform, through the four primitives;
+    channel block) pairs, then the transform, through the four primitives;
   * rows: row blocks in parallel, partial sums per block, then the transform over the same blocks.
 Optional per-channel tensors (weight, bias, running buffers) must be contiguous 1-D CPU tensors or None;
 running buffers are updated in place by the kernel.
 
+Every entry point takes an activation name and its parameter (`activations.ACTIVATIONS`, "identity" by
+default), applied where the output is written; the backward entry points recompute the pre-activation.
 The eager `batchnorm.functional.batch_norm` calls the fused entry points (one kernel call per pass); the custom
-ops (`torch.compile` path) and the variants call the four primitives.
+ops (`torch.compile` path) and the variants call the four primitives. Threads: Numba's OpenMP layer is
+preferred (`config.THREADING_LAYERS`); in a process forked from one whose pool runs, the serial kernels run.
 
 Only CPU float32/float64 tensors reach this module; `batchnorm.functional` routes everything else to torch.
 Per-channel vectors returned or taken by the primitives are float64 NumPy arrays of length C.
