@@ -537,16 +537,25 @@ class _InPlaceABN(torch.autograd.Function):
     """y = act(BN(x)) written over x; the backward recovers z = act^-1(y) and x_hat = (z - beta) / gamma."""
 
     @staticmethod
-    def forward(ctx, x, mean, var, weight, bias, eps, batch_stats, activation, activation_param, min_abs_weight):
+    def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps, activation,
+                activation_param, min_abs_weight):
         channels = x.shape[1]
         gamma = effective_weight(weight, channels, min_abs_weight)
-        beta = _np(bias, channels, 0.0)
-        inv_std = _inv_std(_np(var, channels, 1.0), eps)
-        kernels.affine(x, _np(mean, channels, 0.0), inv_std * gamma, beta, activation, activation_param, out=x)
+        gamma_x = gamma.astype(kernels.numpy_dtype(x))  # the kernels read per-channel values in x's dtype
+        if training:  # one kernel: statistics, running update, and act(BN(x)) written over x
+            _, _, var = kernels.train_forward(x, gamma_x, bias, eps, momentum, running_mean, running_var,
+                                              activation, activation_param, out=x)
+            if x.numel():
+                for buffer in (running_mean, running_var):
+                    if buffer is not None:
+                        torch.autograd.graph.increment_version(buffer)
+        else:
+            kernels.normalize(x, running_mean, running_var, gamma_x, bias, eps, activation, activation_param, out=x)
+            var = running_var.detach().numpy().astype(np.float64)
         ctx.mark_dirty(x)
         ctx.save_for_backward(x)
-        ctx.gamma, ctx.beta, ctx.inv_std = gamma, beta, inv_std
-        ctx.batch_stats, ctx.activation, ctx.activation_param = batch_stats, activation, activation_param
+        ctx.gamma, ctx.beta, ctx.inv_std = gamma, _np(bias, channels, 0.0), _inv_std(var, eps)
+        ctx.batch_stats, ctx.activation, ctx.activation_param = training, activation, activation_param
         ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
         return x
 
@@ -566,7 +575,7 @@ class _InPlaceABN(torch.autograd.Function):
         dtype = y.dtype
         dweight = torch.from_numpy(dgamma).to(dtype) if ctx.has_weight else None
         dbias = torch.from_numpy(sum_g).to(dtype) if ctx.has_bias else None
-        return dx, None, None, dweight, dbias, None, None, None, None, None
+        return dx, dweight, dbias, None, None, None, None, None, None, None, None
 
 
 def inplace_abn(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
@@ -602,6 +611,6 @@ def inplace_abn(input: Tensor, running_mean: Optional[Tensor], running_var: Opti
         check_overwritable(input, owner)
     elif not (input.is_contiguous() or kernels.is_channels_last(input)):
         check_overwritable(input, owner)
-    mean, var = _statistics(input, running_mean, running_var, training, momentum, eps)
-    return _InPlaceABN.apply(input, mean, var, weight, bias, eps, training, activation, float(activation_param),
-                             float(min_abs_weight))
+    _check_statistics_arguments(input, running_mean, running_var, training, eps)
+    return _InPlaceABN.apply(input, weight, bias, running_mean, running_var, training, momentum, eps, activation,
+                             float(activation_param), float(min_abs_weight))

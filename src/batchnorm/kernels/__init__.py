@@ -309,18 +309,35 @@ def _scale_shift(weight, bias, var: np.ndarray, eps: float) -> tuple[np.ndarray,
     return _float64_vector(weight, channels, 1.0) / np.sqrt(var + eps), _float64_vector(bias, channels, 0.0)
 
 
+def numpy_dtype(x: torch.Tensor) -> np.dtype:
+    """The NumPy dtype of a float32/float64 tensor."""
+    return _NUMPY_DTYPE[x.dtype]
+
+
+def _output(x: torch.Tensor, out) -> torch.Tensor:
+    """The tensor a fused entry point writes: `out` (x itself for an in-place layer; it must have x's layout)
+    or a new tensor like x."""
+    if out is None:
+        return torch.empty_like(x)
+    if out.stride() != x.stride() or out.shape != x.shape:
+        raise ValueError(f"out must have the input's shape and memory layout, got shape {tuple(out.shape)} "
+                         f"strides {out.stride()} for an input of shape {tuple(x.shape)} strides {x.stride()}")
+    return out
+
+
 def train_forward(x: torch.Tensor, weight, bias, eps: float, momentum: float = 0.0, running_mean=None,
-                  running_var=None, activation: str = "identity",
-                  param: float = 0.0) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+                  running_var=None, activation: str = "identity", param: float = 0.0,
+                  out: torch.Tensor | None = None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """(y, mean, var): batch statistics (float64 NumPy, biased variance), running update, normalized output.
 
-    y = act((x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c). The running buffers (if given) are updated in
-    place: running <- (1 - momentum) * running + momentum * batch, with the unbiased variance. An empty
-    batch gives an empty y, mean 0 and var 1, and leaves the running buffers alone.
+    y = act((x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c), written to `out` if given (x itself is
+    allowed: every block's statistics are complete before it is overwritten). The running buffers (if given) are
+    updated in place: running <- (1 - momentum) * running + momentum * batch, with the unbiased variance. An
+    empty batch gives an empty y, mean 0 and var 1, and leaves the running buffers alone.
     """
     x, rows = _dense_rows(x)
     channels = x.shape[1]
-    y = torch.empty_like(x)
+    y = _output(x, out)
     numel = x.numel()
     if numel == 0:
         return y, np.zeros(channels), np.ones(channels)
@@ -351,14 +368,15 @@ def train_forward(x: torch.Tensor, weight, bias, eps: float, momentum: float = 0
         rv *= 1.0 - momentum
         rv += (momentum * unbiased).astype(rv.dtype)
     scale, shift = _scale_shift(w if w.size else None, b if b.size else None, var, eps)
-    return affine(x, mean, scale, shift, activation, param), mean, var
+    return affine(x, mean, scale, shift, activation, param, out=y), mean, var
 
 
 def normalize(x: torch.Tensor, mean, var, weight, bias, eps: float, activation: str = "identity",
-              param: float = 0.0) -> torch.Tensor:
-    """y = act((x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c) with given statistics (tensors or arrays)."""
+              param: float = 0.0, out: torch.Tensor | None = None) -> torch.Tensor:
+    """y = act((x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c) with given statistics (tensors or arrays),
+    written to `out` if given (x itself is allowed)."""
     x, rows = _dense_rows(x)
-    y = torch.empty_like(x)
+    y = _output(x, out)
     numel = x.numel()
     if numel == 0:
         return y
