@@ -544,3 +544,39 @@ def test_eager_path_declines_what_it_cannot_take():
     y = functional.batch_norm(x, None, None, strided, None, True)
     y_ref, _ = ref.batch_norm_train_forward(_np64(x), _np64(strided), None, EPS)
     assert _rel(y, y_ref) <= 1e-5
+
+
+@pytest.mark.parametrize("variant", [0, 1], ids=["serial", "parallel"])
+@pytest.mark.parametrize("activation", ["identity", "relu", "elu"])
+def test_channel_and_sample_blocks_do_not_change_results(variant, activation):
+    """The channels-first kernels split the channels into blocks (fused kernels) or walk (sample, channel
+    block) pairs (eval, primitives); every block count, even uneven ones, gives the float64 reference's
+    results."""
+    from batchnorm.kernels import numba_kernels as nk
+    from batchnorm.kernels.activations import ACTIVATIONS
+
+    generator = torch.Generator().manual_seed(21)
+    x = (torch.randn(5, 13, 7, 3, dtype=torch.float64, generator=generator) * 3 + 1).numpy().reshape(5, 13, 21)
+    dy = torch.randn(5, 13, 21, dtype=torch.float64, generator=generator).numpy()
+    weight = torch.rand(13, dtype=torch.float64, generator=generator).numpy() + 0.5
+    bias = torch.randn(13, dtype=torch.float64, generator=generator).numpy()
+    code, absent = ACTIVATIONS[activation], np.empty(0)
+    xt = torch.from_numpy(x)
+    z_ref = torch.nn.functional.batch_norm(xt.requires_grad_(), None, None, torch.from_numpy(weight),
+                                           torch.from_numpy(bias), True, 0.0, EPS)
+    y_ref = functional.torch_activation(z_ref, activation, 1.0)
+    dx_ref, = torch.autograd.grad(y_ref, xt, torch.from_numpy(dy))
+    for n_blocks in (1, 2, 5, 13):
+        y, mean, var = np.empty_like(x), np.empty(13), np.empty(13)
+        nk.train_forward_cf[variant](n_blocks, x, weight, bias, EPS, 0.0, absent, absent, code, 1.0, y, mean, var)
+        assert np.max(np.abs(y - y_ref.detach().numpy())) <= 1e-12, n_blocks
+        dx, dweight, dbias = np.empty_like(x), np.empty(13), np.empty(13)
+        nk.train_backward_cf[variant](n_blocks, dy, x, mean, var, weight, bias, EPS, True, code, 1.0, dx, dweight,
+                                      dbias)
+        assert np.max(np.abs(dx - dx_ref.numpy())) <= 1e-11, n_blocks
+        y_eval = np.empty_like(x)
+        nk.normalize_cf[variant](n_blocks, x, mean, var, weight, bias, EPS, code, 1.0, y_eval)
+        assert np.max(np.abs(y_eval - y_ref.detach().numpy())) <= 1e-12, n_blocks
+        stats_mean, stats_var = np.empty(13), np.empty(13)
+        nk.stats_cf[variant](n_blocks, x, stats_mean, stats_var)
+        assert np.max(np.abs(stats_mean - mean)) <= 1e-12 and np.max(np.abs(stats_var - var)) <= 1e-11
