@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["Shape", "SUITE", "Row", "measure_shape", "measure_shape_isolated", "first_call_seconds", "run_suite",
+__all__ = ["Shape", "SUITE", "Row", "calls_per_round", "measure_shape", "measure_shape_isolated", "first_call_seconds", "run_suite",
            "format_table",
            "add_arguments", "run"]
 
@@ -91,6 +91,16 @@ def _timer(fn, inner: int) -> float:
     return (time.perf_counter() - start) / inner
 
 
+def calls_per_round(fn, min_round_seconds: float) -> int:
+    """How many calls of fn make a round of about `min_round_seconds`, judged from the fastest of three timed
+    calls after three warm-up calls (the first calls of a process load kernels, start thread pools and touch
+    fresh memory, and would make every round a single call)."""
+    for _ in range(3):
+        fn()
+    once = max(min(_timer(fn, 1) for _ in range(3)), 1e-7)
+    return max(1, int(min_round_seconds / once))
+
+
 def measure_shape(shape: Shape, dtype: torch.dtype = torch.float32, repeats: int = 15, warmup: int = 3,
                   min_round_seconds: float = 0.02, seed: int = 0) -> Row:
     """Median times of copy, ours and torch eager on one shape, interleaved round by round.
@@ -139,11 +149,7 @@ def measure_shape(shape: Shape, dtype: torch.dtype = torch.float32, repeats: int
     for name in impls:
         for mode, fn in calls(name).items():
             fns[f"{name}/{mode}"] = fn
-    inner = {}
-    for key, fn in fns.items():
-        fn()
-        once = max(_timer(fn, 1), 1e-7)
-        inner[key] = max(1, int(min_round_seconds / once))
+    inner = {key: calls_per_round(fn, min_round_seconds) for key, fn in fns.items()}
     samples = {key: [] for key in fns}
     for round_index in range(warmup + repeats):
         for key, fn in fns.items():

@@ -43,7 +43,7 @@ def measure_fused_shape(dims: tuple[int, ...], channels_last: bool = False, repe
     Returns the median seconds, the medians over rounds of time / copy time of the same round, and the medians
     over rounds of fused/torch and fused/plain.
     """
-    from .benchmark import _timer
+    from .benchmark import _timer, calls_per_round
     from .functional import batch_norm
 
     generator = torch.Generator().manual_seed(0)
@@ -79,10 +79,7 @@ def measure_fused_shape(dims: tuple[int, ...], channels_last: bool = False, repe
         batch_norm(x, None, None, weight, bias, True).backward(dy)
 
     cases = {"copy": copy, "torch": torch_bn_relu, "ours_fused": ours_fused, "ours_plain": ours_plain}
-    inner = {}
-    for name, fn in cases.items():
-        fn()
-        inner[name] = max(1, int(min_round_seconds / max(_timer(fn, 1), 1e-7)))
+    inner = {name: calls_per_round(fn, min_round_seconds) for name, fn in cases.items()}
     times: dict[str, list[float]] = {name: [] for name in cases}
     for round_index in range(warmup + repeats):
         for name, fn in cases.items():
