@@ -10,9 +10,10 @@ The primitives (c is the channel, sums run over all other positions):
                precision. Channels-first: float64 sums, shift = the channel's first value. Rows: sums over
                ROW_FOLD rows in x's dtype (vectorized across channels) folded into float64, shift = mean of
                the first SHIFT_ROWS rows (float32 variance to about 1e-6 relative; float64 exact);
-  affine       out = (x - center_c) * scale_c + shift_c;
-  grad_sums    sum(dy)_c and sum(dy * (x - center_c))_c in one read of dy and x (float64 accumulation as stats);
-  grad_input   out = k_dy_c * dy + k_x_c * (x - center_c) + k_0_c.
+  affine       out = act((x - center_c) * scale_c + shift_c);
+  grad_sums    sum(g)_c and sum(g * (x - center_c))_c, g = dy * act'(z), in one read of dy and x (float64
+               accumulation as stats);
+  grad_input   out = k_dy_c * g + k_x_c * (x - center_c) + k_0_c (k_dy_c * g alone with fixed statistics).
 x - center is computed as (x - center_hi) - center_lo with the center split into its x-dtype rounding and the
 remainder, so that float32 data far from zero keep their digits in y and dx.
 
@@ -30,11 +31,12 @@ absent.
 Activations (`activations.py`, an integer `code` and a float `param`) are fused into every elementwise pass:
 the forward writes act(z) with z the affine output, and the backward recomputes z from x (and the scale and
 shift) to replace dy by g = dy * act'(z) in the sums and in dx. The piecewise-linear family (identity, relu,
-leaky_relu) runs in the input's dtype like the plain transform; the other activations in float64. The per-span
+leaky_relu) runs in the input's dtype like the plain transform; the other activations in float64. The block
 helpers below hold every elementwise loop once; the kernels only differ in how they walk the data.
 
-Rows kernels take `n_blocks`, the number of row blocks that run in parallel (each keeps C partial sums);
-the fused channels-first kernels take the number of channel blocks.
+Every kernel takes `n_blocks` first: rows kernels the number of row blocks that
+run in parallel (each keeps C partial sums), the fused channels-first kernels the number of channel blocks,
+the other channels-first kernels the channel blocks per sample of their (sample, channel block) pairs.
 Each primitive is compiled twice from the same Python function: a parallel version (prange over rows or
 blocks) and a serial one for small inputs. Kernels take arrays and scalars only; the dispatcher in
 `batchnorm.kernels` chooses layout, dtype and variant.
