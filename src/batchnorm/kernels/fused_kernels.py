@@ -20,7 +20,7 @@ from numba import prange
 from .activations import act, act_grad, act_inverse, linear_act
 from .activations import slope as _slope
 from .config import NJIT_SERIAL
-from .numba_kernels import _compile, _sample_block
+from .numba_kernels import _compile, _sample_block, _sum_blocks
 
 
 @numba.njit(inline="always", **NJIT_SERIAL)
@@ -86,8 +86,7 @@ def _grad_add_act_cf(n_blocks, dy, x, center, scale, shift, residual, code, para
             p1[b, c] = a1
             p2[b, c] = a2
     for c in prange(n_chan):
-        sum_g[c] = p1[:, c].sum()
-        sum_g_xc[c] = p2[:, c].sum()
+        sum_g[c], sum_g_xc[c] = _sum_blocks(p1, p2, c)
 
 
 def _grad_sums_out_cf(n_blocks, dy, y, center, code, param, sum_g, sum_g_zc):
@@ -120,8 +119,7 @@ def _grad_sums_out_cf(n_blocks, dy, y, center, code, param, sum_g, sum_g_zc):
             p1[b, c] = a1
             p2[b, c] = a2
     for c in prange(n_chan):
-        sum_g[c] = p1[:, c].sum()
-        sum_g_zc[c] = p2[:, c].sum()
+        sum_g[c], sum_g_zc[c] = _sum_blocks(p1, p2, c)
 
 
 def _grad_input_out_cf(n_blocks, dy, y, center, code, param, k_dy, k_x, k_0, out):
@@ -200,14 +198,8 @@ def _grad_add_act_rows(n_blocks, dy, x, center, scale, shift, residual, code, pa
                     a2[c] += g * xc
             p1[blk] = a1
             p2[blk] = a2
-    for c in range(n_chan):  # scalar loops: an array .sum() here would become a parallel region per channel
-        t1 = 0.0
-        t2 = 0.0
-        for blk in range(n_blocks):
-            t1 += p1[blk, c]
-            t2 += p2[blk, c]
-        sum_g[c] = t1
-        sum_g_xc[c] = t2
+    for c in range(n_chan):
+        sum_g[c], sum_g_xc[c] = _sum_blocks(p1, p2, c)
 
 
 def _grad_sums_out_rows(n_blocks, dy, y, center, code, param, sum_g, sum_g_zc):
@@ -225,14 +217,8 @@ def _grad_sums_out_rows(n_blocks, dy, y, center, code, param, sum_g, sum_g_zc):
                 a2[c] += g * (z - center[c])
         p1[blk] = a1
         p2[blk] = a2
-    for c in range(n_chan):  # scalar loops: an array .sum() here would become a parallel region per channel
-        t1 = 0.0
-        t2 = 0.0
-        for blk in range(n_blocks):
-            t1 += p1[blk, c]
-            t2 += p2[blk, c]
-        sum_g[c] = t1
-        sum_g_zc[c] = t2
+    for c in range(n_chan):
+        sum_g[c], sum_g_zc[c] = _sum_blocks(p1, p2, c)
 
 
 def _grad_input_out_rows(n_blocks, dy, y, center, code, param, k_dy, k_x, k_0, out):

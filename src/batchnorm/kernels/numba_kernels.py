@@ -340,11 +340,7 @@ def _stats_cf(n_blocks, x, mean, var):
         _moments_block(x, b, b + 1, first, stop, s1[b], s2[b])
     count = n_batch * n_space
     for c in prange(n_chan):
-        a1 = 0.0
-        a2 = 0.0
-        for b in range(n_batch):
-            a1 += s1[b, c]
-            a2 += s2[b, c]
+        a1, a2 = _sum_blocks(s1, s2, c)
         mean[c], var[c] = _mean_var(np.float64(x[0, c, 0]), a1, a2, count)
 
 
@@ -369,11 +365,7 @@ def _grad_sums_cf(n_blocks, dy, x, center, scale, shift, code, param, sum_dy, su
         b, first, stop = _sample_block(i, n_blocks, n_chan)
         _grad_sums_block(dy, x, b, b + 1, first, stop, center, hi, lo, k, t, code, param, p1[b], p2[b])
     for c in prange(n_chan):
-        a1 = 0.0
-        a2 = 0.0
-        for b in range(n_batch):
-            a1 += p1[b, c]
-            a2 += p2[b, c]
+        a1, a2 = _sum_blocks(p1, p2, c)
         sum_dy[c] = a1
         sum_dy_xc[c] = a2
 
