@@ -529,7 +529,7 @@ def test_eager_path_bumps_running_buffer_versions_and_refuses_double_backward():
     y = functional.batch_norm(x, running_mean, running_var, None, None, True)
     assert running_mean._version > versions[0] and running_var._version > versions[1]
     (grad,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable|double backward|does not require grad"):
+    with pytest.raises(RuntimeError, match="once_differentiable"):
         grad.sum().backward()
 
 
