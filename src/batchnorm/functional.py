@@ -325,11 +325,12 @@ _eager_apply = super(torch.autograd.Function, _EagerBatchNorm).apply
 
 
 def _eager_forward(input, weight, bias, running_mean, running_var, training, momentum, eps, activation,
-                   activation_param):
-    """(y, mean, var) with float64 NumPy statistics; updates the running buffers in training."""
+                   activation_param, pooled=False):
+    """(y, mean, var) with float64 NumPy statistics; updates the running buffers in training. `pooled`: y may
+    come from `kernels.pool` (outputs computed without autograd)."""
     if training:
         y, mean, var = kernels.train_forward(input, weight, bias, eps, momentum, running_mean, running_var,
-                                             activation, activation_param)
+                                             activation, activation_param, pooled=pooled)
         if input.numel():
             for buffer in (running_mean, running_var):
                 if buffer is not None:
@@ -346,10 +347,12 @@ def _eager_batch_norm(input, running_mean, running_var, weight, bias, training, 
                                     or (bias is not None and bias.requires_grad)):
         return _eager_apply(input, weight, bias, running_mean, running_var, training, momentum, eps, activation,
                             activation_param)
+    # without autograd the output usually dies after the next layer: its memory can serve the next output
     if training:
         return _eager_forward(input, weight, bias, running_mean, running_var, training, momentum, eps, activation,
-                              activation_param)[0]
-    return kernels.normalize(input, running_mean, running_var, weight, bias, eps, activation, activation_param)
+                              activation_param, pooled=True)[0]
+    return kernels.normalize(input, running_mean, running_var, weight, bias, eps, activation, activation_param,
+                             pooled=True)
 
 
 def _statistics(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor], training: bool,

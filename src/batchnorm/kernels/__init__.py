@@ -39,7 +39,7 @@ import numba
 import numpy as np
 import torch
 
-from . import config
+from . import config, pool
 
 
 def _clear_stale_kernel_cache() -> None:
@@ -314,11 +314,11 @@ def numpy_dtype(x: torch.Tensor) -> np.dtype:
     return _NUMPY_DTYPE[x.dtype]
 
 
-def _output(x: torch.Tensor, out) -> torch.Tensor:
+def _output(x: torch.Tensor, out, pooled: bool) -> torch.Tensor:
     """The tensor a fused entry point writes: `out` (x itself for an in-place layer; it must have x's layout)
-    or a new tensor like x."""
+    or a new tensor like x (from `pool` when `pooled`)."""
     if out is None:
-        return torch.empty_like(x)
+        return pool.empty_like(x, _memory_format(x)) if pooled else torch.empty_like(x)
     if out.stride() != x.stride() or out.shape != x.shape:
         raise ValueError(f"out must have the input's shape and memory layout, got shape {tuple(out.shape)} "
                          f"strides {out.stride()} for an input of shape {tuple(x.shape)} strides {x.stride()}")
@@ -327,17 +327,19 @@ def _output(x: torch.Tensor, out) -> torch.Tensor:
 
 def train_forward(x: torch.Tensor, weight, bias, eps: float, momentum: float = 0.0, running_mean=None,
                   running_var=None, activation: str = "identity", param: float = 0.0,
-                  out: torch.Tensor | None = None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+                  out: torch.Tensor | None = None,
+                  pooled: bool = False) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """(y, mean, var): batch statistics (float64 NumPy, biased variance), running update, normalized output.
 
     y = act((x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c), written to `out` if given (x itself is
-    allowed: every block's statistics are complete before it is overwritten). The running buffers (if given) are
+    allowed: every block's statistics are complete before it is overwritten), else to a new tensor (from `pool`
+    when `pooled`: for outputs computed without autograd). The running buffers (if given) are
     updated in place: running <- (1 - momentum) * running + momentum * batch, with the unbiased variance. An
     empty batch gives an empty y, mean 0 and var 1, and leaves the running buffers alone.
     """
     x, rows = _dense_rows(x)
     channels = x.shape[1]
-    y = _output(x, out)
+    y = _output(x, out, pooled)
     numel = x.numel()
     if numel == 0:
         return y, np.zeros(channels), np.ones(channels)
@@ -372,11 +374,11 @@ def train_forward(x: torch.Tensor, weight, bias, eps: float, momentum: float = 0
 
 
 def normalize(x: torch.Tensor, mean, var, weight, bias, eps: float, activation: str = "identity",
-              param: float = 0.0, out: torch.Tensor | None = None) -> torch.Tensor:
+              param: float = 0.0, out: torch.Tensor | None = None, pooled: bool = False) -> torch.Tensor:
     """y = act((x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c) with given statistics (tensors or arrays),
-    written to `out` if given (x itself is allowed)."""
+    written to `out` if given (x itself is allowed), else to a new tensor (from `pool` when `pooled`)."""
     x, rows = _dense_rows(x)
-    y = _output(x, out)
+    y = _output(x, out, pooled)
     numel = x.numel()
     if numel == 0:
         return y

@@ -73,3 +73,11 @@ NJIT_PARALLEL = dict(NJIT_SERIAL, parallel=True)
 NJIT_ELEMENTWISE = dict(cache=CACHE, fastmath={"contract"}, nogil=True, error_model="numpy")
 # Small helpers called from the kernels (compiled into them).
 NJIT_INLINE = dict(cache=CACHE, fastmath=FASTMATH, nogil=True, error_model="numpy", inline="always")
+
+
+# Outputs computed without autograd reuse freed buffers of the same size (`pool.py`): blocks of at least
+# POOL_MIN_BYTES, at most POOL_BLOCKS_PER_SIZE free blocks per size and POOL_MAX_BYTES free in all
+# (BATCHNORM_POOL_MB=0 turns the pool off).
+POOL_MIN_BYTES = 1 << 20
+POOL_BLOCKS_PER_SIZE = 2
+POOL_MAX_BYTES = int(float(os.environ.get("BATCHNORM_POOL_MB", 256)) * (1 << 20))

@@ -1,0 +1,108 @@
+"""The output pool (`batchnorm.kernels.pool`): outputs computed without autograd reuse the memory of dead outputs
+of the same size, never the memory of a live tensor or view, and stay exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from batchnorm import functional
+from batchnorm.kernels import config, pool
+
+# 2**19 float32 values = 2 MiB, above config.POOL_MIN_BYTES
+SHAPE = (16, 8, 64, 64)
+
+
+@pytest.fixture(autouse=True)
+def empty_pool():
+    pool.clear()
+    yield
+    pool.clear()
+
+
+def _case(shape=SHAPE, dtype=torch.float32, memory_format=torch.contiguous_format, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    channels = shape[1]
+    x = (torch.randn(shape, generator=generator, dtype=dtype) * 3 + 1).contiguous(memory_format=memory_format)
+    stats = (torch.randn(channels, generator=generator, dtype=dtype),
+             torch.rand(channels, generator=generator, dtype=dtype) + 0.5)
+    affine = (torch.rand(channels, generator=generator, dtype=dtype) + 0.5,
+              torch.randn(channels, generator=generator, dtype=dtype))
+    return x, stats, affine
+
+
+def _eval(x, stats, affine):
+    with torch.no_grad():
+        return functional.batch_norm(x, *stats, *affine, False)
+
+
+def test_dead_output_memory_serves_the_next_output_and_live_memory_never_does():
+    x, stats, affine = _case(seed=1)
+    expected = torch.nn.functional.batch_norm(x, *stats, *affine, False)
+    first = _eval(x, stats, affine)
+    address = first.data_ptr()
+    view = first[3]  # a view keeps the block alive
+    del first
+    assert pool.free_bytes() == 0
+    second = _eval(x, stats, affine)
+    assert second.data_ptr() != address
+    snapshot = view.clone()
+    second.fill_(7.0)
+    assert torch.equal(view, snapshot)
+    del view
+    assert pool.free_bytes() == x.numel() * x.element_size()
+    third = _eval(x, stats, affine)
+    assert third.data_ptr() == address
+    assert pool.free_bytes() == 0
+    torch.testing.assert_close(third, expected, rtol=1e-5, atol=1e-5)
+    assert (second == 7.0).all()
+
+
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.channels_last_3d])
+def test_pooled_outputs_keep_channels_last_layout_and_values(memory_format):
+    shape = SHAPE if memory_format == torch.channels_last else (4, 8, 4, 64, 64)
+    x, stats, affine = _case(shape, torch.float64, memory_format, seed=2)
+    for _ in range(2):  # the second output comes from the pool
+        y = _eval(x, stats, affine)
+        assert y.stride() == x.stride() and y.shape == x.shape
+        torch.testing.assert_close(y, torch.nn.functional.batch_norm(x, *stats, *affine, False), rtol=1e-12,
+                                   atol=1e-12)
+        del y
+
+
+def test_training_without_autograd_uses_the_pool_and_updates_running_statistics():
+    x, _, affine = _case(seed=3)
+    ours = (torch.zeros(SHAPE[1]), torch.ones(SHAPE[1]))
+    theirs = (torch.zeros(SHAPE[1]), torch.ones(SHAPE[1]))
+    for _ in range(2):
+        with torch.no_grad():
+            y = functional.batch_norm(x, *ours, *affine, True)
+        torch.testing.assert_close(y, torch.nn.functional.batch_norm(x, *theirs, *affine, True), rtol=1e-5,
+                                   atol=1e-5)
+        del y
+        assert pool.free_bytes() == x.numel() * x.element_size()
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_outputs_of_autograd_and_small_outputs_are_not_pooled():
+    x, stats, affine = _case(seed=4)
+    y = functional.batch_norm(x.requires_grad_(), *stats, *affine, False)
+    y.sum().backward()
+    del y
+    small = _eval(torch.randn(4, 8, 5, 5), stats, affine)
+    del small
+    assert pool.free_bytes() == 0
+
+
+def test_pool_caps_free_blocks_per_size_and_in_total(monkeypatch):
+    x, stats, affine = _case(seed=5)
+    outputs = [_eval(x, stats, affine) for _ in range(3)]
+    del outputs
+    assert pool.free_bytes() == config.POOL_BLOCKS_PER_SIZE * x.numel() * x.element_size()
+    pool.clear()
+    monkeypatch.setattr(config, "POOL_MAX_BYTES", x.numel() * x.element_size() - 1)
+    _eval(x, stats, affine)  # dies at once, but its block would exceed the cap
+    assert pool.free_bytes() == 0
+    monkeypatch.setattr(config, "POOL_MAX_BYTES", 0)  # disabled
+    _eval(x, stats, affine)
+    assert pool.free_bytes() == 0
