@@ -580,3 +580,21 @@ def test_channel_and_sample_blocks_do_not_change_results(variant, activation):
         stats_mean, stats_var = np.empty(13), np.empty(13)
         nk.stats_cf[variant](n_blocks, x, stats_mean, stats_var)
         assert np.max(np.abs(stats_mean - mean)) <= 1e-12 and np.max(np.abs(stats_var - var)) <= 1e-11
+
+
+@pytest.mark.parametrize("shape, channels_last", [((7, 5), False), ((3, 4, 9), False), ((2, 3, 4, 5), False),
+                                                  ((2, 3, 4, 5), True), ((2, 3, 2, 4, 5), True), ((0, 3, 4, 5), False),
+                                                  ((0, 3, 4, 5), True)])
+def test_new_outputs_have_the_kernel_layout_and_their_own_memory(shape, channels_last):
+    """NumPy-allocated outputs: x's shape and layout (as `empty_output_like`), and the kernels' view writes them."""
+    x = _input(shape, torch.float32, channels_last, seed=30)
+    rows = x.dim() == 2 or kernels.is_channels_last(x)
+    y, view = kernels._new_like(x, rows)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert y.stride() == kernels.empty_output_like(x).stride()
+    if x.numel():
+        assert view.shape == kernels._array(x, rows).shape
+        view[...] = kernels._array(x, rows)
+        assert torch.equal(y, x) and y.data_ptr() != x.data_ptr()
+    else:
+        assert view is None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import _dense, _launch, _view, empty_output_like
+from . import _dense, _launch, _view, new_output_like
 from . import fused_kernels as fk
 from .activations import code
 
@@ -21,7 +21,7 @@ def affine_add_act(x: torch.Tensor, center: np.ndarray, scale: np.ndarray, shift
     """out = act((x - center_c) * scale_c + shift_c + residual)."""
     x = _dense(x, x)
     residual = _dense(residual, x)
-    out = empty_output_like(x)
+    out = new_output_like(x)
     if x.numel():
         xv = _view(x)
         _launch(fk.affine_add_act_cf, fk.affine_add_act_rows, x, xv, xv, center, scale, shift, _view(residual),
@@ -35,7 +35,7 @@ def grad_add_act(dy: torch.Tensor, x: torch.Tensor, center: np.ndarray, scale: n
     x = _dense(x, x)
     dy = _dense(dy, x)
     residual = _dense(residual, x)
-    g = empty_output_like(x)
+    g = new_output_like(x)
     sum_g, sum_g_xc = np.zeros(x.shape[1]), np.zeros(x.shape[1])
     if x.numel():
         xv = _view(x)
@@ -62,7 +62,7 @@ def grad_input_from_output(dy: torch.Tensor, y: torch.Tensor, center: np.ndarray
     """out = k_dy_c * g + k_x_c * (z - center_c) + k_0_c with z = act^-1(y), g = dy * act'(z)."""
     y = _dense(y, y)
     dy = _dense(dy, y)
-    out = empty_output_like(y)
+    out = new_output_like(y)
     if y.numel():
         yv = _view(y)
         _launch(fk.grad_input_out_cf, fk.grad_input_out_rows, y, yv, _view(dy), yv, center, code(activation),
