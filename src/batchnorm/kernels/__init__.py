@@ -16,7 +16,9 @@ Fused entry points (`train_forward`, `normalize`, `train_backward`) do a whole l
     channel block) pairs, then the transform, through the four primitives;
   * rows: row blocks in parallel, partial sums per block, then the transform over the same blocks.
 Optional per-channel tensors (weight, bias, running buffers) must be contiguous 1-D CPU tensors or None;
-running buffers are updated in place by the kernel.
+running buffers are updated in place by the kernel. Outputs are allocated by NumPy (`_new_like`: transparent
+huge pages for large blocks), or taken from `pool` when the caller passes `pooled=True` (outputs computed
+without autograd).
 
 Every entry point takes an activation name and its parameter (`activations.ACTIVATIONS`, "identity" by
 default), applied where the output is written; the backward entry points recompute the pre-activation.
