@@ -341,8 +341,8 @@ def numpy_dtype(x: torch.Tensor) -> np.dtype:
 def _output(x: torch.Tensor, out, pooled: bool, rows: bool) -> tuple[torch.Tensor, np.ndarray | None]:
     """(the tensor a fused entry point writes, its NumPy view in the kernels' layout or None for an empty x):
     `out` (x itself for an in-place layer; it must have x's layout), else a new tensor like x (from `pool` when
-    `pooled`, else from `_new_like`)."""
-    if out is None and not pooled:
+    `pooled` and the pool takes it, else from `_new_like`)."""
+    if out is None and not (pooled and pool.takes(x)):
         return _new_like(x, rows)
     if out is None:
         out = pool.empty_like(x, _memory_format(x))

@@ -57,14 +57,20 @@ def clear() -> None:
     _free_bytes[0] = 0
 
 
+def takes(x: torch.Tensor) -> bool:
+    """Whether an output like x comes from the pool: float32/float64, at least POOL_MIN_BYTES, pool enabled."""
+    return (x.dtype in _NUMPY and config.POOL_MAX_BYTES > 0
+            and x.numel() * x.element_size() >= max(config.POOL_MIN_BYTES, 1))
+
+
 def empty_like(x: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """An uninitialized tensor with x's shape and dtype, contiguous or channels_last (`memory_format`), from a
-    free block of the pool when one of its size is there; small tensors and a disabled pool use torch.empty_like.
+    free block of the pool when one of its size is there; what the pool does not take uses torch.empty_like.
     """
-    dtype = _NUMPY.get(x.dtype)
-    nbytes = x.numel() * x.element_size()
-    if dtype is None or nbytes < max(config.POOL_MIN_BYTES, 1) or config.POOL_MAX_BYTES <= 0:
+    if not takes(x):
         return torch.empty_like(x, memory_format=memory_format)
+    dtype = _NUMPY[x.dtype]
+    nbytes = x.numel() * x.element_size()
     try:
         memory = _FREE[nbytes].pop()
         _free_bytes[0] -= nbytes
