@@ -262,9 +262,9 @@ def _array(t: torch.Tensor, rows: bool) -> np.ndarray:
 
 
 # NumPy views of the per-channel tensors (weights, biases, running buffers) that layers pass on every call:
-# id(tensor) -> (weak reference, data pointer, view). An entry is used only while it is the same live tensor
-# over the same memory, and it disappears with its tensor; this saves a detach + numpy (about 1 us) per
-# tensor and call, which matters for small inputs.
+# id(tensor) -> (weak reference, data pointer, length, view). An entry is used only while it is the same live
+# tensor over the same memory and length, and it disappears with its tensor; this saves a detach + numpy (about
+# 1 us) per tensor and call, which matters for small inputs.
 _VIEWS: dict[int, tuple] = {}
 
 
@@ -280,11 +280,11 @@ def _vector(t, dtype: np.dtype) -> np.ndarray:
         return t
     key = id(t)
     entry = _VIEWS.get(key)
-    if entry is not None and entry[0]() is t and entry[1] == t.data_ptr() and entry[2].shape == t.shape:
-        return entry[2]
+    if entry is not None and entry[0]() is t and entry[1] == t.data_ptr() and entry[2] == t.shape[0]:
+        return entry[3]
     view = t.detach().numpy()
     if t.dim() == 1 and t.is_contiguous():
-        _VIEWS[key] = (weakref.ref(t, _forget(key)), t.data_ptr(), view)
+        _VIEWS[key] = (weakref.ref(t, _forget(key)), t.data_ptr(), t.shape[0], view)
     return view
 
 
