@@ -4,7 +4,7 @@ A fresh multi-megabyte tensor costs more than the batch-norm pass that fills it:
 mapped pages (one page fault per 4 KiB on first write) or from memory that has long left the caches. Under
 `torch.no_grad()` an output usually dies right after the next layer has read it, so its memory can be handed to
 the next output of the same size, still mapped and warm. (With autograd the next layer saves its input for the
-backward pass, and nothing would come back in time; those outputs are allocated by torch as usual.)
+backward pass, and nothing would come back in time; those outputs are allocated fresh, `kernels._new_like`.)
 
 Mechanics: a pooled tensor is a view of a NumPy block whose owner object (`_Block`) returns the block to the
 pool when the last tensor or view over it dies, so a block is never handed out while any tensor still uses it.
