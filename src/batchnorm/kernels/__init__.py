@@ -436,11 +436,14 @@ def train_backward(dy: torch.Tensor, x: torch.Tensor, mean: np.ndarray, var: np.
     x, rows = _dense_rows(x)
     channels = x.shape[1]
     param_dtype = _NUMPY_DTYPE[x.dtype if weight is None else weight.dtype]
-    dx, dxv = _new_like(x, rows) if need_dx else (None, None)
     numel = x.numel()
     if numel == 0:
         dweight = torch.zeros(channels, dtype=weight.dtype if weight is not None else x.dtype)
-        return dx, (dweight if need_dweight else None), torch.zeros_like(dweight)
+        return (_new_like(x, rows)[0] if need_dx else None), (dweight if need_dweight else None), \
+            torch.zeros_like(dweight)
+    threads = _threads(numel)
+    fused = rows or _fused_channels_first(threads, channels)  # else dx comes from `grad_input` below
+    dx, dxv = _new_like(x, rows) if need_dx and fused else (None, None)
     dbias_np = np.empty(channels, param_dtype)
     dweight_np = np.empty(channels, param_dtype) if need_dweight else _ABSENT[param_dtype]
     if dy.stride() != x.stride():
@@ -450,15 +453,14 @@ def train_backward(dy: torch.Tensor, x: torch.Tensor, mean: np.ndarray, var: np.
     np_dtype = xv.dtype
     args = (_array(dy, rows), xv, mean, var, _vector(weight, np_dtype), _vector(bias, np_dtype), float(eps),
             bool(batch_stats), code(activation), float(param),
-            dxv if need_dx else np.empty((0,) * xv.ndim, np_dtype), dweight_np, dbias_np)
-    threads = _threads(numel)
+            dxv if dx is not None else np.empty((0,) * xv.ndim, np_dtype), dweight_np, dbias_np)
     dbias = torch.from_numpy(dbias_np)
     dweight = torch.from_numpy(dweight_np) if need_dweight else None
     if rows:
         _call(nk.train_backward_rows, threads, 1 if threads == 1 else config.row_blocks(xv.shape[0], threads),
               *args)
         return dx, dweight, dbias
-    if _fused_channels_first(threads, channels):
+    if fused:
         _call(nk.train_backward_cf, threads, _channel_blocks(xv, threads), *args)
         return dx, dweight, dbias
     scale, shift = _scale_shift(weight, bias, var, eps)
