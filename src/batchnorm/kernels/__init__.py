@@ -105,16 +105,20 @@ def empty_output_like(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x, memory_format=_memory_format(x))
 
 
-def _new_like(x: torch.Tensor, rows: bool) -> tuple[torch.Tensor, np.ndarray | None]:
+def _new_like(x: torch.Tensor, rows: bool, pooled: bool = False) -> tuple[torch.Tensor, np.ndarray | None]:
     """(a new tensor with x's shape, dtype and layout, its NumPy view in the kernels' layout) for a dense x,
-    allocated by NumPy. NumPy asks the kernel for transparent huge pages on large blocks (madvise), so a fresh
-    multi-megabyte output takes one page fault per 2 MiB instead of one per 4 KiB page (measured on
-    64x64x112x112: training forward+backward 10.2 -> 7.0 copies, page faults per call 100354 -> 768)."""
+    allocated by NumPy, or taken from `pool` when `pooled` and the pool takes it. NumPy asks the kernel for
+    transparent huge pages on large blocks (madvise), so a fresh multi-megabyte output takes one page fault per
+    2 MiB instead of one per 4 KiB page (measured on 64x64x112x112: training forward+backward 10.2 -> 7.0
+    copies, page faults per call 100354 -> 768)."""
     if not x.numel():  # torch's strides for an empty tensor (NumPy's would be 0); no kernel writes it
         return torch.empty_like(x, memory_format=_memory_format(x)), None
     n, c = x.shape[0], x.shape[1]
     space = x.numel() // (n * c)
-    memory = np.empty((n, *x.shape[2:], c) if rows and x.dim() > 2 else tuple(x.shape), _NUMPY_DTYPE[x.dtype])
+    # channels_last(_3d) is (N, *spatial, C) in memory
+    shape = (n, *x.shape[2:], c) if rows and x.dim() > 2 else tuple(x.shape)
+    flat = pool.take(x) if pooled else None
+    memory = np.empty(shape, _NUMPY_DTYPE[x.dtype]) if flat is None else flat.reshape(shape)
     if not rows:
         return torch.from_numpy(memory), memory.reshape(n, c, space)
     tensor = torch.from_numpy(memory)
@@ -340,13 +344,10 @@ def numpy_dtype(x: torch.Tensor) -> np.dtype:
 
 def _output(x: torch.Tensor, out, pooled: bool, rows: bool) -> tuple[torch.Tensor, np.ndarray | None]:
     """(the tensor a fused entry point writes, its NumPy view in the kernels' layout or None for an empty x):
-    `out` (x itself for an in-place layer; it must have x's layout), else a new tensor like x (from `pool` when
-    `pooled` and the pool takes it, else from `_new_like`)."""
-    if out is None and not (pooled and pool.takes(x)):
-        return _new_like(x, rows)
+    `out` (x itself for an in-place layer; it must have x's layout), else a new tensor like x (`_new_like`)."""
     if out is None:
-        out = pool.empty_like(x, _memory_format(x))
-    elif out.stride() != x.stride() or out.shape != x.shape:
+        return _new_like(x, rows, pooled)
+    if out.stride() != x.stride() or out.shape != x.shape:
         raise ValueError(f"out must have the input's shape and memory layout, got shape {tuple(out.shape)} "
                          f"strides {out.stride()} for an input of shape {tuple(x.shape)} strides {x.stride()}")
     return out, (_array(out, rows) if x.numel() else None)

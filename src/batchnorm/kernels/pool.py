@@ -6,7 +6,7 @@ mapped pages (one page fault per 4 KiB on first write) or from memory that has l
 the next output of the same size, still mapped and warm. (With autograd the next layer saves its input for the
 backward pass, and nothing would come back in time; those outputs are allocated fresh, `kernels._new_like`.)
 
-Mechanics: a pooled tensor is a view of a NumPy block whose owner object (`_Block`) returns the block to the
+Mechanics: a pooled output is a view of a NumPy block whose owner object (`_Block`) returns the block to the
 pool when the last tensor or view over it dies, so a block is never handed out while any tensor still uses it.
 The pool keeps at most `config.POOL_BLOCKS_PER_SIZE` free blocks of each size and `config.POOL_MAX_BYTES` in all
 (0 disables it; the environment variable BATCHNORM_POOL_MB sets the cap in MiB); only outputs of at least
@@ -57,27 +57,17 @@ def clear() -> None:
     _free_bytes[0] = 0
 
 
-def takes(x: torch.Tensor) -> bool:
-    """Whether an output like x comes from the pool: float32/float64, at least POOL_MIN_BYTES, pool enabled."""
-    return (x.dtype in _NUMPY and config.POOL_MAX_BYTES > 0
-            and x.numel() * x.element_size() >= max(config.POOL_MIN_BYTES, 1))
-
-
-def empty_like(x: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """An uninitialized tensor with x's shape and dtype, contiguous or channels_last (`memory_format`), from a
-    free block of the pool when one of its size is there; what the pool does not take uses torch.empty_like.
-    """
-    if not takes(x):
-        return torch.empty_like(x, memory_format=memory_format)
-    dtype = _NUMPY[x.dtype]
+def take(x: torch.Tensor) -> np.ndarray | None:
+    """A flat uninitialized NumPy array with x's dtype and number of elements over a pooled block (a free block of
+    that size when there is one), or None when the pool does not take outputs like x (not float32/float64,
+    smaller than POOL_MIN_BYTES, or the pool disabled)."""
+    dtype = _NUMPY.get(x.dtype)
     nbytes = x.numel() * x.element_size()
+    if dtype is None or config.POOL_MAX_BYTES <= 0 or nbytes < max(config.POOL_MIN_BYTES, 1):
+        return None
     try:
         memory = _FREE[nbytes].pop()
         _free_bytes[0] -= nbytes
     except (KeyError, IndexError):
         memory = np.empty(nbytes, np.uint8)
-    flat = torch.from_numpy(np.asarray(_Block(memory, dtype)))
-    if memory_format == torch.contiguous_format:
-        return flat.view(x.shape)
-    # channels_last(_3d): channels vary fastest, so view as (N, *spatial, C) and move C to dimension 1
-    return flat.view(x.shape[0], *x.shape[2:], x.shape[1]).movedim(-1, 1)
+    return np.asarray(_Block(memory, dtype))
