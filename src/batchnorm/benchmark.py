@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from ._atomic import atomic_write
+
 __all__ = ["Shape", "SUITE", "Row", "calls_per_round", "measure_shape", "measure_shape_isolated", "first_call_seconds", "run_suite",
            "format_table",
            "add_arguments", "run"]
@@ -373,8 +375,7 @@ def run(args: argparse.Namespace) -> int:
         report["header"]["omp_wait_policy"] = "PASSIVE" if args.omp_passive else os.environ.get("OMP_WAIT_POLICY",
                                                                                                  "unset")
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(report, f, indent=2)
+            atomic_write(args.json, json.dumps(report, indent=2))
         return 0
     report = run_suite(shapes, args.threads, getattr(torch, args.dtype), args.repeats,
                        first_call=not args.no_first_call,
@@ -382,6 +383,5 @@ def run(args: argparse.Namespace) -> int:
                        omp_passive=args.omp_passive)
     print(format_table(report))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        atomic_write(args.json, json.dumps(report, indent=2))
     return 0

@@ -41,6 +41,7 @@ import numba
 import numpy as np
 import torch
 
+from .._atomic import atomic_write
 from . import config, pool
 
 
@@ -67,8 +68,7 @@ def _clear_stale_kernel_cache() -> None:
         for name in os.listdir(cache):
             if name.endswith((".nbi", ".nbc")):
                 os.remove(os.path.join(cache, name))
-        with open(stamp, "w") as f:
-            f.write(digest.hexdigest())
+        atomic_write(stamp, digest.hexdigest())
     except OSError:
         pass
 

@@ -11,6 +11,7 @@ import warnings
 import torch
 from torch import nn
 
+from .._atomic import atomic_path
 from ._common import activation_of, is_batchnorm, is_ours, replace_everywhere
 from .convert import _as_batchnorm, convert
 from .fold import FoldReport, behaves_affine, fold
@@ -31,7 +32,8 @@ def export_onnx(model: nn.Module, example_inputs, path, *, fold_batchnorm: bool 
     Args:
         model: the model; not modified (the export runs on an eval-mode copy).
         example_inputs: a tensor or a tuple of positional input tensors, used to trace the export.
-        path: the output file (str or os.PathLike).
+        path: the output file (str or os.PathLike, written atomically: a failed export leaves it untouched;
+            or a binary file object).
         fold_batchnorm: True; False exports the batch norms as they are.
         opset_version: 18.
         dynamic_batch: True: the first dimension of every input and output is symbolic ("batch").
@@ -71,9 +73,13 @@ def export_onnx(model: nn.Module, example_inputs, path, *, fold_batchnorm: bool 
     dynamic_axes = {name: {0: "batch"} for name in input_names + output_names} if dynamic_batch else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=DeprecationWarning)
-        torch.onnx.export(work, inputs, path, input_names=input_names, output_names=output_names,
-                          dynamic_axes=dynamic_axes, opset_version=opset_version, dynamo=False,
-                          do_constant_folding=True)
+        options = dict(input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes,
+                       opset_version=opset_version, dynamo=False, do_constant_folding=True)
+        if isinstance(path, io.IOBase):
+            torch.onnx.export(work, inputs, path, **options)
+        else:
+            with atomic_path(path) as temporary:       # a failed export leaves an existing file untouched
+                torch.onnx.export(work, inputs, temporary, **options)
     return report
 
 

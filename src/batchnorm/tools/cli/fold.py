@@ -19,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _body(args) -> int:
     import torch
 
+    from ..._atomic import atomic_open
     from ..fold import fold
     from ..onnx_export import export_onnx
 
@@ -34,7 +35,8 @@ def _body(args) -> int:
         raise CommandError(f"folding failed: {type(error).__name__}: {error}")
     print(report)
     if args.out:
-        torch.save(folded.state_dict(), args.out)
+        with atomic_open(args.out, "wb") as handle:
+            torch.save(folded.state_dict(), handle)
         print(f"saved the folded state_dict to {args.out}")
     if args.onnx:
         try:

@@ -17,6 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _body(args) -> int:
     import torch
 
+    from ..._atomic import atomic_open
     from ..recalibrate import recalibrate
 
     model = load_model(args)
@@ -26,7 +27,8 @@ def _body(args) -> int:
     except ValueError as error:
         raise CommandError(str(error))
     print(report)
-    torch.save(model.state_dict(), args.out)
+    with atomic_open(args.out, "wb") as handle:
+        torch.save(model.state_dict(), handle)
     print(f"saved the recalibrated state_dict to {args.out}")
     return 0
 
