@@ -1,22 +1,24 @@
 """Torch-facing batch norm: custom ops with autograd and fake implementations, routed to the Numba kernels.
 
-The shared core of every layer in this package is two steps (see `../shared/DESIGN.md`):
+The shared core of every layer in this package is two steps (see the design page of the documentation)::
 
     1. statistics  mean_c, var_c   from the batch (training) or the running buffers (inference);
     2. transform   y = (x - mean_c) * gamma_c / sqrt(var_c + eps) + beta_c,
 
-and the backward of the transform, with g = dL/dy, xhat = (x - mean) / sqrt(var + eps), m values per channel:
+and the backward of the transform, with g = dL/dy, xhat = (x - mean) / sqrt(var + eps), m values per channel::
 
     dbeta = sum g,   dgamma = sum g * xhat,
     dx = gamma / sqrt(var + eps) * (g - [batch] (dbeta + xhat * dgamma) / m)
 
 where the bracketed term is present only when the statistics came from the batch itself.
 
-Ops registered under the `batchnorm::` namespace (usable in `torch.compile(fullgraph=True)`):
-  * `batchnorm::batch_stats(x) -> (mean, var)`                    per-channel statistics, one read of x
-  * `batchnorm::normalize(x, mean, var, weight?, bias?, eps, batch_stats, r?, d?) -> y`  the transform
-  * `batchnorm::normalize_backward(dy, x, mean, var, weight?, eps, batch_stats, need_dx, r?, d?) -> (dx, dw, db)`
-Optional per-channel `r`, `d` (Batch Renorm) make the transform ((x - mean) / sqrt(var + eps) * r + d) * gamma
+Ops registered under the ``batchnorm::`` namespace (usable in ``torch.compile(fullgraph=True)``):
+
+* ``batchnorm::batch_stats(x) -> (mean, var)``: per-channel statistics, one read of x;
+* ``batchnorm::normalize(x, mean, var, weight?, bias?, eps, batch_stats, r?, d?) -> y``: the transform;
+* ``batchnorm::normalize_backward(dy, x, mean, var, weight?, eps, batch_stats, need_dx, r?, d?) -> (dx, dw, db)``.
+
+Optional per-channel ``r``, ``d`` (Batch Renorm) make the transform ((x - mean) / sqrt(var + eps) * r + d) * gamma
 + beta with r, d constants in the backward.
 `batch_stats=True` says that mean/var are the statistics of x itself, so the backward includes their
 dependence on x. The statistics are not differentiable tensors of their own: a variant that derives them
@@ -379,7 +381,7 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     With `training=False` the running statistics are used.
 
     Args:
-        input: (N, C) or (N, C, *spatial).
+        input: (N, C) or (N, C, ``*spatial``).
         running_mean, running_var: (C,) buffers or None.
         weight, bias: (C,) affine parameters or None.
         training: use batch statistics (and update the running ones).

@@ -1,10 +1,10 @@
 """Float64 NumPy reference of batch normalization: the oracle every kernel and layer is tested against.
 
-Pure functions, no torch import. Inputs have the channel on axis 1: shape (N, C) or (N, C, *spatial).
+Pure functions, no torch import. Inputs have the channel on axis 1: shape (N, C) or (N, C, ``*spatial``).
 Statistics are per channel over the m = N * prod(spatial) values of that channel, computed in two passes
 (mean first, then the mean of squared deviations), so they are exact to float64 rounding.
 
-Formulas (Ioffe & Szegedy 2015, arXiv 1502.03167, Algorithms 1 and 2):
+Formulas (Ioffe & Szegedy 2015, arXiv 1502.03167, Algorithms 1 and 2)::
 
     training:   mu_B = (1/m) sum_i x_i
                 sigma2_B = (1/m) sum_i (x_i - mu_B)^2                (biased)
@@ -15,7 +15,7 @@ Formulas (Ioffe & Szegedy 2015, arXiv 1502.03167, Algorithms 1 and 2):
                 running_var  <- (1 - momentum) * running_var  + momentum * m/(m-1) * sigma2_B
                 (momentum=None: cumulative average, factor 1/num_batches_tracked)
 
-Backward pass in the compact form, with g = dL/dy:
+Backward pass in the compact form, with g = dL/dy::
 
     dbeta  = sum_i g_i
     dgamma = sum_i g_i * x_hat_i
@@ -89,7 +89,7 @@ def _per_channel(v: np.ndarray, ndim: int) -> np.ndarray:
 
 
 def batch_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Two-pass per-channel mean and biased variance of x (N, C, *spatial); returns (mean, var, m)."""
+    """Two-pass per-channel mean and biased variance of x (N, C, ``*spatial``); returns (mean, var, m)."""
     x = np.asarray(x, dtype=np.float64)
     axes = _reduce_axes(x)
     count = int(np.prod([x.shape[a] for a in axes]))
@@ -235,11 +235,12 @@ def batch_renorm_limits(step: int, rmax: float, dmax: float, warmup_steps: int, 
 
 def batch_renorm_train_forward(x, running_mean, running_var, weight=None, bias=None, eps: float = 1e-5,
                                rmax: float = 3.0, dmax: float = 5.0):
-    """Batch Renorm training forward (Ioffe 2017, Algorithm 1) with sigma = sqrt(running_var + eps).
+    """Batch Renorm training forward (Ioffe 2017, Algorithm 1) with sigma = sqrt(running_var + eps)::
 
         sigma_B = sqrt(sigma2_B + eps),  r = clip(sigma_B / sigma, 1/rmax, rmax),
         d = clip((mu_B - running_mean) / sigma, -dmax, dmax),
         y = gamma * ((x - mu_B) / sigma_B * r + d) + beta.
+
     The running statistics are updated afterwards as BatchNorm's (`update_running_stats`).
     Returns (y, BatchRenormCache).
     """
@@ -350,10 +351,11 @@ class MaskedBatchNormCache(NamedTuple):
 
 def masked_batch_norm_train_forward(x, mask, weight=None, bias=None, eps: float = 1e-5,
                                     virtual_batch_size: int | None = None):
-    """BatchNorm over the valid positions of x (N, C, L) with mask (N, L) (or x (N, C), mask (N,)).
+    """BatchNorm over the valid positions of x (N, C, L) with mask (N, L) (or x (N, C), mask (N,))::
 
         m = sum(mask),  mu = sum_valid x / m,  sigma2 = sum_valid (x - mu)^2 / m,
         y = gamma (x - mu) / sqrt(sigma2 + eps) + beta at valid positions,  y = 0 at padded positions,
+
     per ghost chunk when `virtual_batch_size` is given (a chunk without valid positions outputs 0).
     Returns (y, MaskedBatchNormCache).
     """

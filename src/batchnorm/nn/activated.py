@@ -150,8 +150,8 @@ _INPLACE_DOC = """In-place activated batch norm (Rota Bulo et al. 2018, arXiv 17
     needs. In a conv-BN-act stack this stores one tensor per block instead of two.
 
     Args: those of BatchNormAct{dims}, with activation "leaky_relu" (default, slope 0.01), "elu" or "identity"
-    (invertible ones only), and min_abs_weight=1e-5: gamma is used as sign(gamma) * max(|gamma|, min_abs_weight)
-    (identical for |gamma| >= 1e-5; a gamma of exactly 0 would make x_hat unrecoverable), with gamma's gradient
+    (invertible ones only), and min_abs_weight=1e-5: gamma is used as ``sign(gamma) * max(|gamma|, min_abs_weight)``
+    (identical for ``|gamma| >= 1e-5``; a gamma of exactly 0 would make x_hat unrecoverable), with gamma's gradient
     passed straight through.
 
     Refuses (ValueError) an input it must not overwrite: a leaf tensor that requires grad, a tensor that the

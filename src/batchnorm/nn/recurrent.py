@@ -429,7 +429,7 @@ class _NormalizedLSTM(torch.nn.Module):
 _CLASS_DOC_COMMON = """
     Args:
         input_size: features of x_t. hidden_size: features of h_t and c_t.
-        num_layers: 1 (stacked layers). batch_first: False ((L, N, *) layout; True: (N, L, *)).
+        num_layers: 1 (stacked layers). batch_first: False ((L, N, ``*``) layout; True: (N, L, ``*``)).
         max_length: 100 ({max_length_role}).
         bias: True (gate bias b and the cell normalization's beta; False: neither).
         dropout: 0.0 (dropout on the outputs of every layer but the last, in training, as torch.nn.LSTM).

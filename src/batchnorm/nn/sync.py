@@ -178,7 +178,7 @@ class SyncBatchNorm(BatchNormMixin, _BatchNorm):
         (cumulative average). affine: True. track_running_stats: True. process_group: None (WORLD) or a group
         from `torch.distributed.new_group`. device, dtype: factory arguments. bias: True (keyword only).
 
-    Shape: input (N, C, *) with any number of trailing dimensions; output the same. N may be 0 on some ranks.
+    Shape: input (N, C, ``*``) with any number of trailing dimensions; output the same. N may be 0 on some ranks.
 
     CPU float32/float64: Numba kernels. Other devices/dtypes (CUDA + NCCL, float16, bfloat16): the same algorithm
     with torch ops; CUDA is untested here (no GPU). State dicts interchange with torch's BatchNorm*/SyncBatchNorm.

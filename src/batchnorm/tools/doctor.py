@@ -188,7 +188,7 @@ def doctor(model: nn.Module, data=None, *, num_batches: int | None = 20, forward
     r"""Examine every batch-norm layer and report the mistakes that silently hurt accuracy.
 
     Checks without data: momentum in another framework's convention (> `max_momentum`), dead channels
-    (|gamma| < `dead_gamma`), a redundant bias in the Conv/Linear feeding BN, BN right after an activation
+    (``|gamma| < dead_gamma``), a redundant bias in the Conv/Linear feeding BN, BN right after an activation
     (informational), layers without running statistics (informational). The last three read the fx data flow.
     With data (batches like those used in training): the effective normalization batch
     m = N x spatial values per channel of the largest batch (warning when N < `min_batch` or m < `min_values`,
@@ -199,7 +199,7 @@ def doctor(model: nn.Module, data=None, *, num_batches: int | None = 20, forward
               r = \max_c \left|\log \frac{\sigma^{2,running}_c + \epsilon}{\sigma^{2,data}_c + \epsilon}\right|
 
     (warning when z > `max_shift` or e^r > `max_var_ratio`); and train vs eval mode outputs on the data, as
-    ||y_train - y_eval|| / ||y_eval|| (warning above `max_output_mismatch`), plus the accuracy drop when the
+    ``||y_train - y_eval|| / ||y_eval||`` (warning above `max_output_mismatch`), plus the accuracy drop when the
     batches are (inputs, integer labels) and the model outputs (N, classes) (warning above
     `max_accuracy_drop` and above sampling noise, 3 binomial standard errors). The model is not modified
     (every check runs on a copy).
@@ -209,8 +209,14 @@ def doctor(model: nn.Module, data=None, *, num_batches: int | None = 20, forward
         data: None, or an iterable of batches (tensor, (inputs, labels) tuple/list, dict) or one tensor.
         num_batches: 20; the number of batches used (None = all).
         forward: None, or `forward(model, batch)` to call the model on a batch of another form.
-        min_batch, min_values, max_shift, max_var_ratio, max_output_mismatch, max_accuracy_drop, dead_gamma,
-        max_momentum: the thresholds above (defaults 8, 32, 0.5, 2.0, 0.3, 0.05, 1e-4, 0.5).
+        min_batch: 8; warn when the largest batch has fewer samples.
+        min_values: 32; warn when a channel sees fewer values (N x spatial) per batch.
+        max_shift: 0.5; warn when the running mean is further from the data's mean (in data standard deviations).
+        max_var_ratio: 2.0; warn when running and data variances differ by a larger factor.
+        max_output_mismatch: 0.3; warn when train- and eval-mode outputs differ by more (relative norm).
+        max_accuracy_drop: 0.05; warn when eval-mode accuracy is lower by more (and above sampling noise).
+        dead_gamma: 1e-4; channels with a smaller ``|gamma|`` are reported dead.
+        max_momentum: 0.5; a larger momentum is reported as another framework's convention.
 
     Returns: a `DoctorReport` (print it for the table).
 

@@ -164,7 +164,7 @@ def recalibrate(model: nn.Module, data, num_batches: int | None = None, *, forwa
     Returns:
         (the recalibrated model, `RecalibrationReport`).
 
-    Shape: each batch-norm input (N, C, *); statistics per channel C.
+    Shape: each batch-norm input (N, C, ``*``); statistics per channel C.
 
     Example:
         >>> model, report = recalibrate(model, loader, num_batches=100)
