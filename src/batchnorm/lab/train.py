@@ -1,10 +1,12 @@
-"""The lab's training loop: mini-batch SGD on cross-entropy with periodic test evaluation, divergence detection
-and progress reporting; plus `evaluate` and the batch samplers (i.i.d. shuffling and class-clustered batches).
+"""The lab's training loop: mini-batch SGD on cross-entropy with periodic validation, one test evaluation at
+the end, divergence detection and progress reporting; plus `evaluate` and the batch samplers (i.i.d. shuffling
+and class-clustered batches).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -24,17 +26,19 @@ def seed_everything(seed: int) -> None:
 
 @dataclass
 class History:
-    """What `train` measured. steps[i] is the step count at evaluation i."""
+    """What `train` measured. steps[i] is the step count at validation i; the test set is read once, at the end."""
 
     steps: list[int] = field(default_factory=list)
-    test_accuracy: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)  # validation accuracy at each of `steps`
     train_loss: list[float] = field(default_factory=list)  # mean training loss since the previous evaluation
+    test_accuracy: float = math.nan  # test accuracy of the final model (the reported number)
     diverged: bool = False  # the loss became NaN/inf or exceeded `divergence_loss`
     seconds: float = 0.0  # wall-clock training time (evaluations excluded)
 
     @property
-    def final_accuracy(self) -> float:
-        return self.test_accuracy[-1] if self.test_accuracy else math.nan
+    def final_val(self) -> float:
+        """Validation accuracy of the final model (what learning rates are tuned on)."""
+        return self.val_accuracy[-1] if self.val_accuracy else math.nan
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024,
@@ -88,8 +92,9 @@ def train(model: nn.Module, data: Dataset, *, steps: int, batch_size: int, lr: f
     """Train `model` in place on `data` and return its `History`.
 
     loss = cross_entropy(model(x_batch), y_batch), minimized by SGD (lr, momentum, weight_decay) or Adam
-    (optimizer='adam'). Evaluates test accuracy every `eval_every` steps (default: only at the end) and at
-    the end. Stops early, marking `diverged`, if the loss is not finite or exceeds `divergence_loss`.
+    (optimizer='adam'). Evaluates validation accuracy every `eval_every` steps (default: only at the end) and at
+    the end, and test accuracy once, at the end. Stops early, marking `diverged`, if the loss is not finite or
+    exceeds `divergence_loss` (a diverged network is evaluated as it is: about chance).
 
     Args:
         steps: number of mini-batch updates. batch_size: samples per batch. lr: learning rate. seed: batch order.
@@ -106,12 +111,14 @@ def train(model: nn.Module, data: Dataset, *, steps: int, batch_size: int, lr: f
         opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     else:
         raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+    if data.x_val is None:
+        raise ValueError(f"train needs a dataset with a validation split; {data.name!r} has none: pass it "
+                         f"through batchnorm.lab.data.with_validation(...) (load(...) does this)")
+    x_val, y_val = data.x_val, data.y_val
     history = History()
     eval_every = eval_every or steps
     running, count = 0.0, 0
     model.train()
-    import time
-
     clock = 0.0
     for step in range(1, steps + 1):
         start = time.perf_counter()
@@ -134,7 +141,7 @@ def train(model: nn.Module, data: Dataset, *, steps: int, batch_size: int, lr: f
             on_step(step, model, loss)
         if step % eval_every == 0 or step == steps:
             history.steps.append(step)
-            history.test_accuracy.append(evaluate(model, data.x_test, data.y_test))
+            history.val_accuracy.append(evaluate(model, x_val, y_val))
             history.train_loss.append(running / max(count, 1))
             running, count = 0.0, 0
         if step % 10 == 0:
@@ -142,7 +149,8 @@ def train(model: nn.Module, data: Dataset, *, steps: int, batch_size: int, lr: f
     if history.diverged:
         # record where it stopped: chance-level accuracy is what a diverged network delivers
         history.steps.append(step)
-        history.test_accuracy.append(evaluate(model, data.x_test, data.y_test))
+        history.val_accuracy.append(evaluate(model, x_val, y_val))
         history.train_loss.append(math.nan)
+    history.test_accuracy = evaluate(model, data.x_test, data.y_test)
     history.seconds = clock
     return history
