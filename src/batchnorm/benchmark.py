@@ -343,6 +343,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory", action="store_true",
                         help="peak memory of a 16-block conv-BN-activation training step: torch BN+ReLU, "
                              "BatchNormAct, InPlaceABN")
+    parser.add_argument("--model", choices=("resnet18",), default=None,
+                        help="time a whole network instead: training step and inference of a ResNet-18 with torch's "
+                             "BN, ours, ours fused (convert to='fused') and torch.compile")
+    parser.add_argument("--size", type=int, default=32, help="--model: input height and width (default 32)")
+    parser.add_argument("--batch", type=int, default=64, help="--model: batch size (default 64)")
+    parser.add_argument("--no-compile", action="store_true", help="--model: leave out torch.compile")
     parser.add_argument("--omp-passive", action="store_true",
                         help="run the measuring processes with OMP_WAIT_POLICY=PASSIVE (torch's OpenMP threads "
                              "then sleep after each parallel region instead of spinning on the cores)")
@@ -358,6 +364,18 @@ def format_fused_header(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise ValueError(f"bench --threads must be at least 1, got {args.threads}")
+    if args.model:
+        from . import benchmark_model
+
+        for name in ("size", "batch", "repeats"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"bench --{name} must be at least 1, got {getattr(args, name)}")
+        report = benchmark_model.measure_model(args.size, args.batch, args.repeats, args.threads,
+                                               compile_torch=not args.no_compile)
+        print(benchmark_model.format_model_table(report))
+        if args.json:
+            atomic_write(args.json, json.dumps(report, indent=2))
+        return 0
     shapes = tuple(args.shapes) if args.shapes else SUITE
     if args.fused or args.memory:
         from . import benchmark_fused

@@ -12,7 +12,7 @@ from ._common import is_batchnorm, replace_everywhere
 
 __all__ = ["convert", "TARGETS"]
 
-TARGETS = ("batchnorm", "torch", "sync", "frozen", "groupnorm")
+TARGETS = ("batchnorm", "fused", "torch", "sync", "frozen", "groupnorm")
 _TORCH_PLAIN = {nn.BatchNorm1d: 1, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3}
 # remembered on a frozen layer made by `convert`/`freeze`, so that `unfreeze` can bring the original class back
 ORIGINAL_ATTRIBUTE = "_batchnorm_tools_original"
@@ -172,6 +172,9 @@ def convert(model: nn.Module, to: str, *, num_groups: int | None = None, process
     Args:
         model: the model (a single batch-norm layer works too); it is not modified.
         to: "batchnorm" (torch's BatchNorm1d/2d/3d and SyncBatchNorm -> ours, frozen -> ours),
+            "fused" (as "batchnorm", then each batch norm followed by an activation, or by a residual add and
+            an activation, becomes one `BatchNormAct`/`BatchNormAddAct` layer: `tools.fuse.fuse_activations`;
+            the result is a `torch.fx.GraphModule` with the same submodule names and state_dict),
             "torch" (ours -> torch's, frozen -> torch's; the frozen behaviour is lost),
             "sync" (`batchnorm.nn.convert_sync_batchnorm`: torch's and ours -> our SyncBatchNorm),
             "frozen" (-> `batchnorm.nn.FrozenBatchNorm1d/2d/3d`: running statistics fixed in training too),
@@ -199,6 +202,10 @@ def convert(model: nn.Module, to: str, *, num_groups: int | None = None, process
     if to == "groupnorm" and (not isinstance(num_groups, int) or isinstance(num_groups, bool) or num_groups < 1):
         raise ValueError(f"convert(to='groupnorm') needs num_groups, a positive integer that divides every layer's "
                          f"channel count, got num_groups={num_groups!r}: for instance num_groups=32 (Wu & He 2018)")
+    if to == "fused":
+        from .fuse import fuse_activations
+
+        return fuse_activations(convert(model, to="batchnorm"))[0]
     model = copy.deepcopy(model)
     if to == "sync":
         try:
