@@ -10,7 +10,7 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; 
   log="$(mktemp)"
   if ! { "${PYTHON:-python3}" -m venv "$VENV" \
          && "$VENV/bin/python" -m pip install -q --upgrade pip \
-         && "$VENV/bin/python" -m pip install -q -r "$ROOT/requirements-dev.txt" -e "$ROOT[lab,dev,docs]"; } >"$log" 2>&1; then
+         && "$VENV/bin/python" -m pip install -q -r "$ROOT/requirements-dev.txt" -e "$ROOT[lab,dev,docs,bench]"; } >"$log" 2>&1; then
     echo "batchnorm: installation failed; pip said:" >&2
     grep -v "is ignored: it is neither a file nor a directory" "$log" | tail -40 >&2
     exit 1

@@ -15,3 +15,26 @@ def test_resnet18_benchmark_reports_every_variant(tmp_path):
     assert set(report["train"]) == {"torch eager", "ours", "ours fused"}
     assert report["train_ratio"]["torch eager"] == 1.0 and all(v > 0 for v in report["inference"].values())
     assert "| ours fused |" in done.stdout and "ResNet-18 (width 64), input 4x3x8x8" in done.stdout
+
+
+def test_peers_time_the_modules_torch_compile_and_jax_in_the_same_rounds():
+    import importlib.util
+
+    import torch
+
+    from batchnorm.benchmark import Shape, format_table, measure_shape
+
+    row = measure_shape(Shape((8, 4, 5, 5), channels_last=True), torch.float32, repeats=1, warmup=0,
+                        min_round_seconds=1e-4, peers=True)
+    contenders = {key.split("/")[0] for key in row.seconds}
+    expected = {"ours", "torch", "ours module", "torch module", "torch.compile"}
+    has_jax = importlib.util.find_spec("jax") is not None
+    assert contenders == expected | ({"jax"} if has_jax else set())
+    assert has_jax or row.notes == ["jax: not installed (pip install 'batchnorm[bench]'); left out"]
+    assert set(row.over_best_peer) == {"train_fwd", "train_fwd_bwd", "eval_fwd"}
+    assert all(v > 0 for v in row.module_over_torch.values())
+    from dataclasses import asdict
+    table = format_table({"header": {"machine": "m", "logical_cpus": 2, "threads": 2, "dtype": "float32",
+                                     "python": "3", "torch": "2", "numpy": "2", "numba": "0", "date_utc": "now"},
+                          "rows": [asdict(row)], "summary": {}})
+    assert "| 8x4x5x5 (channels_last) | train_fwd_bwd |" in table and "ours/best peer" in table

@@ -77,6 +77,9 @@ class Row:
     x_copy: dict = field(default_factory=dict)      # "ours/train_fwd" -> median over rounds of time / copy time
     min_seconds: dict = field(default_factory=dict)  # fastest round of each (copy and clone included)
     ours_over_torch: dict = field(default_factory=dict)  # "train_fwd" -> median over rounds of ours / torch
+    module_over_torch: dict = field(default_factory=dict)  # the same for the modules as users call them
+    over_best_peer: dict = field(default_factory=dict)  # ours module / the fastest other contender, per round
+    notes: list = field(default_factory=list)  # contenders left out and why
 
 
 def _make_input(shape: Shape, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
@@ -103,9 +106,92 @@ def calls_per_round(fn, min_round_seconds: float) -> int:
     return max(1, int(min_round_seconds / once))
 
 
+def _module_calls(module: torch.nn.Module, x: torch.Tensor, x_grad: torch.Tensor, dy: torch.Tensor) -> dict:
+    """The three modes of a batch-norm module called as users call it: `module(x)`, then `.backward(dy)`."""
+
+    def train_fwd():
+        module.train()
+        module(x)
+
+    def train_fwd_bwd():
+        module.train()
+        x_grad.grad = None
+        module.zero_grad(set_to_none=True)
+        module(x_grad).backward(dy)
+
+    def eval_fwd():
+        module.eval()
+        with torch.no_grad():
+            module(x)
+
+    return {"train_fwd": train_fwd, "train_fwd_bwd": train_fwd_bwd, "eval_fwd": eval_fwd}
+
+
+def _module_for(shape: Shape, cls_name: str, namespace, weight: torch.Tensor, bias: torch.Tensor) -> torch.nn.Module:
+    dims = {2: "1d", 3: "1d", 4: "2d", 5: "3d"}[len(shape.dims)]
+    module = getattr(namespace, cls_name + dims)(shape.dims[1]).to(weight.dtype)
+    with torch.no_grad():
+        module.weight.copy_(weight)
+        module.bias.copy_(bias)
+    return module
+
+
+def _jax_calls(x: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+               channels_last: bool) -> dict | None:
+    """JAX peers (`jax.jit` of a hand-written BN forward with the running update, and of forward + VJP), or
+    None when JAX is not installed. Inputs are converted once; each call waits for its result."""
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        return None
+    if x.dtype == torch.float64:
+        jax.config.update("jax_enable_x64", True)
+    # JAX arrays are row-major: a channels_last tensor is an (N, *spatial, C) array, channel axis last
+    channel_axis = -1 if channels_last else 1
+    as_jax = (lambda t: jnp.asarray(t.detach().movedim(1, -1).contiguous().numpy())) if channels_last else \
+        (lambda t: jnp.asarray(t.detach().contiguous().numpy()))
+    xj, dyj = as_jax(x), as_jax(dy)
+    ndim = x.dim()
+    axes = tuple(a for a in range(ndim) if a != channel_axis % ndim)
+    shape = [1] * ndim
+    shape[channel_axis] = x.shape[1]
+    w, b = jnp.asarray(weight.detach().numpy()).reshape(shape), jnp.asarray(bias.detach().numpy()).reshape(shape)
+    rm, rv = jnp.zeros(x.shape[1], xj.dtype), jnp.ones(x.shape[1], xj.dtype)
+    count = x.numel() // x.shape[1]
+
+    def normalize(x, w, b):
+        mean = x.mean(axes, keepdims=True)
+        var = jnp.square(x - mean).mean(axes, keepdims=True)
+        return (x - mean) * jax.lax.rsqrt(var + 1e-5) * w + b, mean.reshape(-1), var.reshape(-1)
+
+    @jax.jit
+    def train_fwd(x, w, b, rm, rv):
+        y, mean, var = normalize(x, w, b)
+        return y, 0.9 * rm + 0.1 * mean, 0.9 * rv + 0.1 * var * (count / (count - 1))
+
+    @jax.jit
+    def train_fwd_bwd(x, w, b, dy):
+        y, pullback = jax.vjp(lambda x, w, b: normalize(x, w, b)[0], x, w, b)
+        return y, pullback(dy)
+
+    @jax.jit
+    def eval_fwd(x, w, b, rm, rv):
+        return (x - rm.reshape(shape)) * jax.lax.rsqrt(rv.reshape(shape) + 1e-5) * w + b
+
+    return {"train_fwd": lambda: jax.block_until_ready(train_fwd(xj, w, b, rm, rv)),
+            "train_fwd_bwd": lambda: jax.block_until_ready(train_fwd_bwd(xj, w, b, dyj)),
+            "eval_fwd": lambda: jax.block_until_ready(eval_fwd(xj, w, b, rm, rv))}
+
+
 def measure_shape(shape: Shape, dtype: torch.dtype = torch.float32, repeats: int = 15, warmup: int = 3,
-                  min_round_seconds: float = 0.02, seed: int = 0) -> Row:
+                  min_round_seconds: float = 0.02, seed: int = 0, peers: bool = False) -> Row:
     """Median times of copy, ours and torch eager on one shape, interleaved round by round.
+
+    Contenders: "ours" and "torch" (the functional forms, `batch_norm(x, rm, rv, w, b, ...)`), "ours module" and
+    "torch module" (`BatchNorm2d(C)` called as users call it: `module(x)`, then `.backward(dy)`); with `peers`,
+    also "torch.compile" (the compiled torch module) and "jax" (`jax.jit` of BN forward + VJP; left out with a
+    note when JAX is not installed).
 
     Args:
         shape: the case. dtype: torch.float32 (default) or torch.float64.
@@ -113,8 +199,10 @@ def measure_shape(shape: Shape, dtype: torch.dtype = torch.float32, repeats: int
         min_round_seconds: 0.02, each measurement repeats its call until it lasts about this long
             (small shapes), and reports the mean per call of that round.
         seed: 0, seed of the random input.
+        peers: False, add torch.compile and JAX.
     """
     from . import functional
+    from . import nn as ours_nn
 
     generator = torch.Generator().manual_seed(seed)
     x = _make_input(shape, dtype, generator)
@@ -147,9 +235,22 @@ def measure_shape(shape: Shape, dtype: torch.dtype = torch.float32, repeats: int
 
         return {"train_fwd": train_fwd, "train_fwd_bwd": train_fwd_bwd, "eval_fwd": eval_fwd}
 
+    contenders = {name: calls(name) for name in impls}
+    contenders["ours module"] = _module_calls(_module_for(shape, "BatchNorm", ours_nn, weight, bias), x, x_grad, dy)
+    contenders["torch module"] = _module_calls(_module_for(shape, "BatchNorm", torch.nn, weight, bias), x, x_grad,
+                                               dy)
+    notes = []
+    if peers:
+        compiled = torch.compile(_module_for(shape, "BatchNorm", torch.nn, weight, bias))
+        contenders["torch.compile"] = _module_calls(compiled, x, x_grad, dy)
+        jax_calls = _jax_calls(x, dy, weight, bias, shape.channels_last)
+        if jax_calls is None:
+            notes.append("jax: not installed (pip install 'batchnorm[bench]'); left out")
+        else:
+            contenders["jax"] = jax_calls
     fns = {"copy": lambda: dst.copy_(x), "clone": lambda: x.clone()}
-    for name in impls:
-        for mode, fn in calls(name).items():
+    for name, modes in contenders.items():
+        for mode, fn in modes.items():
             fns[f"{name}/{mode}"] = fn
     inner = {key: calls_per_round(fn, min_round_seconds) for key, fn in fns.items()}
     samples = {key: [] for key in fns}
@@ -162,15 +263,23 @@ def measure_shape(shape: Shape, dtype: torch.dtype = torch.float32, repeats: int
     copy_s = medians.pop("copy")
     clone_s = medians.pop("clone")
     row = Row(shape=str(shape), megabytes=x.numel() * x.element_size() / 1e6, copy_s=copy_s, clone_s=clone_s,
-              seconds=medians)
+              seconds=medians, notes=notes)
     row.min_seconds = {key: min(v) for key, v in samples.items()}
     # ratios per round (each against the copy of the same round), then their median: a load that changes
     # between rounds (other processes on the machine) cancels out
     copies = samples["copy"]
     row.x_copy = {key: statistics.median(t / c for t, c in zip(samples[key], copies)) for key in medians}
-    row.ours_over_torch = {mode: statistics.median(o / t for o, t in zip(samples[f"ours/{mode}"],
-                                                                         samples[f"torch/{mode}"]))
-                           for mode in MODES}
+
+    def ratio(a: str, b: str) -> float:
+        return statistics.median(p / q for p, q in zip(samples[a], samples[b]))
+
+    row.ours_over_torch = {mode: ratio(f"ours/{mode}", f"torch/{mode}") for mode in MODES}
+    row.module_over_torch = {mode: ratio(f"ours module/{mode}", f"torch module/{mode}") for mode in MODES}
+    # the best peer per round: the fastest of every contender that is not ours, as users call them
+    others = [name for name in contenders if name not in ("ours", "torch", "ours module")]
+    row.over_best_peer = {mode: statistics.median(
+        o / min(samples[f"{name}/{mode}"][i] for name in others)
+        for i, o in enumerate(samples[f"ours module/{mode}"])) for mode in MODES}
     return row
 
 
@@ -234,7 +343,7 @@ from dataclasses import asdict
 from batchnorm import benchmark
 torch.set_num_threads({threads})
 shape = benchmark.Shape({dims!r}, {channels_last!r})
-print(json.dumps(asdict(benchmark.measure_shape(shape, torch.{dtype}, {repeats}))))
+print(json.dumps(asdict(benchmark.measure_shape(shape, torch.{dtype}, {repeats}, peers={peers!r}))))
 """
 
 
@@ -247,28 +356,29 @@ def _environment(omp_passive: bool) -> dict:
 
 
 def measure_shape_isolated(shape: Shape, dtype: torch.dtype = torch.float32, repeats: int = 15,
-                           threads: int = 2, omp_passive: bool = False) -> Row:
+                           threads: int = 2, omp_passive: bool = False, peers: bool = False) -> Row:
     """`measure_shape` in a fresh Python process, so that no shape inherits the state (allocator, thread
     pools, caches) that the shapes measured before it left behind. `omp_passive`: the process runs with
     OMP_WAIT_POLICY=PASSIVE (torch's OpenMP threads sleep after a parallel region instead of spinning)."""
     script = _SHAPE_SCRIPT.format(threads=threads, dims=tuple(shape.dims), channels_last=shape.channels_last,
-                                  dtype=str(dtype).removeprefix("torch."), repeats=repeats)
+                                  dtype=str(dtype).removeprefix("torch."), repeats=repeats, peers=peers)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                             env=_environment(omp_passive))
     return Row(**json.loads(result.stdout.strip().splitlines()[-1]))
 
 
 def run_suite(shapes=SUITE, threads: int = 2, dtype: torch.dtype = torch.float32, repeats: int = 15,
-              first_call: bool = True, progress=None, omp_passive: bool = False) -> dict:
+              first_call: bool = True, progress=None, omp_passive: bool = False, peers: bool = False) -> dict:
     """Measure every shape, each in its own fresh process (and the fresh-process first call); returns the
     JSON-ready report."""
     rows = []
     for shape in shapes:
-        rows.append(measure_shape_isolated(shape, dtype, repeats, threads, omp_passive))
+        rows.append(measure_shape_isolated(shape, dtype, repeats, threads, omp_passive, peers))
         if progress:
             progress(rows[-1])
     header = _header(threads, dtype)
     header["omp_wait_policy"] = "PASSIVE" if omp_passive else os.environ.get("OMP_WAIT_POLICY", "unset")
+    header["peers"] = bool(peers)
     report = {"header": header, "rows": [asdict(r) for r in rows]}
     report["summary"] = _summary(rows)
     if first_call:
@@ -281,6 +391,10 @@ def _summary(rows: list[Row]) -> dict:
     for mode in MODES:
         ratios = [r.ours_over_torch[mode] for r in rows]
         summary[f"median ours/torch {mode}"] = statistics.median(ratios) if ratios else float("nan")
+        modules = [r.module_over_torch[mode] for r in rows if r.module_over_torch]
+        if modules:
+            summary[f"median ours/torch {mode}, modules"] = statistics.median(modules)
+            summary[f"shapes where our module is slower than torch's, {mode}"] = sum(v > 1 for v in modules)
     return summary
 
 
@@ -305,8 +419,9 @@ def format_table(report: dict) -> str:
                       f"{r['ours_over_torch'][mode]:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    lines += _peer_lines(report)
     for key, value in report["summary"].items():
-        lines.append(f"{key}: {value:.2f}")
+        lines.append(f"{key}: {value:.2f}" if isinstance(value, float) else f"{key}: {value}")
     small = [r for r in report["rows"] if r["megabytes"] < 0.1]
     for r in small:
         lines.append(f"{r['shape']}: absolute medians (us): " + ", ".join(
@@ -318,6 +433,28 @@ def format_table(report: dict) -> str:
         lines.append(f"fresh process: import torch {fc['import_torch_s']:.2f} s; then import batchnorm + first "
                      f"training fwd+bwd, eval fwd and (N, C) fwd+bwd {fc['import_and_first_calls_s']:.2f} s")
     return "\n".join(lines)
+
+
+_PEERS = ("ours module", "torch module", "torch.compile", "jax")
+
+
+def _peer_lines(report: dict) -> list[str]:
+    """The modules as users call them, ours against every peer: median ms and multiple of the copy."""
+    rows = [r for r in report["rows"] if r.get("module_over_torch")]
+    if not rows:
+        return []
+    present = [p for p in _PEERS if any(f"{p}/train_fwd" in r["seconds"] for r in rows)]
+    lines = ["Modules as users call them (`BatchNorm(C)(x)`, then `.backward(dy)`): median ms (multiple of the "
+             "copy), and ours / the fastest other contender (median over rounds; below 1: ours is the fastest):", "",
+             "| shape | mode | " + " | ".join(present) + " | ours/best peer |",
+             "|---|---|" + "---:|" * (len(present) + 1)]
+    for r in rows:
+        for mode in MODES:
+            cells = [f"{r['seconds'][f'{p}/{mode}'] * 1e3:.3f} ({r['x_copy'][f'{p}/{mode}']:.2f})"
+                     if f"{p}/{mode}" in r["seconds"] else "-" for p in present]
+            lines.append(f"| {r['shape']} | {mode} | " + " | ".join(cells) + f" | {r['over_best_peer'][mode]:.2f} |")
+        lines += [f"{r['shape']}: {note}" for note in r.get("notes", [])]
+    return lines + [""]
 
 
 def _parse_shape(text: str) -> Shape:
@@ -343,6 +480,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory", action="store_true",
                         help="peak memory of a 16-block conv-BN-activation training step: torch BN+ReLU, "
                              "BatchNormAct, InPlaceABN")
+    parser.add_argument("--peers", action="store_true",
+                        help="add torch.compile and JAX (jax.jit of BN forward + VJP; pip install 'batchnorm[bench]') "
+                             "to the interleaved rounds")
     parser.add_argument("--model", choices=("resnet18",), default=None,
                         help="time a whole network instead: training step and inference of a ResNet-18 with torch's "
                              "BN, ours, ours fused (convert to='fused') and torch.compile")
@@ -398,7 +538,7 @@ def run(args: argparse.Namespace) -> int:
     report = run_suite(shapes, args.threads, getattr(torch, args.dtype), args.repeats,
                        first_call=not args.no_first_call,
                        progress=lambda r: print(f"measured {r.shape}", file=sys.stderr, flush=True),
-                       omp_passive=args.omp_passive)
+                       omp_passive=args.omp_passive, peers=args.peers)
     print(format_table(report))
     if args.json:
         atomic_write(args.json, json.dumps(report, indent=2))
