@@ -115,88 +115,481 @@ class _InPlaceMixin(_ActivationMixin):
                                       owner=type(self).__name__, **self._activation_kwargs())
 
 
-_ACT_DOC = """Batch norm followed by an activation, fused into one kernel, forward and backward ({shape}).
-
-    y = act((x - mean) / sqrt(var + eps) * gamma + beta), statistics exactly as in our BatchNorm{dims} (batch
-    in training, running in eval, and its variant keywords). The backward recomputes the pre-activation from x,
-    so only x is saved, as for a plain BatchNorm, and the activation costs no extra pass over memory.
-
-    Args: those of BatchNorm{dims} (num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
-        device=None, dtype=None, bias=True, virtual_batch_size=None, freeze_stats=False, skip_nonfinite=False),
-        activation: "relu" (default), "identity", "leaky_relu", "elu", "silu", "gelu" (exact), "gelu_tanh".
-        activation_param: slope of leaky_relu (0.01), alpha of elu (1.0); None = the default.
-
-    Shape: {shape}. A `state_dict` of a plain BatchNorm{dims} (ours or torch's) loads unchanged.
-
-    Example:
-        >>> layer = BatchNormAct{dims}(16, activation="leaky_relu", activation_param=0.1)
-    """
-
-_ADD_DOC = """y = act(BN(x) + residual), ResNet's BN + add + ReLU in one pass, forward and backward ({shape}).
-
-    forward(x, residual) with residual of x's shape. The residual's gradient is g = dy * act'(z) and x's is
-    BatchNorm's backward of g; x and residual are saved (no intermediate tensor). Arguments as BatchNormAct{dims}
-    (default activation "relu"). With a statistics variant keyword (e.g. virtual_batch_size) in use, the same
-    values are computed unfused.
-
-    Example:
-        >>> block_out = BatchNormAddAct{dims}(64)(conv_out, shortcut)
-    """
-
-_INPLACE_DOC = """In-place activated batch norm (Rota Bulo et al. 2018, arXiv 1712.02616) ({shape}).
-
-    forward(x) overwrites x with y = act(BN(x)) and returns it; only y is saved, and the backward inverts the
-    activation (z = act^-1(y)) and the affine map (x_hat = (z - beta) / gamma) to recover what BN's backward
-    needs. In a conv-BN-act stack this stores one tensor per block instead of two.
-
-    Args: those of BatchNormAct{dims}, with activation "leaky_relu" (default, slope 0.01), "elu" or "identity"
-    (invertible ones only), and min_abs_weight=1e-5: gamma is used as ``sign(gamma) * max(|gamma|, min_abs_weight)``
-    (identical for ``|gamma| >= 1e-5``; a gamma of exactly 0 would make x_hat unrecoverable), with gamma's gradient
-    passed straight through.
-
-    Refuses (ValueError) an input it must not overwrite: a leaf tensor that requires grad, a tensor that the
-    operation producing it saved for its backward (e.g. the output of sigmoid), a non-dense view. If some later
-    operation saved the input before this layer overwrote it, torch's version check raises at backward time.
-    Under torch.compile, with a variant keyword, or on other devices/dtypes it computes the same values out of
-    place.
-
-    Example:
-        >>> layer = InPlaceABN{dims}(64)
-        >>> y = layer(conv(x))   # conv's output is overwritten
-    """
-
-
 class BatchNormAct1d(_ActivationMixin, BatchNorm1d):
-    __doc__ = _ACT_DOC.format(shape="(N, C) or (N, C, L)", dims="1d")
+    r"""Batch norm followed by an activation, fused into one pass forward and backward, over (N, C) or (N, C, L).
+
+    .. math::
+        y = \mathrm{act}\left(\frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta\right)
+
+    Statistics exactly as in `BatchNorm1d` (batch in training, running in evaluation, and its variant keywords).
+    The backward recomputes the pre-activation from x, so only x is saved, as for a plain batch norm, and the
+    activation costs no extra pass over memory. A ``state_dict`` of a plain BatchNorm1d (ours or torch's) loads
+    unchanged.
+
+    Args:
+        num_features: C, the number of channels.
+        eps: 1e-5; added to the variance inside the square root.
+        momentum: 0.1; weight of the new batch in the running averages (None: cumulative average).
+        affine: True; learnable per-channel gamma (``weight``) and beta (``bias``).
+        track_running_stats: True; keep ``running_mean``, ``running_var`` and ``num_batches_tracked`` (False:
+            batch statistics in evaluation too).
+        device: None; factory argument.
+        dtype: None; factory argument.
+        bias: True (keyword only); False keeps gamma without beta.
+        virtual_batch_size: None (keyword only); ghost batch norm: in training each chunk of that many samples
+            (>= 2) is normalized with its own statistics (Hoffer et al. 2017, arXiv 1705.08741).
+        freeze_stats: False (keyword only); True normalizes with the running statistics in training too and never
+            updates them (an attribute, so it survives ``model.train()``).
+        skip_nonfinite: False (keyword only); True leaves the running statistics unchanged, with one warning,
+            after a training batch whose statistics are not all finite.
+        activation: "relu" (keyword only); one of "identity", "relu", "leaky_relu", "elu", "silu", "gelu" (exact
+            erf form) or "gelu_tanh".
+        activation_param: None (keyword only); the slope of leaky_relu (default 0.01) or the alpha of elu
+            (default 1.0).
+
+    Shape:
+        input: (N, C) or (N, C, L).
+        output: the same as the input.
+
+    Raises:
+        ValueError: an unknown activation or a bad activation_param; see also `BatchNorm1d`.
+
+    Example:
+        >>> import torch
+        >>> from batchnorm.nn import BatchNormAct1d
+        >>> layer = BatchNormAct1d(16, activation="leaky_relu", activation_param=0.1)
+        >>> x = torch.randn(8, 16)
+        >>> unfused = torch.nn.functional.batch_norm(x, None, None, training=True)
+        >>> torch.allclose(layer(x), torch.nn.functional.leaky_relu(unfused, 0.1), atol=1e-5)
+        True
+    """
 
 
 class BatchNormAct2d(_ActivationMixin, BatchNorm2d):
-    __doc__ = _ACT_DOC.format(shape="(N, C, H, W)", dims="2d")
+    r"""Batch norm followed by an activation, fused into one pass forward and backward, over (N, C, H, W).
+
+    .. math::
+        y = \mathrm{act}\left(\frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta\right)
+
+    Statistics exactly as in `BatchNorm2d` (batch in training, running in evaluation, and its variant keywords).
+    The backward recomputes the pre-activation from x, so only x is saved, as for a plain batch norm, and the
+    activation costs no extra pass over memory. A ``state_dict`` of a plain BatchNorm2d (ours or torch's) loads
+    unchanged.
+
+    Args:
+        num_features: C, the number of channels.
+        eps: 1e-5; added to the variance inside the square root.
+        momentum: 0.1; weight of the new batch in the running averages (None: cumulative average).
+        affine: True; learnable per-channel gamma (``weight``) and beta (``bias``).
+        track_running_stats: True; keep ``running_mean``, ``running_var`` and ``num_batches_tracked`` (False:
+            batch statistics in evaluation too).
+        device: None; factory argument.
+        dtype: None; factory argument.
+        bias: True (keyword only); False keeps gamma without beta.
+        virtual_batch_size: None (keyword only); ghost batch norm: in training each chunk of that many samples
+            (>= 2) is normalized with its own statistics (Hoffer et al. 2017, arXiv 1705.08741).
+        freeze_stats: False (keyword only); True normalizes with the running statistics in training too and never
+            updates them (an attribute, so it survives ``model.train()``).
+        skip_nonfinite: False (keyword only); True leaves the running statistics unchanged, with one warning,
+            after a training batch whose statistics are not all finite.
+        activation: "relu" (keyword only); one of "identity", "relu", "leaky_relu", "elu", "silu", "gelu" (exact
+            erf form) or "gelu_tanh".
+        activation_param: None (keyword only); the slope of leaky_relu (default 0.01) or the alpha of elu
+            (default 1.0).
+
+    Shape:
+        input: (N, C, H, W).
+        output: the same as the input.
+
+    Raises:
+        ValueError: an unknown activation or a bad activation_param; see also `BatchNorm2d`.
+
+    Example:
+        >>> import torch
+        >>> from batchnorm.nn import BatchNormAct2d
+        >>> layer = BatchNormAct2d(16, activation="leaky_relu", activation_param=0.1)
+        >>> x = torch.randn(4, 16, 8, 8)
+        >>> unfused = torch.nn.functional.batch_norm(x, None, None, training=True)
+        >>> torch.allclose(layer(x), torch.nn.functional.leaky_relu(unfused, 0.1), atol=1e-5)
+        True
+    """
 
 
 class BatchNormAct3d(_ActivationMixin, BatchNorm3d):
-    __doc__ = _ACT_DOC.format(shape="(N, C, D, H, W)", dims="3d")
+    r"""Batch norm followed by an activation, fused into one pass forward and backward, over (N, C, D, H, W).
+
+    .. math::
+        y = \mathrm{act}\left(\frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta\right)
+
+    Statistics exactly as in `BatchNorm3d` (batch in training, running in evaluation, and its variant keywords).
+    The backward recomputes the pre-activation from x, so only x is saved, as for a plain batch norm, and the
+    activation costs no extra pass over memory. A ``state_dict`` of a plain BatchNorm3d (ours or torch's) loads
+    unchanged.
+
+    Args:
+        num_features: C, the number of channels.
+        eps: 1e-5; added to the variance inside the square root.
+        momentum: 0.1; weight of the new batch in the running averages (None: cumulative average).
+        affine: True; learnable per-channel gamma (``weight``) and beta (``bias``).
+        track_running_stats: True; keep ``running_mean``, ``running_var`` and ``num_batches_tracked`` (False:
+            batch statistics in evaluation too).
+        device: None; factory argument.
+        dtype: None; factory argument.
+        bias: True (keyword only); False keeps gamma without beta.
+        virtual_batch_size: None (keyword only); ghost batch norm: in training each chunk of that many samples
+            (>= 2) is normalized with its own statistics (Hoffer et al. 2017, arXiv 1705.08741).
+        freeze_stats: False (keyword only); True normalizes with the running statistics in training too and never
+            updates them (an attribute, so it survives ``model.train()``).
+        skip_nonfinite: False (keyword only); True leaves the running statistics unchanged, with one warning,
+            after a training batch whose statistics are not all finite.
+        activation: "relu" (keyword only); one of "identity", "relu", "leaky_relu", "elu", "silu", "gelu" (exact
+            erf form) or "gelu_tanh".
+        activation_param: None (keyword only); the slope of leaky_relu (default 0.01) or the alpha of elu
+            (default 1.0).
+
+    Shape:
+        input: (N, C, D, H, W).
+        output: the same as the input.
+
+    Raises:
+        ValueError: an unknown activation or a bad activation_param; see also `BatchNorm3d`.
+
+    Example:
+        >>> import torch
+        >>> from batchnorm.nn import BatchNormAct3d
+        >>> layer = BatchNormAct3d(16, activation="leaky_relu", activation_param=0.1)
+        >>> x = torch.randn(2, 16, 4, 6, 6)
+        >>> unfused = torch.nn.functional.batch_norm(x, None, None, training=True)
+        >>> torch.allclose(layer(x), torch.nn.functional.leaky_relu(unfused, 0.1), atol=1e-5)
+        True
+    """
 
 
 class BatchNormAddAct1d(_AddActMixin, BatchNorm1d):
-    __doc__ = _ADD_DOC.format(shape="(N, C) or (N, C, L)", dims="1d")
+    r"""Batch norm, residual add and activation in one pass (ResNet\'s BN + add + ReLU), over (N, C) or (N, C, L).
+
+    .. math:: y = \mathrm{act}(\mathrm{BN}(x) + \mathrm{residual})
+
+    ``forward(x, residual)`` with ``residual`` of x's shape. The residual's gradient is g = dy * act'(z) and x's
+    is batch norm's backward of g; x and residual are saved (no intermediate tensor). With a statistics variant
+    keyword in use (e.g. ``virtual_batch_size``), the same values are computed unfused.
+
+    Args:
+        num_features: C, the number of channels.
+        eps: 1e-5; added to the variance inside the square root.
+        momentum: 0.1; weight of the new batch in the running averages (None: cumulative average).
+        affine: True; learnable per-channel gamma (``weight``) and beta (``bias``).
+        track_running_stats: True; keep ``running_mean``, ``running_var`` and ``num_batches_tracked`` (False:
+            batch statistics in evaluation too).
+        device: None; factory argument.
+        dtype: None; factory argument.
+        bias: True (keyword only); False keeps gamma without beta.
+        virtual_batch_size: None (keyword only); ghost batch norm: in training each chunk of that many samples
+            (>= 2) is normalized with its own statistics (Hoffer et al. 2017, arXiv 1705.08741).
+        freeze_stats: False (keyword only); True normalizes with the running statistics in training too and never
+            updates them (an attribute, so it survives ``model.train()``).
+        skip_nonfinite: False (keyword only); True leaves the running statistics unchanged, with one warning,
+            after a training batch whose statistics are not all finite.
+        activation: "relu" (keyword only); one of "identity", "relu", "leaky_relu", "elu", "silu", "gelu" (exact
+            erf form) or "gelu_tanh".
+        activation_param: None (keyword only); the slope of leaky_relu (default 0.01) or the alpha of elu
+            (default 1.0).
+
+    Shape:
+        input: (N, C) or (N, C, L).
+        residual: the same as the input.
+        output: the same as the input.
+
+    Raises:
+        ValueError: an unknown activation or a bad activation_param; see also `BatchNorm1d`.
+
+    Example:
+        >>> import torch
+        >>> from batchnorm.nn import BatchNormAddAct1d
+        >>> layer = BatchNormAddAct1d(16)
+        >>> x, shortcut = torch.randn(8, 16), torch.randn(8, 16)
+        >>> unfused = torch.nn.functional.batch_norm(x, None, None, training=True)
+        >>> torch.allclose(layer(x, shortcut), torch.relu(unfused + shortcut), atol=1e-5)
+        True
+    """
 
 
 class BatchNormAddAct2d(_AddActMixin, BatchNorm2d):
-    __doc__ = _ADD_DOC.format(shape="(N, C, H, W)", dims="2d")
+    r"""Batch norm, residual add and activation in one pass (ResNet\'s BN + add + ReLU), over (N, C, H, W).
+
+    .. math:: y = \mathrm{act}(\mathrm{BN}(x) + \mathrm{residual})
+
+    ``forward(x, residual)`` with ``residual`` of x's shape. The residual's gradient is g = dy * act'(z) and x's
+    is batch norm's backward of g; x and residual are saved (no intermediate tensor). With a statistics variant
+    keyword in use (e.g. ``virtual_batch_size``), the same values are computed unfused.
+
+    Args:
+        num_features: C, the number of channels.
+        eps: 1e-5; added to the variance inside the square root.
+        momentum: 0.1; weight of the new batch in the running averages (None: cumulative average).
+        affine: True; learnable per-channel gamma (``weight``) and beta (``bias``).
+        track_running_stats: True; keep ``running_mean``, ``running_var`` and ``num_batches_tracked`` (False:
+            batch statistics in evaluation too).
+        device: None; factory argument.
+        dtype: None; factory argument.
+        bias: True (keyword only); False keeps gamma without beta.
+        virtual_batch_size: None (keyword only); ghost batch norm: in training each chunk of that many samples
+            (>= 2) is normalized with its own statistics (Hoffer et al. 2017, arXiv 1705.08741).
+        freeze_stats: False (keyword only); True normalizes with the running statistics in training too and never
+            updates them (an attribute, so it survives ``model.train()``).
+        skip_nonfinite: False (keyword only); True leaves the running statistics unchanged, with one warning,
+            after a training batch whose statistics are not all finite.
+        activation: "relu" (keyword only); one of "identity", "relu", "leaky_relu", "elu", "silu", "gelu" (exact
+            erf form) or "gelu_tanh".
+        activation_param: None (keyword only); the slope of leaky_relu (default 0.01) or the alpha of elu
+            (default 1.0).
+
+    Shape:
+        input: (N, C, H, W).
+        residual: the same as the input.
+        output: the same as the input.
+
+    Raises:
+        ValueError: an unknown activation or a bad activation_param; see also `BatchNorm2d`.
+
+    Example:
+        >>> import torch
+        >>> from batchnorm.nn import BatchNormAddAct2d
+        >>> layer = BatchNormAddAct2d(16)
+        >>> x, shortcut = torch.randn(4, 16, 8, 8), torch.randn(4, 16, 8, 8)
+        >>> unfused = torch.nn.functional.batch_norm(x, None, None, training=True)
+        >>> torch.allclose(layer(x, shortcut), torch.relu(unfused + shortcut), atol=1e-5)
+        True
+    """
 
 
 class BatchNormAddAct3d(_AddActMixin, BatchNorm3d):
-    __doc__ = _ADD_DOC.format(shape="(N, C, D, H, W)", dims="3d")
+    r"""Batch norm, residual add and activation in one pass (ResNet\'s BN + add + ReLU), over (N, C, D, H, W).
+
+    .. math:: y = \mathrm{act}(\mathrm{BN}(x) + \mathrm{residual})
+
+    ``forward(x, residual)`` with ``residual`` of x's shape. The residual's gradient is g = dy * act'(z) and x's
+    is batch norm's backward of g; x and residual are saved (no intermediate tensor). With a statistics variant
+    keyword in use (e.g. ``virtual_batch_size``), the same values are computed unfused.
+
+    Args:
+        num_features: C, the number of channels.
+        eps: 1e-5; added to the variance inside the square root.
+        momentum: 0.1; weight of the new batch in the running averages (None: cumulative average).
+        affine: True; learnable per-channel gamma (``weight``) and beta (``bias``).
+        track_running_stats: True; keep ``running_mean``, ``running_var`` and ``num_batches_tracked`` (False:
+            batch statistics in evaluation too).
+        device: None; factory argument.
+        dtype: None; factory argument.
+        bias: True (keyword only); False keeps gamma without beta.
+        virtual_batch_size: None (keyword only); ghost batch norm: in training each chunk of that many samples
+            (>= 2) is normalized with its own statistics (Hoffer et al. 2017, arXiv 1705.08741).
+        freeze_stats: False (keyword only); True normalizes with the running statistics in training too and never
+            updates them (an attribute, so it survives ``model.train()``).
+        skip_nonfinite: False (keyword only); True leaves the running statistics unchanged, with one warning,
+            after a training batch whose statistics are not all finite.
+        activation: "relu" (keyword only); one of "identity", "relu", "leaky_relu", "elu", "silu", "gelu" (exact
+            erf form) or "gelu_tanh".
+        activation_param: None (keyword only); the slope of leaky_relu (default 0.01) or the alpha of elu
+            (default 1.0).
+
+    Shape:
+        input: (N, C, D, H, W).
+        residual: the same as the input.
+        output: the same as the input.
+
+    Raises:
+        ValueError: an unknown activation or a bad activation_param; see also `BatchNorm3d`.
+
+    Example:
+        >>> import torch
+        >>> from batchnorm.nn import BatchNormAddAct3d
+        >>> layer = BatchNormAddAct3d(16)
+        >>> x, shortcut = torch.randn(2, 16, 4, 6, 6), torch.randn(2, 16, 4, 6, 6)
+        >>> unfused = torch.nn.functional.batch_norm(x, None, None, training=True)
+        >>> torch.allclose(layer(x, shortcut), torch.relu(unfused + shortcut), atol=1e-5)
+        True
+    """
 
 
 class InPlaceABN1d(_InPlaceMixin, BatchNorm1d):
-    __doc__ = _INPLACE_DOC.format(shape="(N, C) or (N, C, L)", dims="1d")
+    r"""In-place activated batch norm over (N, C) or (N, C, L): one saved tensor per block instead of two.
+
+    .. math::
+        y = \mathrm{act}\left(\frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta\right)
+
+    ``forward(x)`` overwrites x with y and returns it; only y is saved, and the backward inverts the activation
+    (z = act^-1(y)) and the affine map (x_hat = (z - beta) / gamma) to recover what batch norm's backward needs.
+    gamma is used as ``sign(gamma) * max(|gamma|, min_abs_weight)`` (a gamma of exactly 0 would make x_hat
+    unrecoverable), with gamma's gradient passed straight through. Under ``torch.compile``, with a variant
+    keyword, or on other devices and dtypes it computes the same values out of place.
+
+    Args:
+        num_features: C, the number of channels.
+        eps: 1e-5; added to the variance inside the square root.
+        momentum: 0.1; weight of the new batch in the running averages (None: cumulative average).
+        affine: True; learnable per-channel gamma (``weight``) and beta (``bias``).
+        track_running_stats: True; keep ``running_mean``, ``running_var`` and ``num_batches_tracked`` (False:
+            batch statistics in evaluation too).
+        device: None; factory argument.
+        dtype: None; factory argument.
+        bias: True (keyword only); False keeps gamma without beta.
+        virtual_batch_size: None (keyword only); ghost batch norm: in training each chunk of that many samples
+            (>= 2) is normalized with its own statistics (Hoffer et al. 2017, arXiv 1705.08741).
+        freeze_stats: False (keyword only); True normalizes with the running statistics in training too and never
+            updates them (an attribute, so it survives ``model.train()``).
+        skip_nonfinite: False (keyword only); True leaves the running statistics unchanged, with one warning,
+            after a training batch whose statistics are not all finite.
+        activation: "leaky_relu" (keyword only); one of the invertible "leaky_relu", "elu" or "identity".
+        activation_param: None (keyword only); the slope of leaky_relu (default 0.01) or the alpha of elu
+            (default 1.0); must be > 0.
+        min_abs_weight: 1e-5 (keyword only); the smallest ``|gamma|`` used.
+
+    Shape:
+        input: (N, C) or (N, C, L).
+        output: the input tensor itself, overwritten.
+
+    Raises:
+        ValueError: an activation that cannot be inverted (relu, silu, gelu), ``min_abs_weight <= 0``, or an input
+            it must not overwrite: a leaf tensor that requires grad, a tensor that the operation producing it
+            saved for its backward (e.g. the output of sigmoid), a non-dense view. If a later operation saved the
+            input before this layer overwrote it, torch's version check raises at backward time.
+
+    Example:
+        >>> import torch
+        >>> from batchnorm.nn import InPlaceABN1d
+        >>> layer, before = InPlaceABN1d(16), torch.nn.Linear(4, 16)
+        >>> h = before(torch.randn(8, 4))
+        >>> y = layer(h)                  # h is overwritten with the output
+        >>> y.data_ptr() == h.data_ptr()
+        True
+        >>> y.sum().backward()            # the backward recovers what it needs from y
+        >>> before.weight.grad.shape
+        torch.Size([16, 4])
+
+    References:
+        Rota Bulo, Porzi & Kontschieder 2018, "In-Place Activated BatchNorm for Memory-Optimized Training of
+        DNNs", arXiv 1712.02616.
+    """
 
 
 class InPlaceABN2d(_InPlaceMixin, BatchNorm2d):
-    __doc__ = _INPLACE_DOC.format(shape="(N, C, H, W)", dims="2d")
+    r"""In-place activated batch norm over (N, C, H, W): one saved tensor per block instead of two.
+
+    .. math::
+        y = \mathrm{act}\left(\frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta\right)
+
+    ``forward(x)`` overwrites x with y and returns it; only y is saved, and the backward inverts the activation
+    (z = act^-1(y)) and the affine map (x_hat = (z - beta) / gamma) to recover what batch norm's backward needs.
+    gamma is used as ``sign(gamma) * max(|gamma|, min_abs_weight)`` (a gamma of exactly 0 would make x_hat
+    unrecoverable), with gamma's gradient passed straight through. Under ``torch.compile``, with a variant
+    keyword, or on other devices and dtypes it computes the same values out of place.
+
+    Args:
+        num_features: C, the number of channels.
+        eps: 1e-5; added to the variance inside the square root.
+        momentum: 0.1; weight of the new batch in the running averages (None: cumulative average).
+        affine: True; learnable per-channel gamma (``weight``) and beta (``bias``).
+        track_running_stats: True; keep ``running_mean``, ``running_var`` and ``num_batches_tracked`` (False:
+            batch statistics in evaluation too).
+        device: None; factory argument.
+        dtype: None; factory argument.
+        bias: True (keyword only); False keeps gamma without beta.
+        virtual_batch_size: None (keyword only); ghost batch norm: in training each chunk of that many samples
+            (>= 2) is normalized with its own statistics (Hoffer et al. 2017, arXiv 1705.08741).
+        freeze_stats: False (keyword only); True normalizes with the running statistics in training too and never
+            updates them (an attribute, so it survives ``model.train()``).
+        skip_nonfinite: False (keyword only); True leaves the running statistics unchanged, with one warning,
+            after a training batch whose statistics are not all finite.
+        activation: "leaky_relu" (keyword only); one of the invertible "leaky_relu", "elu" or "identity".
+        activation_param: None (keyword only); the slope of leaky_relu (default 0.01) or the alpha of elu
+            (default 1.0); must be > 0.
+        min_abs_weight: 1e-5 (keyword only); the smallest ``|gamma|`` used.
+
+    Shape:
+        input: (N, C, H, W).
+        output: the input tensor itself, overwritten.
+
+    Raises:
+        ValueError: an activation that cannot be inverted (relu, silu, gelu), ``min_abs_weight <= 0``, or an input
+            it must not overwrite: a leaf tensor that requires grad, a tensor that the operation producing it
+            saved for its backward (e.g. the output of sigmoid), a non-dense view. If a later operation saved the
+            input before this layer overwrote it, torch's version check raises at backward time.
+
+    Example:
+        >>> import torch
+        >>> from batchnorm.nn import InPlaceABN2d
+        >>> layer, before = InPlaceABN2d(16), torch.nn.Conv2d(3, 16, 3, padding=1)
+        >>> h = before(torch.randn(4, 3, 8, 8))
+        >>> y = layer(h)                  # h is overwritten with the output
+        >>> y.data_ptr() == h.data_ptr()
+        True
+        >>> y.sum().backward()            # the backward recovers what it needs from y
+        >>> before.weight.grad.shape
+        torch.Size([16, 3, 3, 3])
+
+    References:
+        Rota Bulo, Porzi & Kontschieder 2018, "In-Place Activated BatchNorm for Memory-Optimized Training of
+        DNNs", arXiv 1712.02616.
+    """
 
 
 class InPlaceABN3d(_InPlaceMixin, BatchNorm3d):
-    __doc__ = _INPLACE_DOC.format(shape="(N, C, D, H, W)", dims="3d")
+    r"""In-place activated batch norm over (N, C, D, H, W): one saved tensor per block instead of two.
+
+    .. math::
+        y = \mathrm{act}\left(\frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta\right)
+
+    ``forward(x)`` overwrites x with y and returns it; only y is saved, and the backward inverts the activation
+    (z = act^-1(y)) and the affine map (x_hat = (z - beta) / gamma) to recover what batch norm's backward needs.
+    gamma is used as ``sign(gamma) * max(|gamma|, min_abs_weight)`` (a gamma of exactly 0 would make x_hat
+    unrecoverable), with gamma's gradient passed straight through. Under ``torch.compile``, with a variant
+    keyword, or on other devices and dtypes it computes the same values out of place.
+
+    Args:
+        num_features: C, the number of channels.
+        eps: 1e-5; added to the variance inside the square root.
+        momentum: 0.1; weight of the new batch in the running averages (None: cumulative average).
+        affine: True; learnable per-channel gamma (``weight``) and beta (``bias``).
+        track_running_stats: True; keep ``running_mean``, ``running_var`` and ``num_batches_tracked`` (False:
+            batch statistics in evaluation too).
+        device: None; factory argument.
+        dtype: None; factory argument.
+        bias: True (keyword only); False keeps gamma without beta.
+        virtual_batch_size: None (keyword only); ghost batch norm: in training each chunk of that many samples
+            (>= 2) is normalized with its own statistics (Hoffer et al. 2017, arXiv 1705.08741).
+        freeze_stats: False (keyword only); True normalizes with the running statistics in training too and never
+            updates them (an attribute, so it survives ``model.train()``).
+        skip_nonfinite: False (keyword only); True leaves the running statistics unchanged, with one warning,
+            after a training batch whose statistics are not all finite.
+        activation: "leaky_relu" (keyword only); one of the invertible "leaky_relu", "elu" or "identity".
+        activation_param: None (keyword only); the slope of leaky_relu (default 0.01) or the alpha of elu
+            (default 1.0); must be > 0.
+        min_abs_weight: 1e-5 (keyword only); the smallest ``|gamma|`` used.
+
+    Shape:
+        input: (N, C, D, H, W).
+        output: the input tensor itself, overwritten.
+
+    Raises:
+        ValueError: an activation that cannot be inverted (relu, silu, gelu), ``min_abs_weight <= 0``, or an input
+            it must not overwrite: a leaf tensor that requires grad, a tensor that the operation producing it
+            saved for its backward (e.g. the output of sigmoid), a non-dense view. If a later operation saved the
+            input before this layer overwrote it, torch's version check raises at backward time.
+
+    Example:
+        >>> import torch
+        >>> from batchnorm.nn import InPlaceABN3d
+        >>> layer, before = InPlaceABN3d(16), torch.nn.Conv3d(3, 16, 3, padding=1)
+        >>> h = before(torch.randn(2, 3, 4, 6, 6))
+        >>> y = layer(h)                  # h is overwritten with the output
+        >>> y.data_ptr() == h.data_ptr()
+        True
+        >>> y.sum().backward()            # the backward recovers what it needs from y
+        >>> before.weight.grad.shape
+        torch.Size([16, 3, 3, 3, 3])
+
+    References:
+        Rota Bulo, Porzi & Kontschieder 2018, "In-Place Activated BatchNorm for Memory-Optimized Training of
+        DNNs", arXiv 1712.02616.
+    """

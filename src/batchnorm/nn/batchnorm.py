@@ -112,27 +112,54 @@ class BatchNormMixin:
 
 
 class BatchNorm1d(BatchNormMixin, torch.nn.BatchNorm1d):
-    r"""Batch normalization over a 2-D (N, C) or 3-D (N, C, L) input; a drop-in for `torch.nn.BatchNorm1d`.
+    r"""Batch normalization over a 2-D or 3-D input (N, C) or (N, C, L); a drop-in for `torch.nn.BatchNorm1d`.
 
     .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
 
-    statistics per channel over N (and L). Training normalizes with the biased batch variance and stores the
-    unbiased one in `running_var`: running <- (1 - momentum) running + momentum batch (momentum=None: cumulative
-    average). Same constructor, parameters, buffers and `state_dict` as torch's, so checkpoints interchange.
+    Statistics per channel over N (and L). Training normalizes with the biased batch variance and stores the
+    unbiased one in ``running_var``: running <- (1 - momentum) running + momentum batch. Evaluation uses the
+    running statistics. Same constructor, parameters, buffers and ``state_dict`` as torch's, so checkpoints
+    interchange. CPU float32/float64 inputs run on this package's kernels; other devices and dtypes on torch's.
+    ``forward(input, mask=None)`` also takes a padding mask, (N,) or (N, L), bool, True at valid positions: the
+    statistics (and running updates) then use the valid positions only, and padded positions output 0.
 
     Args:
-        num_features: C. eps: 1e-5, inside the square root. momentum: 0.1 (weight of the new batch) or None.
-        affine: True (learnable gamma, beta). track_running_stats: True. device, dtype: factory arguments.
+        num_features: C, the number of channels.
+        eps: 1e-5; added to the variance inside the square root.
+        momentum: 0.1; weight of the new batch in the running averages (None: cumulative average).
+        affine: True; learnable per-channel gamma (``weight``) and beta (``bias``).
+        track_running_stats: True; keep ``running_mean``, ``running_var`` and ``num_batches_tracked`` (False:
+            batch statistics in evaluation too).
+        device: None; factory argument.
+        dtype: None; factory argument.
         bias: True (keyword only); False keeps gamma without beta.
+        virtual_batch_size: None (keyword only); ghost batch norm: in training each chunk of that many samples
+            (>= 2) is normalized with its own statistics (Hoffer et al. 2017, arXiv 1705.08741).
+        freeze_stats: False (keyword only); True normalizes with the running statistics in training too and never
+            updates them (an attribute, so it survives ``model.train()``).
+        skip_nonfinite: False (keyword only); True leaves the running statistics unchanged, with one warning,
+            after a training batch whose statistics are not all finite.
 
-    Shape: input (N, C) or (N, C, L); output the same.
+    Shape:
+        input: (N, C) or (N, C, L).
+        output: the same as the input.
 
-    CPU float32/float64 run on this package's kernels; other devices and dtypes on torch's.
-    Ioffe & Szegedy 2015, arXiv 1502.03167.
+    Raises:
+        ValueError: an invalid variant keyword (at construction); an input of another rank or channel count, or a
+            training batch with a single value per channel (in forward).
 
     Example:
-        >>> bn = BatchNorm1d(100)
-        >>> y = bn(torch.randn(60, 100))
+        >>> import torch
+        >>> from batchnorm.nn import BatchNorm1d
+        >>> x = torch.randn(8, 16)
+        >>> ours, theirs = BatchNorm1d(16), torch.nn.BatchNorm1d(16)
+        >>> torch.allclose(ours(x), theirs(x), atol=1e-5)
+        True
+        >>> torch.allclose(ours.running_var, theirs.running_var, atol=1e-6)
+        True
+
+    References:
+        Ioffe & Szegedy 2015, "Batch Normalization", arXiv 1502.03167.
     """
 
     _input_shapes = {2: "(N, C)", 3: "(N, C, L)"}
@@ -148,35 +175,105 @@ class BatchNorm1d(BatchNormMixin, torch.nn.BatchNorm1d):
 
 
 class BatchNorm2d(BatchNormMixin, torch.nn.BatchNorm2d):
-    r"""Batch normalization over a 4-D (N, C, H, W) input; a drop-in for `torch.nn.BatchNorm2d`.
+    r"""Batch normalization over a 4-D input (N, C, H, W); a drop-in for `torch.nn.BatchNorm2d`.
 
     .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
 
-    statistics per channel over N, H, W. Arguments, buffers and conventions as in `BatchNorm1d`.
-    channels_last input gives channels_last output.
+    Statistics per channel over N, H, W. Training normalizes with the biased batch variance and stores the
+    unbiased one in ``running_var``: running <- (1 - momentum) running + momentum batch. Evaluation uses the
+    running statistics. Same constructor, parameters, buffers and ``state_dict`` as torch's, so checkpoints
+    interchange. CPU float32/float64 inputs run on this package's kernels; other devices and dtypes on torch's.
+    A channels_last input gives a channels_last output.
 
-    Shape: input (N, C, H, W); output the same.
+    Args:
+        num_features: C, the number of channels.
+        eps: 1e-5; added to the variance inside the square root.
+        momentum: 0.1; weight of the new batch in the running averages (None: cumulative average).
+        affine: True; learnable per-channel gamma (``weight``) and beta (``bias``).
+        track_running_stats: True; keep ``running_mean``, ``running_var`` and ``num_batches_tracked`` (False:
+            batch statistics in evaluation too).
+        device: None; factory argument.
+        dtype: None; factory argument.
+        bias: True (keyword only); False keeps gamma without beta.
+        virtual_batch_size: None (keyword only); ghost batch norm: in training each chunk of that many samples
+            (>= 2) is normalized with its own statistics (Hoffer et al. 2017, arXiv 1705.08741).
+        freeze_stats: False (keyword only); True normalizes with the running statistics in training too and never
+            updates them (an attribute, so it survives ``model.train()``).
+        skip_nonfinite: False (keyword only); True leaves the running statistics unchanged, with one warning,
+            after a training batch whose statistics are not all finite.
+
+    Shape:
+        input: (N, C, H, W).
+        output: the same as the input.
+
+    Raises:
+        ValueError: an invalid variant keyword (at construction); an input of another rank or channel count, or a
+            training batch with a single value per channel (in forward).
 
     Example:
-        >>> bn = BatchNorm2d(64)
-        >>> y = bn(torch.randn(8, 64, 32, 32))
+        >>> import torch
+        >>> from batchnorm.nn import BatchNorm2d
+        >>> x = torch.randn(4, 16, 8, 8)
+        >>> ours, theirs = BatchNorm2d(16), torch.nn.BatchNorm2d(16)
+        >>> torch.allclose(ours(x), theirs(x), atol=1e-5)
+        True
+        >>> torch.allclose(ours.running_var, theirs.running_var, atol=1e-6)
+        True
+
+    References:
+        Ioffe & Szegedy 2015, "Batch Normalization", arXiv 1502.03167.
     """
 
     _input_shapes = {4: "(N, C, H, W)"}
 
 
 class BatchNorm3d(BatchNormMixin, torch.nn.BatchNorm3d):
-    r"""Batch normalization over a 5-D (N, C, D, H, W) input; a drop-in for `torch.nn.BatchNorm3d`.
+    r"""Batch normalization over a 5-D input (N, C, D, H, W); a drop-in for `torch.nn.BatchNorm3d`.
 
     .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
 
-    statistics per channel over N, D, H, W. Arguments, buffers and conventions as in `BatchNorm1d`.
+    Statistics per channel over N, D, H, W. Training normalizes with the biased batch variance and stores the
+    unbiased one in ``running_var``: running <- (1 - momentum) running + momentum batch. Evaluation uses the
+    running statistics. Same constructor, parameters, buffers and ``state_dict`` as torch's, so checkpoints
+    interchange. CPU float32/float64 inputs run on this package's kernels; other devices and dtypes on torch's.
 
-    Shape: input (N, C, D, H, W); output the same.
+    Args:
+        num_features: C, the number of channels.
+        eps: 1e-5; added to the variance inside the square root.
+        momentum: 0.1; weight of the new batch in the running averages (None: cumulative average).
+        affine: True; learnable per-channel gamma (``weight``) and beta (``bias``).
+        track_running_stats: True; keep ``running_mean``, ``running_var`` and ``num_batches_tracked`` (False:
+            batch statistics in evaluation too).
+        device: None; factory argument.
+        dtype: None; factory argument.
+        bias: True (keyword only); False keeps gamma without beta.
+        virtual_batch_size: None (keyword only); ghost batch norm: in training each chunk of that many samples
+            (>= 2) is normalized with its own statistics (Hoffer et al. 2017, arXiv 1705.08741).
+        freeze_stats: False (keyword only); True normalizes with the running statistics in training too and never
+            updates them (an attribute, so it survives ``model.train()``).
+        skip_nonfinite: False (keyword only); True leaves the running statistics unchanged, with one warning,
+            after a training batch whose statistics are not all finite.
+
+    Shape:
+        input: (N, C, D, H, W).
+        output: the same as the input.
+
+    Raises:
+        ValueError: an invalid variant keyword (at construction); an input of another rank or channel count, or a
+            training batch with a single value per channel (in forward).
 
     Example:
-        >>> bn = BatchNorm3d(16)
-        >>> y = bn(torch.randn(2, 16, 4, 8, 8))
+        >>> import torch
+        >>> from batchnorm.nn import BatchNorm3d
+        >>> x = torch.randn(2, 16, 4, 6, 6)
+        >>> ours, theirs = BatchNorm3d(16), torch.nn.BatchNorm3d(16)
+        >>> torch.allclose(ours(x), theirs(x), atol=1e-5)
+        True
+        >>> torch.allclose(ours.running_var, theirs.running_var, atol=1e-6)
+        True
+
+    References:
+        Ioffe & Szegedy 2015, "Batch Normalization", arXiv 1502.03167.
     """
 
     _input_shapes = {5: "(N, C, D, H, W)"}

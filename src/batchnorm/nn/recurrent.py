@@ -426,56 +426,69 @@ class _NormalizedLSTM(torch.nn.Module):
         return data, torch.stack(final_h), torch.stack(final_c)
 
 
-_CLASS_DOC_COMMON = """
-    Args:
-        input_size: features of x_t. hidden_size: features of h_t and c_t.
-        num_layers: 1 (stacked layers). batch_first: False ((L, N, ``*``) layout; True: (N, L, ``*``)).
-        max_length: 100 ({max_length_role}).
-        bias: True (gate bias b and the cell normalization's beta; False: neither).
-        dropout: 0.0 (dropout on the outputs of every layer but the last, in training, as torch.nn.LSTM).
-        eps: 1e-5 (keyword only; inside the square root). gamma_init: {gamma_init} (keyword only; the initial
-        gamma of all three normalizations).
-        {extra}device, dtype: factory arguments (keyword only).
-
-    Call: ``forward(input, hx=None, lengths=None) -> (output, (h_n, c_n))``
-        input: (L, N, input_size), (N, L, input_size) with batch_first, unbatched (L, input_size), or a
-        PackedSequence. hx: optional (h_0, c_0), each (num_layers, N, hidden_size); zeros by default.
-        lengths: optional valid length of each sequence of a padded input (1 <= length <= L).
-
-    Shape: output (L, N, hidden_size) (or (N, L, hidden_size) with batch_first; a PackedSequence for a
-    PackedSequence input), zero past each sequence's length; h_n and c_n (num_layers, N, hidden_size), the
-    state at each sequence's last valid step.
-"""
-
-
 class BNLSTM(_NormalizedLSTM):
-    __doc__ = r"""LSTM with recurrent batch normalization and per-time-step statistics (BN-LSTM).
+    r"""LSTM with recurrent batch normalization and per-time-step statistics (BN-LSTM).
 
     .. math::
         (i, f, g, o) = BN_{hh}(W_{hh} h_{t-1}; \gamma_{hh}) + BN_{ih}(W_{ih} x_t; \gamma_{ih}) + b \\
         c_t = \sigma(f) c_{t-1} + \sigma(i) \tanh(g), \quad
         h_t = \sigma(o) \tanh(BN_{cell}(c_t; \gamma_{cell}, \beta_{cell}))
 
-    Each BN normalizes over the batch with this package's `batch_norm`. gamma is shared over time, the
-    statistics are not: step t keeps its own running statistics for t < max_length, and every later step
-    uses (and in training updates) those of step max_length - 1. In training each step uses the mean and
-    variance of the sequences still active at that step (a step with one active sequence left uses its
-    running statistics); eval uses the per-step running statistics. gamma starts at 0.1 (the paper: gamma = 1
-    saturates the gates and makes the gradients vanish); the input normalizations have no beta, the gate
-    bias b plays that role. Weights start as in torch.nn.LSTM, b at 0. Training needs >= 2 sequences.
-    """ + _CLASS_DOC_COMMON.format(
-        max_length_role="slots of per-step statistics; steps >= max_length share the last slot",
-        gamma_init="0.1",
-        extra="momentum: 0.1 (keyword only; weight of the new batch; None: cumulative average).\n        ") + r"""
-    Buffers per layer ``k`` and normalization ``ih``/``hh``/``cell``: ``layers.k.norm_*.running_mean`` and
-    ``running_var`` of shape (max_length, features), ``num_batches_tracked`` of shape (max_length,).
+    Each BN normalizes over the batch with this package's `batchnorm.functional.batch_norm`. gamma is shared over
+    time, the statistics are not: step t keeps its own running statistics for t < max_length, and every later
+    step uses (and in training updates) those of step max_length - 1. In training each step uses the mean and
+    variance of the sequences still active at that step (a step with one active sequence left uses its running
+    statistics); evaluation uses the per-step running statistics. gamma starts at 0.1 (gamma = 1 saturates the
+    gates and makes the gradients vanish); the input normalizations have no beta, the gate bias b plays that
+    role. Weights start as in ``torch.nn.LSTM``, b at 0. Training needs >= 2 sequences. Buffers per layer ``k``
+    and normalization ``ih``/``hh``/``cell``: ``layers.k.norm_*.running_mean`` and ``running_var`` of shape
+    (max_length, features), ``num_batches_tracked`` of shape (max_length,).
+
+    Args:
+        input_size: features of x_t.
+        hidden_size: features of h_t and c_t.
+        num_layers: 1; stacked layers.
+        batch_first: False; the (L, N, features) layout (True: (N, L, features)).
+        max_length: 100; slots of per-step statistics; steps >= max_length share the last slot.
+        bias: True; the gate bias b and the cell normalization's beta (False: neither).
+        dropout: 0.0; dropout on the outputs of every layer but the last, in training, as in ``torch.nn.LSTM``.
+        momentum: 0.1 (keyword only); weight of the new batch in the running averages (None: cumulative
+            average).
+        eps: 1e-5 (keyword only); added to the variance inside the square root.
+        gamma_init: 0.1 (keyword only); the initial gamma of all three normalizations.
+        device: None (keyword only); factory argument.
+        dtype: None (keyword only); factory argument.
+
+    ``forward(input, hx=None, lengths=None)`` returns ``(output, (h_n, c_n))``: ``hx`` is an optional
+    ``(h_0, c_0)`` (zeros by default) and ``lengths`` the optional valid length of each sequence of a padded input
+    (1 <= length <= L).
+
+    Shape:
+        input: (L, N, input_size), (N, L, input_size) with batch_first, unbatched (L, input_size), or a
+            PackedSequence.
+        h_0, c_0: (num_layers, N, hidden_size) each.
+        output: (L, N, hidden_size) (or (N, L, hidden_size) with batch_first; a PackedSequence for a
+            PackedSequence input), zero past each sequence's length.
+        h_n, c_n: (num_layers, N, hidden_size) each, the state at each sequence's last valid step.
+
+    Raises:
+        ValueError: a momentum outside [0, 1], invalid sizes, lengths outside [1, L], or a training batch of a
+            single sequence.
+        TypeError: an input that is neither a Tensor nor a PackedSequence.
 
     Example:
-        >>> lstm = BNLSTM(28, 64, num_layers=2, batch_first=True, max_length=28)
-        >>> output, (h_n, c_n) = lstm(torch.randn(16, 28, 28))          # (16, 28, 64), (2, 16, 64) x 2
-        >>> output, _ = lstm(torch.randn(16, 28, 28), lengths=torch.randint(1, 29, (16,)))
+        >>> import torch
+        >>> from batchnorm.nn import BNLSTM
+        >>> lstm = BNLSTM(8, 16, num_layers=2, batch_first=True, max_length=12)
+        >>> output, (h_n, c_n) = lstm(torch.randn(4, 12, 8))
+        >>> output.shape, h_n.shape
+        (torch.Size([4, 12, 16]), torch.Size([2, 4, 16]))
+        >>> output, _ = lstm(torch.randn(4, 12, 8), lengths=torch.tensor([12, 9, 5, 3]))
+        >>> output[3, 3:].abs().max().item()     # zero past the sequence's length
+        0.0
 
-    Cooijmans, Ballas, Laurent, Gulcehre & Courville 2016, "Recurrent Batch Normalization", arXiv 1603.09025.
+    References:
+        Cooijmans, Ballas, Laurent, Gulcehre & Courville 2016, "Recurrent Batch Normalization", arXiv 1603.09025.
     """
 
     _batch_statistics = True
@@ -507,7 +520,7 @@ class BNLSTM(_NormalizedLSTM):
 
 
 class LNLSTM(_NormalizedLSTM):
-    __doc__ = r"""LSTM with layer normalization in the places where BNLSTM has batch norm (LN-LSTM).
+    r"""LSTM with layer normalization in the places where BNLSTM has batch norm (LN-LSTM).
 
     .. math::
         (i, f, g, o) = LN_{hh}(W_{hh} h_{t-1}; \gamma_{hh}) + LN_{ih}(W_{ih} x_t; \gamma_{ih}) + b \\
@@ -515,21 +528,53 @@ class LNLSTM(_NormalizedLSTM):
         h_t = \sigma(o) \tanh(LN_{cell}(c_t; \gamma_{cell}, \beta_{cell}))
 
     Each LN normalizes one sequence's features (4 * hidden_size for the gate terms, hidden_size for the cell),
-    so there are no batch or running statistics, training and eval agree, and a batch of 1 is fine. gamma
-    starts at 1 (Ba et al.); same constructor and call as BNLSTM so the two swap in an experiment.
+    so there are no batch or running statistics, training and evaluation agree, and a batch of 1 is fine. gamma
+    starts at 1 (Ba et al.); same constructor and call as `BNLSTM`, so the two swap in an experiment.
 
     With input_size=1 (a signal fed one value per step), W_ih x_t = x_t w and its layer norm over the 4H
-    features is sign(x_t) * LN(w) up to eps: the magnitude of the input is lost (batch norm keeps it). That
-    is what "layer norm in the same places" means for a scalar input; embed the input first if it matters.
-    """ + _CLASS_DOC_COMMON.format(
-        max_length_role="accepted so that LNLSTM and BNLSTM take the same arguments;\n        unused: layer "
-                        "norm has no per-step statistics",
-        gamma_init="1.0", extra="") + r"""
-    Example:
-        >>> lstm = LNLSTM(28, 64, batch_first=True)
-        >>> output, (h_n, c_n) = lstm(torch.randn(16, 28, 28))
+    features is sign(x_t) * LN(w) up to eps: the magnitude of the input is lost (batch norm keeps it). That is
+    what "layer norm in the same places" means for a scalar input; embed the input first if it matters.
 
-    Ba, Kiros & Hinton 2016, "Layer Normalization", arXiv 1607.06450.
+    Args:
+        input_size: features of x_t.
+        hidden_size: features of h_t and c_t.
+        num_layers: 1; stacked layers.
+        batch_first: False; the (L, N, features) layout (True: (N, L, features)).
+        max_length: 100; accepted so that LNLSTM and BNLSTM take the same arguments; unused (layer norm has no per-step
+            statistics).
+        bias: True; the gate bias b and the cell normalization's beta (False: neither).
+        dropout: 0.0; dropout on the outputs of every layer but the last, in training, as in ``torch.nn.LSTM``.
+        eps: 1e-5 (keyword only); added to the variance inside the square root.
+        gamma_init: 1.0 (keyword only); the initial gamma of all three normalizations.
+        device: None (keyword only); factory argument.
+        dtype: None (keyword only); factory argument.
+
+    ``forward(input, hx=None, lengths=None)`` returns ``(output, (h_n, c_n))``: ``hx`` is an optional
+    ``(h_0, c_0)`` (zeros by default) and ``lengths`` the optional valid length of each sequence of a padded input
+    (1 <= length <= L).
+
+    Shape:
+        input: (L, N, input_size), (N, L, input_size) with batch_first, unbatched (L, input_size), or a
+            PackedSequence.
+        h_0, c_0: (num_layers, N, hidden_size) each.
+        output: (L, N, hidden_size) (or (N, L, hidden_size) with batch_first; a PackedSequence for a
+            PackedSequence input), zero past each sequence's length.
+        h_n, c_n: (num_layers, N, hidden_size) each, the state at each sequence's last valid step.
+
+    Raises:
+        ValueError: invalid sizes or lengths outside [1, L].
+        TypeError: an input that is neither a Tensor nor a PackedSequence.
+
+    Example:
+        >>> import torch
+        >>> from batchnorm.nn import LNLSTM
+        >>> lstm = LNLSTM(8, 16, batch_first=True)
+        >>> output, (h_n, c_n) = lstm(torch.randn(1, 12, 8))   # a batch of one sequence is fine
+        >>> output.shape
+        torch.Size([1, 12, 16])
+
+    References:
+        Ba, Kiros & Hinton 2016, "Layer Normalization", arXiv 1607.06450.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False,

@@ -174,20 +174,42 @@ class SyncBatchNorm(BatchNormMixin, _BatchNorm):
     refuses instances of torch's class on CPU.
 
     Args:
-        num_features: C. eps: 1e-5, inside the square root. momentum: 0.1 (weight of the new batch) or None
-        (cumulative average). affine: True. track_running_stats: True. process_group: None (WORLD) or a group
-        from `torch.distributed.new_group`. device, dtype: factory arguments. bias: True (keyword only).
+        num_features: C, the number of channels.
+        eps: 1e-5; added to the variance inside the square root.
+        momentum: 0.1; weight of the new batch in the running averages (None: cumulative average).
+        affine: True; learnable gamma and beta.
+        track_running_stats: True; keep running statistics.
+        process_group: None (WORLD) or a group from ``torch.distributed.new_group``.
+        device: None; factory argument.
+        dtype: None; factory argument.
+        bias: True (keyword only); False keeps gamma without beta.
 
-    Shape: input (N, C, ``*``) with any number of trailing dimensions; output the same. N may be 0 on some ranks.
+    Shape:
+        input: (N, C, ``*``) with any number of trailing dimensions; N may be 0 on some ranks.
+        output: the same as the input.
+
+    Raises:
+        ValueError: an input with fewer than 2 dimensions or another channel count, a single value per channel
+            across the process group in training, or eps <= 0 in training.
+        RuntimeError: a collective failed (another rank died, timed out or ran a different sequence of
+            collectives).
 
     CPU float32/float64: Numba kernels. Other devices/dtypes (CUDA + NCCL, float16, bfloat16): the same algorithm
     with torch ops; CUDA is untested here (no GPU). State dicts interchange with torch's BatchNorm*/SyncBatchNorm.
 
-    Example (under `torchrun --nproc_per_node=2`, after `torch.distributed.init_process_group("gloo")`):
-        >>> model = convert_sync_batchnorm(model)
-        >>> model = torch.nn.parallel.DistributedDataParallel(model)
+    Example:
+        In one process it is exactly batch norm; under ``torchrun --nproc_per_node=2`` (after
+        ``torch.distributed.init_process_group("gloo")``) wrap the converted model in DistributedDataParallel.
 
-    Ioffe & Szegedy 2015 (arXiv 1502.03167); cross-GPU batch norm: Peng et al. 2018, MegDet (arXiv 1711.07240).
+        >>> import torch
+        >>> from batchnorm.nn import SyncBatchNorm
+        >>> layer, reference = SyncBatchNorm(16), torch.nn.BatchNorm2d(16)
+        >>> x = torch.randn(4, 16, 8, 8)
+        >>> torch.allclose(layer(x), reference(x), atol=1e-5)
+        True
+
+    References:
+        Ioffe & Szegedy 2015, arXiv 1502.03167; cross-GPU batch norm: Peng et al. 2018, MegDet, arXiv 1711.07240.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
@@ -274,8 +296,19 @@ def convert_sync_batchnorm(module: torch.nn.Module, process_group=None) -> torch
         module: the model (or a single batch-norm layer).
         process_group: None (WORLD) or the group the statistics are synchronized over.
 
+    Returns:
+        The converted module (the same object unless ``module`` is itself a batch norm).
+
+    Raises:
+        TypeError: ``module`` is not a ``torch.nn.Module``.
+
     Example:
-        >>> model = convert_sync_batchnorm(torchvision.models.resnet18())
+        >>> import torch
+        >>> from batchnorm.nn import convert_sync_batchnorm
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU())
+        >>> model = convert_sync_batchnorm(model)
+        >>> type(model[1]).__name__
+        'SyncBatchNorm'
     """
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"convert_sync_batchnorm expected a torch.nn.Module, got {type(module).__name__}")

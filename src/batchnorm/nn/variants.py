@@ -328,35 +328,7 @@ def renorm_limits(step: int, rmax: float, dmax: float, warmup_steps: int, rmax_s
 
 
 class _BatchRenorm(BatchNormMixin):
-    r"""Batch Renormalization: batch statistics corrected towards the running ones (Ioffe 2017).
-
-    .. math::
-        \hat x = \frac{x - \mu_B}{\sigma_B} r + d,\quad y = \gamma \hat x + \beta,\quad
-        \sigma_B = \sqrt{\sigma_B^2 + \epsilon},\quad \sigma = \sqrt{\mathrm{running\_var} + \epsilon},
-
-        r = \mathrm{clip}_{[1/r_{max}, r_{max}]}(\sigma_B / \sigma),\quad
-        d = \mathrm{clip}_{[-d_{max}, d_{max}]}((\mu_B - \mathrm{running\_mean}) / \sigma)
-
-    r and d are per-channel constants in backprop (computed from the running statistics before this batch's
-    update); the gradient is BatchNorm's with gamma * r in place of gamma. r_max and d_max follow the paper's
-    schedule (`renorm_limits`): plain BatchNorm (1, 0) for the first `warmup_steps` steps, then linear growth
-    to `rmax` at step `rmax_steps` and `dmax` at step `dmax_steps`; steps are counted by `num_batches_tracked`
-    (so a BatchNorm checkpoint continues its schedule from its own count).
-
-    Running statistics: the paper averages sigma itself; here, so that a checkpoint is a BatchNorm checkpoint,
-    `running_mean`/`running_var` are BatchNorm's (moving average of the batch mean and of the unbiased batch
-    variance, weight `momentum` for the new batch) and the paper's running sigma is sqrt(running_var + eps).
-    Inference is identical to BatchNorm's. `freeze_stats=True` (attribute) normalizes with the running
-    statistics in training too; `skip_nonfinite=True` leaves the buffers alone on a batch with NaN/inf
-    statistics.
-
-    Args:
-        num_features: C. eps: 1e-5. momentum: 0.01 (the paper's rate; None = cumulative average).
-        affine: True. rmax: 3.0 (>= 1). dmax: 5.0 (>= 0). warmup_steps: 5000. rmax_steps: 40000, dmax_steps:
-        25000 (each >= warmup_steps). skip_nonfinite: False (keyword). device, dtype: factory arguments.
-
-    Ioffe 2017, "Batch Renormalization", arXiv 1702.03275.
-    """
+    """Batch Renormalization (Ioffe 2017); the public layers are `BatchRenorm1d/2d/3d`."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.01, affine: bool = True,
                  rmax: float = 3.0, dmax: float = 5.0, warmup_steps: int = 5000, rmax_steps: int = 40000,
@@ -413,56 +385,176 @@ class _BatchRenorm(BatchNormMixin):
 
 
 class BatchRenorm1d(_BatchRenorm, torch.nn.BatchNorm1d):
-    __doc__ = _BatchRenorm.__doc__ + r"""
-    Shape: input (N, C) or (N, C, L); output the same.
+    r"""Batch Renormalization over (N, C) or (N, C, L): batch statistics corrected towards the running ones.
+
+    .. math::
+        \hat x = \frac{x - \mu_B}{\sigma_B} r + d,\quad y = \gamma \hat x + \beta,\quad
+        \sigma_B = \sqrt{\sigma_B^2 + \epsilon},\quad \sigma = \sqrt{\mathrm{running\_var} + \epsilon},
+
+        r = \mathrm{clip}_{[1/r_{max}, r_{max}]}(\sigma_B / \sigma),\quad
+        d = \mathrm{clip}_{[-d_{max}, d_{max}]}((\mu_B - \mathrm{running\_mean}) / \sigma)
+
+    r and d are per-channel constants in backprop (computed from the running statistics before this batch's
+    update); the gradient is batch norm's with gamma * r in place of gamma. The limits follow the paper's
+    schedule: plain batch norm (r_max = 1, d_max = 0) for the first ``warmup_steps`` steps, then linear growth
+    to ``rmax`` at step ``rmax_steps`` and ``dmax`` at step ``dmax_steps``; steps are counted by
+    ``num_batches_tracked``, and `current_limits` gives the next step's. The running statistics are batch
+    norm's (so a checkpoint is a BatchNorm1d checkpoint) and the paper's running sigma is
+    sqrt(running_var + eps); inference is identical to batch norm's. ``freeze_stats = True`` (attribute)
+    normalizes with the running statistics in training too.
+
+    Args:
+        num_features: C, the number of channels.
+        eps: 1e-5; added to the variance inside the square root.
+        momentum: 0.01 (the paper's rate); weight of the new batch in the running averages (None: cumulative).
+        affine: True; learnable gamma and beta.
+        rmax: 3.0; r is clipped to [1/rmax, rmax] (>= 1; 1 gives plain batch norm).
+        dmax: 5.0; d is clipped to [-dmax, dmax] (>= 0; 0 gives plain batch norm).
+        warmup_steps: 5000; training steps of plain batch norm before the limits grow.
+        rmax_steps: 40000; step at which the r limit reaches rmax (>= warmup_steps).
+        dmax_steps: 25000; step at which the d limit reaches dmax (>= warmup_steps).
+        device: None; factory argument.
+        dtype: None; factory argument.
+        skip_nonfinite: False (keyword only); as in `BatchNorm1d`.
+
+    Shape:
+        input: (N, C) or (N, C, L).
+        output: the same as the input.
+
+    Raises:
+        ValueError: rmax < 1, dmax < 0, step counts that are negative or before ``warmup_steps``, eps <= 0 in
+            training, or an input of another rank or channel count.
 
     Example:
-        >>> layer = BatchRenorm1d(100, warmup_steps=1000, rmax_steps=8000, dmax_steps=5000)
-        >>> y = layer(torch.randn(32, 100))
+        >>> import torch
+        >>> from batchnorm.nn import BatchRenorm1d
+        >>> layer = BatchRenorm1d(16, warmup_steps=0, rmax_steps=1000, dmax_steps=1000)
+        >>> y = layer(torch.randn(8, 16))
+        >>> [round(limit, 4) for limit in layer.current_limits()]   # after one step
+        [1.002, 0.005]
+
+    References:
+        Ioffe 2017, "Batch Renormalization: Towards Reducing Minibatch Dependence in Batch-Normalized Models",
+        arXiv 1702.03275.
     """
     _input_shapes = BatchNorm1d._input_shapes
 
 
 class BatchRenorm2d(_BatchRenorm, torch.nn.BatchNorm2d):
-    __doc__ = _BatchRenorm.__doc__ + r"""
-    Shape: input (N, C, H, W); output the same.
+    r"""Batch Renormalization over (N, C, H, W): batch statistics corrected towards the running ones.
+
+    .. math::
+        \hat x = \frac{x - \mu_B}{\sigma_B} r + d,\quad y = \gamma \hat x + \beta,\quad
+        \sigma_B = \sqrt{\sigma_B^2 + \epsilon},\quad \sigma = \sqrt{\mathrm{running\_var} + \epsilon},
+
+        r = \mathrm{clip}_{[1/r_{max}, r_{max}]}(\sigma_B / \sigma),\quad
+        d = \mathrm{clip}_{[-d_{max}, d_{max}]}((\mu_B - \mathrm{running\_mean}) / \sigma)
+
+    r and d are per-channel constants in backprop (computed from the running statistics before this batch's
+    update); the gradient is batch norm's with gamma * r in place of gamma. The limits follow the paper's
+    schedule: plain batch norm (r_max = 1, d_max = 0) for the first ``warmup_steps`` steps, then linear growth
+    to ``rmax`` at step ``rmax_steps`` and ``dmax`` at step ``dmax_steps``; steps are counted by
+    ``num_batches_tracked``, and `current_limits` gives the next step's. The running statistics are batch
+    norm's (so a checkpoint is a BatchNorm2d checkpoint) and the paper's running sigma is
+    sqrt(running_var + eps); inference is identical to batch norm's. ``freeze_stats = True`` (attribute)
+    normalizes with the running statistics in training too.
+
+    Args:
+        num_features: C, the number of channels.
+        eps: 1e-5; added to the variance inside the square root.
+        momentum: 0.01 (the paper's rate); weight of the new batch in the running averages (None: cumulative).
+        affine: True; learnable gamma and beta.
+        rmax: 3.0; r is clipped to [1/rmax, rmax] (>= 1; 1 gives plain batch norm).
+        dmax: 5.0; d is clipped to [-dmax, dmax] (>= 0; 0 gives plain batch norm).
+        warmup_steps: 5000; training steps of plain batch norm before the limits grow.
+        rmax_steps: 40000; step at which the r limit reaches rmax (>= warmup_steps).
+        dmax_steps: 25000; step at which the d limit reaches dmax (>= warmup_steps).
+        device: None; factory argument.
+        dtype: None; factory argument.
+        skip_nonfinite: False (keyword only); as in `BatchNorm2d`.
+
+    Shape:
+        input: (N, C, H, W).
+        output: the same as the input.
+
+    Raises:
+        ValueError: rmax < 1, dmax < 0, step counts that are negative or before ``warmup_steps``, eps <= 0 in
+            training, or an input of another rank or channel count.
 
     Example:
-        >>> layer = BatchRenorm2d(64)
-        >>> y = layer(torch.randn(4, 64, 16, 16))
+        >>> import torch
+        >>> from batchnorm.nn import BatchRenorm2d
+        >>> layer = BatchRenorm2d(16, warmup_steps=0, rmax_steps=1000, dmax_steps=1000)
+        >>> y = layer(torch.randn(4, 16, 8, 8))
+        >>> [round(limit, 4) for limit in layer.current_limits()]   # after one step
+        [1.002, 0.005]
+
+    References:
+        Ioffe 2017, "Batch Renormalization: Towards Reducing Minibatch Dependence in Batch-Normalized Models",
+        arXiv 1702.03275.
     """
     _input_shapes = BatchNorm2d._input_shapes
 
 
 class BatchRenorm3d(_BatchRenorm, torch.nn.BatchNorm3d):
-    __doc__ = _BatchRenorm.__doc__ + r"""
-    Shape: input (N, C, D, H, W); output the same.
+    r"""Batch Renormalization over (N, C, D, H, W): batch statistics corrected towards the running ones.
+
+    .. math::
+        \hat x = \frac{x - \mu_B}{\sigma_B} r + d,\quad y = \gamma \hat x + \beta,\quad
+        \sigma_B = \sqrt{\sigma_B^2 + \epsilon},\quad \sigma = \sqrt{\mathrm{running\_var} + \epsilon},
+
+        r = \mathrm{clip}_{[1/r_{max}, r_{max}]}(\sigma_B / \sigma),\quad
+        d = \mathrm{clip}_{[-d_{max}, d_{max}]}((\mu_B - \mathrm{running\_mean}) / \sigma)
+
+    r and d are per-channel constants in backprop (computed from the running statistics before this batch's
+    update); the gradient is batch norm's with gamma * r in place of gamma. The limits follow the paper's
+    schedule: plain batch norm (r_max = 1, d_max = 0) for the first ``warmup_steps`` steps, then linear growth
+    to ``rmax`` at step ``rmax_steps`` and ``dmax`` at step ``dmax_steps``; steps are counted by
+    ``num_batches_tracked``, and `current_limits` gives the next step's. The running statistics are batch
+    norm's (so a checkpoint is a BatchNorm3d checkpoint) and the paper's running sigma is
+    sqrt(running_var + eps); inference is identical to batch norm's. ``freeze_stats = True`` (attribute)
+    normalizes with the running statistics in training too.
+
+    Args:
+        num_features: C, the number of channels.
+        eps: 1e-5; added to the variance inside the square root.
+        momentum: 0.01 (the paper's rate); weight of the new batch in the running averages (None: cumulative).
+        affine: True; learnable gamma and beta.
+        rmax: 3.0; r is clipped to [1/rmax, rmax] (>= 1; 1 gives plain batch norm).
+        dmax: 5.0; d is clipped to [-dmax, dmax] (>= 0; 0 gives plain batch norm).
+        warmup_steps: 5000; training steps of plain batch norm before the limits grow.
+        rmax_steps: 40000; step at which the r limit reaches rmax (>= warmup_steps).
+        dmax_steps: 25000; step at which the d limit reaches dmax (>= warmup_steps).
+        device: None; factory argument.
+        dtype: None; factory argument.
+        skip_nonfinite: False (keyword only); as in `BatchNorm3d`.
+
+    Shape:
+        input: (N, C, D, H, W).
+        output: the same as the input.
+
+    Raises:
+        ValueError: rmax < 1, dmax < 0, step counts that are negative or before ``warmup_steps``, eps <= 0 in
+            training, or an input of another rank or channel count.
 
     Example:
-        >>> layer = BatchRenorm3d(16)
-        >>> y = layer(torch.randn(2, 16, 4, 8, 8))
+        >>> import torch
+        >>> from batchnorm.nn import BatchRenorm3d
+        >>> layer = BatchRenorm3d(16, warmup_steps=0, rmax_steps=1000, dmax_steps=1000)
+        >>> y = layer(torch.randn(2, 16, 4, 6, 6))
+        >>> [round(limit, 4) for limit in layer.current_limits()]   # after one step
+        [1.002, 0.005]
+
+    References:
+        Ioffe 2017, "Batch Renormalization: Towards Reducing Minibatch Dependence in Batch-Normalized Models",
+        arXiv 1702.03275.
     """
     _input_shapes = BatchNorm3d._input_shapes
 
 
 # -------------------------------------------------------------------------------------------- Frozen BN
 class _FrozenBatchNorm(torch.nn.Module):
-    r"""Batch norm with fixed running statistics, in training and in inference.
-
-    .. math:: y = \frac{x - \mathrm{running\_mean}}{\sqrt{\mathrm{running\_var} + \epsilon}} \gamma + \beta
-
-    The statistics never move (`model.train()` changes nothing); gamma and beta are trainable only with
-    `affine_trainable=True`. Parameters `weight`, `bias` and buffers `running_mean`, `running_var`,
-    `num_batches_tracked` carry torch's names, so a BatchNorm state dict loads as is (and back); a state dict
-    without `num_batches_tracked` (torchvision's FrozenBatchNorm2d) loads too. Not a subclass of torch's
-    `_BatchNorm`, so converters such as `SyncBatchNorm.convert_sync_batchnorm` leave it alone. Runs on the
-    shared transform with constant statistics (`batchnorm.functional.batch_norm(..., training=False)`).
-
-    Args:
-        num_features: C. eps: 1e-5, inside the square root. affine: True (gamma and beta exist).
-        affine_trainable: False (gamma and beta get no gradient; True needs affine=True).
-        device, dtype: factory arguments.
-    """
+    """Batch norm with fixed statistics; the public layers are `FrozenBatchNorm1d/2d/3d`."""
 
     _input_shapes: dict[int, str] = {}
     _version = 2  # torch's BatchNorm state-dict version (the counter is saved), so the metadata matches too
@@ -535,34 +627,120 @@ class _FrozenBatchNorm(torch.nn.Module):
 
 
 class FrozenBatchNorm1d(_FrozenBatchNorm):
-    __doc__ = _FrozenBatchNorm.__doc__ + r"""
-    Shape: input (N, C) or (N, C, L); output the same.
+    r"""Batch norm with fixed running statistics, in training and in inference, over (N, C) or (N, C, L).
+
+    .. math:: y = \frac{x - \mathrm{running\_mean}}{\sqrt{\mathrm{running\_var} + \epsilon}} \gamma + \beta
+
+    The statistics never move (``model.train()`` changes nothing); gamma and beta are trainable only with
+    ``affine_trainable=True``. Parameters and buffers carry torch's names, so a BatchNorm1d state dict loads as is
+    (and back); a state dict without ``num_batches_tracked`` (torchvision's FrozenBatchNorm2d) loads too. Not a
+    subclass of torch's ``_BatchNorm``, so converters such as ``SyncBatchNorm.convert_sync_batchnorm`` leave it
+    alone. `from_batchnorm` makes one from an existing layer.
+
+    Args:
+        num_features: C, the number of channels.
+        eps: 1e-5; added to the variance inside the square root.
+        affine: True; gamma and beta exist.
+        affine_trainable: False; True lets gamma and beta receive gradients (needs affine=True).
+        device: None; factory argument.
+        dtype: None; factory argument.
+
+    Shape:
+        input: (N, C) or (N, C, L).
+        output: the same as the input.
+
+    Raises:
+        ValueError: num_features < 1, eps < 0, affine_trainable without affine, or an input of another rank or
+            channel count.
 
     Example:
-        >>> frozen = FrozenBatchNorm1d.from_batchnorm(torch.nn.BatchNorm1d(100))
-        >>> y = frozen(torch.randn(32, 100))
+        >>> import torch
+        >>> from batchnorm.nn import FrozenBatchNorm1d
+        >>> bn = torch.nn.BatchNorm1d(16)
+        >>> _ = bn(torch.randn(8, 16))                              # some running statistics
+        >>> frozen = FrozenBatchNorm1d.from_batchnorm(bn).train()
+        >>> x = torch.randn(8, 16)
+        >>> torch.allclose(frozen(x), bn.eval()(x), atol=1e-6)
+        True
     """
     _input_shapes = BatchNorm1d._input_shapes
 
 
 class FrozenBatchNorm2d(_FrozenBatchNorm):
-    __doc__ = _FrozenBatchNorm.__doc__ + r"""
-    Shape: input (N, C, H, W); output the same.
+    r"""Batch norm with fixed running statistics, in training and in inference, over (N, C, H, W).
+
+    .. math:: y = \frac{x - \mathrm{running\_mean}}{\sqrt{\mathrm{running\_var} + \epsilon}} \gamma + \beta
+
+    The statistics never move (``model.train()`` changes nothing); gamma and beta are trainable only with
+    ``affine_trainable=True``. Parameters and buffers carry torch's names, so a BatchNorm2d state dict loads as is
+    (and back); a state dict without ``num_batches_tracked`` (torchvision's FrozenBatchNorm2d) loads too. Not a
+    subclass of torch's ``_BatchNorm``, so converters such as ``SyncBatchNorm.convert_sync_batchnorm`` leave it
+    alone. `from_batchnorm` makes one from an existing layer.
+
+    Args:
+        num_features: C, the number of channels.
+        eps: 1e-5; added to the variance inside the square root.
+        affine: True; gamma and beta exist.
+        affine_trainable: False; True lets gamma and beta receive gradients (needs affine=True).
+        device: None; factory argument.
+        dtype: None; factory argument.
+
+    Shape:
+        input: (N, C, H, W).
+        output: the same as the input.
+
+    Raises:
+        ValueError: num_features < 1, eps < 0, affine_trainable without affine, or an input of another rank or
+            channel count.
 
     Example:
-        >>> frozen = FrozenBatchNorm2d(64, affine_trainable=True)
-        >>> frozen.load_state_dict(torch.nn.BatchNorm2d(64).state_dict())
-        >>> y = frozen(torch.randn(4, 64, 16, 16))
+        >>> import torch
+        >>> from batchnorm.nn import FrozenBatchNorm2d
+        >>> bn = torch.nn.BatchNorm2d(16)
+        >>> _ = bn(torch.randn(4, 16, 8, 8))                              # some running statistics
+        >>> frozen = FrozenBatchNorm2d.from_batchnorm(bn).train()
+        >>> x = torch.randn(4, 16, 8, 8)
+        >>> torch.allclose(frozen(x), bn.eval()(x), atol=1e-6)
+        True
     """
     _input_shapes = BatchNorm2d._input_shapes
 
 
 class FrozenBatchNorm3d(_FrozenBatchNorm):
-    __doc__ = _FrozenBatchNorm.__doc__ + r"""
-    Shape: input (N, C, D, H, W); output the same.
+    r"""Batch norm with fixed running statistics, in training and in inference, over (N, C, D, H, W).
+
+    .. math:: y = \frac{x - \mathrm{running\_mean}}{\sqrt{\mathrm{running\_var} + \epsilon}} \gamma + \beta
+
+    The statistics never move (``model.train()`` changes nothing); gamma and beta are trainable only with
+    ``affine_trainable=True``. Parameters and buffers carry torch's names, so a BatchNorm3d state dict loads as is
+    (and back); a state dict without ``num_batches_tracked`` (torchvision's FrozenBatchNorm2d) loads too. Not a
+    subclass of torch's ``_BatchNorm``, so converters such as ``SyncBatchNorm.convert_sync_batchnorm`` leave it
+    alone. `from_batchnorm` makes one from an existing layer.
+
+    Args:
+        num_features: C, the number of channels.
+        eps: 1e-5; added to the variance inside the square root.
+        affine: True; gamma and beta exist.
+        affine_trainable: False; True lets gamma and beta receive gradients (needs affine=True).
+        device: None; factory argument.
+        dtype: None; factory argument.
+
+    Shape:
+        input: (N, C, D, H, W).
+        output: the same as the input.
+
+    Raises:
+        ValueError: num_features < 1, eps < 0, affine_trainable without affine, or an input of another rank or
+            channel count.
 
     Example:
-        >>> frozen = FrozenBatchNorm3d(16)
-        >>> y = frozen(torch.randn(2, 16, 4, 8, 8))
+        >>> import torch
+        >>> from batchnorm.nn import FrozenBatchNorm3d
+        >>> bn = torch.nn.BatchNorm3d(16)
+        >>> _ = bn(torch.randn(2, 16, 4, 6, 6))                              # some running statistics
+        >>> frozen = FrozenBatchNorm3d.from_batchnorm(bn).train()
+        >>> x = torch.randn(2, 16, 4, 6, 6)
+        >>> torch.allclose(frozen(x), bn.eval()(x), atol=1e-6)
+        True
     """
     _input_shapes = BatchNorm3d._input_shapes
