@@ -1,27 +1,35 @@
-"""Run lab experiments: build each one's config at a scale, cache its result keyed by config and code (so an
-interrupted run resumes where it stopped), write results atomically, show a progress bar, rebuild the report.
+"""Run lab experiments: build each one's config at a scale, cache its result keyed by config, code and library
+versions (so an interrupted run resumes where it stopped and a changed package never reuses a stale result),
+validate cache entries on read, write results atomically, show progress, rebuild the report.
+
+The cache lives in DIR/cache/<id>-<key>.json. An entry that does not parse or does not match the result schema
+is reported in one line, moved to DIR/cache/rejected/ and recomputed; it never blocks a run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import math
 import os
 import platform
+import shutil
 import sys
-import tempfile
 import time
 
 from . import progress
 from .experiments import EXPERIMENTS, load_experiment
-from .protocol import Result
+from .protocol import VERDICTS, Result
 
-__all__ = ["SCALES", "config_for", "cache_key", "run_one", "run_all", "versions", "write_atomic"]
+__all__ = ["SCALES", "config_for", "cache_key", "package_digest", "run_one", "run_all", "versions",
+           "write_atomic", "check_output_directory", "validate_entry", "reproduce_command"]
 
 SCALES = ("quick", "default", "full")
-# Bump to invalidate every cached result (e.g. when the protocol or the shared training loop changes meaning).
-PROTOCOL_VERSION = 1
+# Bump to invalidate every cached result when the meaning of a stored result changes without a code change.
+PROTOCOL_VERSION = 2
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../src/batchnorm
 
 
 def config_for(module, scale: str = "default", data: str | None = None, seeds: int | None = None,
@@ -39,37 +47,66 @@ def config_for(module, scale: str = "default", data: str | None = None, seeds: i
         overrides["seeds"] = seeds
     if seed_base is not None:
         if isinstance(seed_base, bool) or not isinstance(seed_base, int) or seed_base < 0:
-            raise ValueError(f"seed_base must be an integer >= 0, got {seed_base!r}")
+            raise ValueError(f"seed_base must be an integer >= 0 (the first seed), got {seed_base!r}")
+        if seed_base and "seed_base" not in {f.name for f in dataclasses.fields(module.Config)}:
+            raise ValueError(f"{module.ID} has no seed_base setting; run it without --seed-base")
         if "seed_base" in {f.name for f in dataclasses.fields(module.Config)}:
             overrides["seed_base"] = seed_base
     return dataclasses.replace(module.Config(), **overrides)
 
 
-def _source_digest(module) -> str:
-    """Digest of the experiment's source and the shared lab code it relies on."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    digest = hashlib.sha256(str(PROTOCOL_VERSION).encode())
-    for path in (module.__file__, *(os.path.join(here, n) for n in ("train.py", "models.py", "data.py"))):
+def package_digest(root: str | None = None) -> str:
+    """SHA-256 over every .py file of the `batchnorm` package (path and content, in a fixed order): any change
+    to a layer, kernel, tool or the lab itself changes it."""
+    if root is None:
+        return _installed_package_digest()
+    digest = hashlib.sha256()
+    paths = []
+    for directory, subdirectories, files in os.walk(root):
+        subdirectories[:] = sorted(d for d in subdirectories if d != "__pycache__")
+        paths += [os.path.join(directory, name) for name in files if name.endswith(".py")]
+    for path in sorted(paths):
+        digest.update(os.path.relpath(path, root).replace(os.sep, "/").encode() + b"\0")
         with open(path, "rb") as f:
             digest.update(f.read())
+        digest.update(b"\0")
     return digest.hexdigest()
 
 
+@functools.lru_cache(maxsize=1)
+def _installed_package_digest() -> str:
+    return package_digest(_PACKAGE_ROOT)
+
+
+def _library_versions() -> dict:
+    import numba
+    import numpy
+    import torch
+
+    return {"torch": torch.__version__, "numpy": numpy.__version__, "numba": numba.__version__}
+
+
 def cache_key(module, cfg) -> str:
-    """Hash of the experiment id, its config and its code: a changed config or code never reuses a result."""
-    payload = json.dumps({"id": module.ID, "config": dataclasses.asdict(cfg), "code": _source_digest(module)},
+    """Hash of the experiment id, its config (including the first seed), the source of the whole `batchnorm`
+    package and the versions of torch, numpy and numba: any of them changed never reuses a result."""
+    payload = json.dumps({"id": module.ID, "config": dataclasses.asdict(cfg), "code": package_digest(),
+                          "versions": _library_versions(), "protocol": PROTOCOL_VERSION},
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Write text to path via a temporary file in the same directory and os.replace (never a partial file)."""
+def write_atomic(path: str, text: str | bytes) -> None:
+    """Write text (or bytes) to path atomically (see `batchnorm._atomic`): the old file or the whole new one, never a part;
+    a new file gets the umask's permissions."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, as open(path, "w")
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8") if isinstance(text, str) else text)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -79,14 +116,11 @@ def write_atomic(path: str, text: str) -> None:
 
 def versions() -> dict:
     """Software and machine the results come from."""
-    import numba
-    import numpy
     import torch
 
-    info = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
-            "numba": numba.__version__, "platform": platform.platform(), "cpus": os.cpu_count(),
-            "torch threads": torch.get_num_threads()}
-    for name in ("sklearn", "matplotlib", "mnist1d"):
+    info = {"python": platform.python_version(), **_library_versions(), "platform": platform.platform(),
+            "cpus": os.cpu_count(), "torch threads": torch.get_num_threads()}
+    for name in ("sklearn", "matplotlib", "mnist1d", "mlxtend"):
         try:
             info[name] = getattr(__import__(name), "__version__", "installed")
         except ImportError:
@@ -94,30 +128,152 @@ def versions() -> dict:
     return info
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def validate_entry(data, experiment: str) -> None:
+    """Check a cache entry against the result schema; raises ValueError naming the first problem."""
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    if data.get("experiment") != experiment:
+        raise ValueError(f"it holds experiment {data.get('experiment')!r}, not {experiment!r}")
+    if not isinstance(data.get("title"), str):
+        raise ValueError("'title' is missing or not a string")
+    seconds = data.get("seconds")
+    if not _is_number(seconds) or not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"'seconds' must be a finite number >= 0, got {seconds!r}")
+    findings = data.get("findings")
+    if not isinstance(findings, list) or not findings:
+        raise ValueError("'findings' must be a non-empty list (an experiment makes at least one finding)")
+    for i, finding in enumerate(findings):
+        if not isinstance(finding, dict):
+            raise ValueError(f"finding {i} is not an object")
+        for key in ("claim", "anchor", "criterion", "evidence", "verdict"):
+            if not isinstance(finding.get(key), str):
+                raise ValueError(f"finding {i}: {key!r} is missing or not a string")
+        if finding["verdict"] not in VERDICTS:
+            raise ValueError(f"finding {i}: verdict {finding['verdict']!r} is not one of {', '.join(VERDICTS)}")
+        for name in ("effect", "weaker"):
+            effect = finding.get(name)
+            if effect is None:
+                continue
+            if not isinstance(effect, dict) or not isinstance(effect.get("name"), str):
+                raise ValueError(f"finding {i}: {name!r} must be an object with a name")
+            ci = effect.get("ci95")
+            if not (_is_number(effect.get("estimate")) and _is_number(effect.get("threshold"))
+                    and isinstance(ci, list) and len(ci) == 2 and all(_is_number(v) for v in ci)):
+                raise ValueError(f"finding {i}: {name!r} needs numbers estimate, threshold and ci95 [lo, hi]")
+    for key, kind in (("config", dict), ("versions", dict), ("numbers", dict), ("tables", list), ("plots", list),
+                      ("notes", list), ("arms", list)):
+        if key in data and not isinstance(data[key], kind):
+            raise ValueError(f"{key!r} must be a {kind.__name__}")
+    for i, plot in enumerate(data.get("plots", [])):
+        if not isinstance(plot, dict) or not isinstance(plot.get("lines"), dict):
+            raise ValueError(f"plot {i} has no lines")
+        for label, line in plot["lines"].items():
+            if not isinstance(line, dict) or not isinstance(line.get("x"), list) or not isinstance(
+                    line.get("y"), list) or len(line["x"]) != len(line["y"]):
+                raise ValueError(f"plot {i}, line {label!r}: x and y must be lists of the same length")
+
+
+def _load_cached(path: str, module) -> Result:
+    """The cached Result at path; raises ValueError (with the reason) for anything unreadable or invalid."""
+    if not os.path.isfile(path):
+        raise ValueError("it is not a regular file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except RecursionError:
+        raise ValueError("its JSON is nested too deeply") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"it does not parse ({type(error).__name__}: {error})") from None
+    validate_entry(data, module.ID)
+    try:
+        return Result.from_json(data)
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise ValueError(f"it is not a result ({type(error).__name__}: {error})") from None
+
+
+def _reject(path: str, out: str) -> str:
+    """Move an invalid cache entry to out/cache/rejected/ (never deleting it); returns its new path."""
+    rejected = os.path.join(out, "cache", "rejected")
+    os.makedirs(rejected, exist_ok=True)
+    target = os.path.join(rejected, f"{os.path.basename(path)}.{time.strftime('%Y%m%d-%H%M%S')}")
+    suffix = 0
+    while os.path.lexists(target + (f".{suffix}" if suffix else "")):
+        suffix += 1
+    target += f".{suffix}" if suffix else ""
+    shutil.move(path, target)
+    return target
+
+
+def check_output_directory(out: str) -> None:
+    """Make sure `out` is (or can be made) a writable directory, before any experiment runs."""
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out!r} is not a directory (it names an existing file); give a directory for "
+                         f"the report, e.g. --out lab-report")
+    try:
+        os.makedirs(os.path.join(out, "cache"), exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--out {out!r}: cannot create the report directory ({error.strerror or error}); "
+                         f"give a directory you can write to") from None
+    if not os.access(out, os.W_OK | os.X_OK) or not os.access(os.path.join(out, "cache"), os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out!r} is not writable; give a directory you can write to")
+
+
+def reproduce_command(experiment: str, config: dict | None = None) -> str:
+    """The command that re-runs `experiment` with the same scale, data and seeds, e.g. 'bash bin/lab E5 --force'."""
+    config = config or {}
+    parts = ["bash bin/lab", experiment, "--force"]
+    scale = config.get("scale", "default")
+    if scale in ("quick", "full"):
+        parts.append(f"--{scale}")
+    if config.get("data", "digits") != "digits":
+        parts.append(f"--data {config['data']}")
+    if config.get("seed_base"):
+        parts.append(f"--seed-base {config['seed_base']}")
+    return " ".join(parts)
+
+
+def _set_jobs(jobs: int | None) -> None:
+    if jobs is None:
+        return
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1 (worker processes), got {jobs!r}")
+    from . import jobs as lab_jobs
+
+    lab_jobs.set_workers(jobs)
+
+
 def run_one(experiment: str, scale: str = "default", data: str | None = None, seeds: int | None = None,
-            out: str | None = None, force: bool = False, stream=None) -> tuple[Result, bool]:
-    """Run (or load from out/cache) one experiment; returns (result, loaded_from_cache)."""
+            out: str | None = None, force: bool = False, stream=None, seed_base: int | None = None,
+            jobs: int | None = None) -> tuple[Result, bool]:
+    """Run (or load from out/cache) one experiment; returns (result, loaded_from_cache).
+
+    Args: experiment: 'E1' .. scale: 'default' ('quick', 'full'). data, seeds, seed_base: Config overrides.
+    out: the report directory whose cache/ is used (None: no cache). force: run even if cached.
+    jobs: worker processes for the experiment's training runs (None: leave the current setting).
+    """
     module = load_experiment(experiment)
-    cfg = config_for(module, scale, data, seeds)
+    cfg = config_for(module, scale, data, seeds, seed_base)
+    _set_jobs(jobs)
+    stream = stream if stream is not None else sys.stderr
     path = None
     if out is not None:
         path = os.path.join(out, "cache", f"{module.ID}-{cache_key(module, cfg)}.json")
-        if not force and os.path.exists(path):
+        if not force and os.path.lexists(path):
             try:
-                with open(path, encoding="utf-8") as f:
-                    cached = Result.from_json(json.load(f))
-                if cached.experiment != module.ID:
-                    raise ValueError(f"it holds experiment {cached.experiment!r}")
-                return cached, True
-            except (ValueError, TypeError, KeyError, AttributeError) as error:   # a corrupt entry: run again
-                (stream if stream is not None else sys.stderr).write(
-                    f"{module.ID}: ignoring the unreadable cache entry {path} ({type(error).__name__}: {error}); "
-                    f"running again\n")
+                return _load_cached(path, module), True
+            except ValueError as error:
+                moved = _reject(path, out)
+                stream.write(f"{module.ID}: rejected the cache entry {path} ({error}); moved it to {moved} and "
+                             f"running again\n")
     import torch
 
     threads = torch.get_num_threads()  # every experiment starts with the caller's thread count
     start = time.perf_counter()
-    with progress.bar(f"{module.ID} {module.TITLE}", stream=stream if stream is not None else sys.stderr):
+    with progress.bar(f"{module.ID} {module.TITLE}", stream=stream):
         try:
             result = module.run(cfg)
         finally:
@@ -127,13 +283,16 @@ def run_one(experiment: str, scale: str = "default", data: str | None = None, se
     result.config["scale"] = scale
     result.versions = versions()
     if path is not None:
+        if os.path.isdir(path):  # an entry replaced by a directory (rejected above unless --force)
+            _reject(path, out)
         write_atomic(path, json.dumps(result.to_json(), indent=1, default=str))
     return result, False
 
 
 def run_all(experiments: list[str] | None = None, scale: str = "default", data: str | None = None,
-            seeds: int | None = None, out: str = "lab-report", force: bool = False, stream=None) -> list[Result]:
-    """Run the experiments in order (all by default), rebuilding out/index.html after each one."""
+            seeds: int | None = None, out: str = "lab-report", force: bool = False, stream=None,
+            seed_base: int | None = None, jobs: int | None = None) -> list[Result]:
+    """Run the experiments in order (all by default), rebuilding out/index.html and out/results.json after each."""
     from .report import write_report
 
     stream = stream if stream is not None else sys.stderr
@@ -141,11 +300,16 @@ def run_all(experiments: list[str] | None = None, scale: str = "default", data: 
     for e in ids:
         if e not in EXPERIMENTS:
             raise ValueError(f"experiment must be one of {', '.join(EXPERIMENTS)}, got {e!r}")
+    for e in ids:  # check every setting before any work
+        config_for(load_experiment(e), scale, data, seeds, seed_base)
+    if jobs is not None:
+        _set_jobs(jobs)
+    check_output_directory(out)
     results = []
     for e in ids:
-        result, cached = run_one(e, scale, data, seeds, out, force, stream)
+        result, cached = run_one(e, scale, data, seeds, out, force, stream, seed_base)
         if cached:
-            stream.write(f"{e} {load_experiment(e).TITLE}: cached result ({result.seconds:.1f}s when run)\n")
+            stream.write(f"{e} {load_experiment(e).TITLE}: cached result ({result.seconds:.1f} s when run)\n")
         for finding in result.findings:
             stream.write(f"    {finding.verdict:>14}: {finding.claim}  [{finding.evidence}]\n")
         stream.flush()
