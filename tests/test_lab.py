@@ -18,14 +18,14 @@ import pytest
 import torch
 
 from batchnorm.lab import data as lab_data
-from batchnorm.lab import models, progress, protocol, runner, train
+from batchnorm.lab import models, progress, protocol, report, runner, train
 from batchnorm.lab.report import write_report
 
 
 # ----------------------------------------------------------------------------------------------------- data
 def test_digits_split_shapes_and_determinism():
     a, b = lab_data.load("digits"), lab_data.load("digits")
-    assert a.x_train.shape == (1198, 1, 8, 8) and a.x_test.shape == (599, 1, 8, 8)
+    assert a.x_train.shape == (999, 1, 8, 8) and a.x_val.shape == (199, 1, 8, 8) and a.x_test.shape == (599, 1, 8, 8)
     assert a.sample_shape == (1, 8, 8) and a.num_inputs == 64 and a.num_classes == 10
     assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
     assert 0.0 <= float(a.x_train.min()) and float(a.x_train.max()) <= 1.0
@@ -39,7 +39,7 @@ def test_digits_split_shapes_and_determinism():
 
 def test_mnist1d_generated_offline_and_shifted_differs():
     d = lab_data.load("mnist1d")
-    assert d.x_train.shape == (4000, 1, 40) and d.x_test.shape == (1000, 1, 40)
+    assert len(d.y_train) + len(d.y_val) == 4000 and d.x_train.shape[1:] == (1, 40) and d.x_test.shape == (1000, 1, 40)
     state = np.random.get_state()[1].copy()
     s = lab_data.shifted(d)
     assert np.array_equal(np.random.get_state()[1], state), "make_dataset must not change NumPy's global state"
@@ -63,7 +63,7 @@ def test_subset_and_as_sequence():
     seq = lab_data.as_sequence(d.x_test[:5])
     assert seq.shape == (5, 8, 8) and torch.equal(seq[:, 3], d.x_test[:5, 0, 3])
     assert lab_data.as_sequence(torch.randn(2, 1, 40)).shape == (2, 40, 1)
-    with pytest.raises(ValueError, match="train_size must be in 1..1198"):
+    with pytest.raises(ValueError, match="train_size must be in 1..999"):
         lab_data.subset(d, 0)
     with pytest.raises(ValueError, match="as_sequence expects"):
         lab_data.as_sequence(torch.randn(2, 3))
@@ -211,20 +211,13 @@ def test_stat_matches_numpy_and_formats():
         protocol.stat([])
 
 
-def test_verdict_and_finding_validation():
-    assert protocol.verdict(True, False) == "holds"
-    assert protocol.verdict(False, True) == "partly holds"
-    assert protocol.verdict(False, False) == "does not hold"
-    with pytest.raises(ValueError, match="verdict must be one of"):
-        protocol.Finding("c", "a", "k", "probably", "e")
-
-
 def test_result_json_round_trip():
-    r = protocol.Result("E0", "t", [protocol.Finding("c", "a", "k", "holds", "e")],
+    effect = protocol.Effect("difference (points)", 2.0, (1.5, 2.5), threshold=1.0)
+    r = protocol.Result("E0", "t", [protocol.Finding("c", "a", "k", "e", effect, [0, 1])],
                         [protocol.Table("t", ["a"], [["1"]])],
                         [protocol.Plot("p", "x", "y", {"l": {"x": [1, 2], "y": [3, 4]}})])
     back = protocol.Result.from_json(json.loads(json.dumps(r.to_json())))
-    assert back == r
+    assert back == r and back.findings[0].verdict == "holds"
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -233,8 +226,8 @@ def test_train_learns_digits_and_evaluate_matches_manual_count():
     torch.manual_seed(0)
     model = models.MLP(64, activation="relu", norm="batch")
     history = train.train(model, d, steps=150, batch_size=32, lr=0.1, seed=0, eval_every=50)
-    assert history.steps == [50, 100, 150] and not history.diverged
-    assert history.final_accuracy > 0.8
+    assert history.steps == [50, 100, 150] and not history.diverged and len(history.val_accuracy) == 3
+    assert history.test_accuracy > 0.8 and history.final_val > 0.8
     model.eval()
     with torch.no_grad():
         manual = float((model(d.x_test).argmax(1) == d.y_test).float().mean())
@@ -246,7 +239,7 @@ def test_train_detects_divergence():
     torch.manual_seed(0)
     model = models.MLP(64, activation="relu", hidden=(100, 100, 100, 100))
     history = train.train(model, d, steps=200, batch_size=32, lr=50.0, momentum=0.9, seed=0)
-    assert history.diverged and history.final_accuracy < 0.3
+    assert history.diverged and history.test_accuracy < 0.3
 
 
 def test_batch_samplers():
@@ -281,6 +274,7 @@ def test_progress_bar_reports_jobs_and_eta():
 class _FakeConfig:
     data: str = "digits"  # dataset
     seeds: int = 3  # seeds
+    seed_base: int = 0  # first seed
     scale_value: int = 10  # a number the fake experiment reports
 
 
@@ -294,11 +288,20 @@ def _fake_module(calls: list):
         calls.append(cfg)
         for _ in progress.jobs(range(cfg.seeds)):
             pass
-        value = protocol.stat(np.arange(cfg.seeds) * cfg.scale_value)
+        seeds = protocol.seeds(cfg)
+        values = [cfg.scale_value * (1 + 0.1 * (s % 3)) for s in seeds]
+        estimate, ci = protocol.mean_ci(values)
+        effect = protocol.Effect("fake difference (points)", estimate, ci, threshold=0.5)
         return protocol.Result("E99", "fake", [protocol.Finding(
-            "fake claim", "anchor", "holds if mean > 0", protocol.verdict(value.mean > 0), str(value))],
-            plots=[protocol.Plot("p", "x", "y", {"a": {"x": [0, 1], "y": [1.0, 2.0], "err": [0.1, 0.1]}}),
-                   protocol.Plot("b", "x", "y", {"a": {"x": ["u", "v"], "y": [1.0, 2.0]}}, kind="bar")])
+            "fake claim", "Ioffe & Szegedy 2015: the anchor; Wu & Johnson 2021 (arXiv 2105.07576)",
+            "holds if the interval lies above 0.5", protocol.fmt_ci(estimate, ci, "points"), effect, seeds)],
+            plots=[protocol.Plot("p", "x", "y", {"a": {"x": [0, 1], "y": [1.0, 2.0], "err": [0.1, 0.1],
+                                                       "points": [[0.9, 1.1], [1.8, 2.2]]}}),
+                   protocol.Plot("b", "x", "y", {"a": {"x": ["u", "v"], "y": [1.0, 2.0], "points": [[1.0], [2.0]]},
+                                                 "b": {"x": ["u", "v"], "y": [1.5, 2.5]}}, kind="bar")],
+            arms=[{"name": "arm", "lr_grid": [0.01, 0.1, 0.3, 1.0], "lr_chosen": 0.1,
+                   "val_accuracy": [0.5, 0.9, 0.8, 0.1], "test_accuracy": [0.9, 0.91, 0.92], "seeds": seeds}],
+            numbers={"values": values})
 
     module.run = run
     return module
@@ -315,15 +318,44 @@ def fake_experiment(monkeypatch):
     return calls
 
 
-def test_config_for_scales():
+def test_config_for_scales_and_seed_base():
     module = _fake_module([])
     assert runner.config_for(module, "quick").scale_value == 1
-    assert runner.config_for(module, "full", data="mnist1d", seeds=2) == _FakeConfig("mnist1d", 2, 100)
+    assert runner.config_for(module, "full", data="mnist1d", seeds=2, seed_base=100) == \
+        _FakeConfig("mnist1d", 2, 100, 100)
     with pytest.raises(ValueError, match="scale must be one of quick, default, full"):
         runner.config_for(module, "huge")
     with pytest.raises(ValueError, match="seeds must be >= 1"):
         runner.config_for(module, seeds=0)
-    assert runner.cache_key(module, _FakeConfig()) != runner.cache_key(module, _FakeConfig(seeds=2))
+    with pytest.raises(ValueError, match="seed_base must be an integer >= 0"):
+        runner.config_for(module, seed_base=-1)
+
+
+def test_cache_key_covers_config_seed_base_package_source_and_versions(tmp_path, monkeypatch):
+    module = _fake_module([])
+    key = runner.cache_key(module, _FakeConfig())
+    assert key == runner.cache_key(module, _FakeConfig())
+    assert key != runner.cache_key(module, _FakeConfig(seeds=2))
+    assert key != runner.cache_key(module, _FakeConfig(seed_base=100))
+    # the digest reads every .py file of the package: a change anywhere (here a kernel file) changes it
+    package = tmp_path / "batchnorm"
+    (package / "kernels").mkdir(parents=True)
+    (package / "__init__.py").write_text("x = 1\n")
+    (package / "kernels" / "forward.py").write_text("def f():\n    return 1\n")
+    (package / "kernels" / "notes.txt").write_text("not code")
+    before = runner.package_digest(str(package))
+    (package / "kernels" / "notes.txt").write_text("still not code")
+    assert runner.package_digest(str(package)) == before
+    (package / "kernels" / "forward.py").write_text("def f():\n    return 2\n")
+    changed = runner.package_digest(str(package))
+    assert changed != before
+    monkeypatch.setattr(runner, "package_digest", lambda root=None: changed)
+    other_code = runner.cache_key(module, _FakeConfig())
+    assert other_code != key
+    monkeypatch.setattr(runner, "_library_versions", lambda: {"torch": "0.0", "numpy": "0.0", "numba": "0.0"})
+    assert runner.cache_key(module, _FakeConfig()) not in (key, other_code)
+    # the real digest covers this package's own files
+    assert runner.package_digest() == runner.package_digest(os.path.dirname(os.path.dirname(runner.__file__)))
 
 
 def test_runner_caches_and_resumes(tmp_path, fake_experiment):
@@ -332,7 +364,7 @@ def test_runner_caches_and_resumes(tmp_path, fake_experiment):
     assert len(fake_experiment) == 1 and results[0].findings[0].verdict == "holds"
     assert results[0].config["seeds"] == 3 and results[0].versions["torch"] == torch.__version__
     cached = os.listdir(tmp_path / "cache")
-    assert len(cached) == 1 and not any(name.startswith(".tmp") for name in cached)
+    assert len(cached) == 1 and not any(name.startswith(".") for name in cached)
     again = runner.run_all(["e99"], "default", out=str(tmp_path), stream=stream)
     assert len(fake_experiment) == 1, "a cached result must not run again"
     assert again[0].findings == results[0].findings and "cached result" in stream.getvalue()
@@ -340,6 +372,9 @@ def test_runner_caches_and_resumes(tmp_path, fake_experiment):
     assert len(fake_experiment) == 2, "another config must run"
     runner.run_all(["E99"], "quick", out=str(tmp_path), stream=stream, force=True)
     assert len(fake_experiment) == 3
+    other = runner.run_all(["E99"], "quick", out=str(tmp_path), stream=stream, seed_base=100)
+    assert len(fake_experiment) == 4 and fake_experiment[-1].seed_base == 100, "other seeds must run"
+    assert other[0].findings[0].seeds == [100, 101, 102]
     with pytest.raises(ValueError, match="experiment must be one of"):
         runner.run_all(["E0"], out=str(tmp_path), stream=stream)
 
@@ -357,20 +392,77 @@ def test_write_atomic_leaves_old_file_on_failure(tmp_path, monkeypatch):
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["x.json"]
 
 
-def test_report_has_summary_sections_and_images(tmp_path, fake_experiment):
-    results = runner.run_all(["E99"], out=str(tmp_path), stream=io.StringIO())
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_report_and_cache_files_follow_the_umask(tmp_path, fake_experiment, umask):
+    old = os.umask(umask)
+    try:
+        runner.run_all(["E99"], out=str(tmp_path / "out"), stream=io.StringIO())
+    finally:
+        os.umask(old)
+    files = [tmp_path / "out" / "index.html", tmp_path / "out" / "results.json", tmp_path / "out" / "img" / "E99_0.png",
+             *(tmp_path / "out" / "cache").glob("E99-*.json")]
+    assert len(files) == 4
+    for path in files:
+        assert (path.stat().st_mode & 0o777) == 0o666 & ~umask, path
+
+
+def test_report_has_summary_columns_sections_images_and_results_json(tmp_path, fake_experiment):
+    results = runner.run_all(["E99"], out=str(tmp_path), stream=io.StringIO(), seed_base=7)
     page = (tmp_path / "index.html").read_text()
     assert "<h2>Summary</h2>" in page and 'id="E99"' in page and "fake claim" in page
+    for column in ("effect [95% CI]", "threshold", "seeds", "reproduce"):
+        assert f"<th>{column}</th>" in page
+    finding = results[0].findings[0]
+    lo, hi = finding.effect.ci95
+    assert f"{report.fmt(finding.effect.estimate)} [{report.fmt(lo)}, {report.fmt(hi)}]" in page
+    assert "&gt; 0.500" in page and "3 (7&ndash;9)" in page
+    assert "<code>bash bin/lab E99 --force --seed-base 7</code>" in page
+    assert '<a href="results.json">' in page or "href='results.json'" in page
+    assert 'href="https://arxiv.org/abs/1502.03167"' in page and 'href="https://arxiv.org/abs/2105.07576"' in page
+    assert "chosen rate" in page and "<b>0.100</b>" in page  # the arms table
     for name in ("E99_0.png", "E99_1.png"):
         assert f'src="img/{name}"' in page
         assert (tmp_path / "img" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads((tmp_path / "results.json").read_text())
+    (experiment,) = data["experiments"]
+    assert experiment["id"] == "E99" and experiment["title"] == "fake" and experiment["seconds"] >= 0
+    assert experiment["config"]["seed_base"] == 7 and experiment["reproduce"].startswith("bash bin/lab E99 --force")
+    (f,) = experiment["findings"]
+    assert f["verdict"] == finding.verdict and f["criterion"] and f["seeds"] == [7, 8, 9]
+    assert set(f["effect"]) >= {"name", "estimate", "ci95", "threshold"} and f["effect"]["ci95"] == [lo, hi]
+    (arm,) = experiment["arms"]
+    assert set(arm) >= {"name", "lr_grid", "lr_chosen", "val_accuracy", "test_accuracy"}
+    assert data["versions"]["torch"] == torch.__version__
     write_report(results + results, str(tmp_path))  # re-writing works
 
 
-def test_cli_list_and_bad_experiment(capsys):
+def test_fmt_numbers_for_people():
+    assert report.fmt(583.3333333333334) == "583" and report.fmt(float("inf")) == "not reached"
+    assert report.fmt(float("nan")) == "n/a" and report.fmt(0.91234) == "0.912" and report.fmt(12.345) == "12.3"
+    assert report.fmt(3) == "3" and report.fmt(0.0001234) == "0.000123"
+
+
+def test_cli_list_bad_experiment_and_bad_options(capsys, tmp_path):
     from batchnorm.cli import main
 
     assert main(["lab", "--list"]) == 0
     assert "E1" in capsys.readouterr().out
-    assert main(["lab", "E0", "--out", "/tmp/never-written-lab"]) == 2
-    assert "experiment must be one of" in capsys.readouterr().err
+    for argv, message in ((["E0"], "experiment must be one of"), (["E1", "--jobs", "0"], "--jobs must be >= 1"),
+                          (["E1", "--seed-base", "-1"], "--seed-base must be >= 0"),
+                          (["E1", "--threads", "0"], "--threads must be >= 1")):
+        assert main(["lab", *argv, "--out", str(tmp_path / "never")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_cli_out_naming_a_file_is_refused_before_any_work(capsys, tmp_path, fake_experiment):
+    from batchnorm.cli import main
+
+    target = tmp_path / "report.txt"
+    target.write_text("precious")
+    assert main(["lab", "E99", "--out", str(target), "--jobs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a directory" in err and len(err.strip().splitlines()) == 1
+    assert fake_experiment == [] and target.read_text() == "precious"
+    assert main(["lab", "E99", "--out", str(target / "sub"), "--jobs", "1"]) == 2
+    assert "cannot create the report directory" in capsys.readouterr().err and fake_experiment == []

@@ -58,6 +58,18 @@ def test_report_renders_in_chromium_with_every_image(tmp_path, monkeypatch):
     assert match, dom[-2000:]
     assert int(match.group(1)) == expected and match.group(2) == "0", f"broken images: {match.group(3)}"
     assert "The batch-norm lab" in dom and "fake claim" in dom
+    # the summary table as the browser built it: the new columns, one row per finding, each cell filled
+    header = re.search(r"<tr>(<th>exp\.</th>.*?)</tr>", dom)
+    assert header, dom[:3000]
+    columns = re.findall(r"<th>(.*?)</th>", header.group(1))
+    assert columns == ["exp.", "claim", "verdict", "effect [95% CI]", "threshold", "seeds", "reproduce"]
+    row = re.search(r'<tr><td><a href="#E99">E99</a></td>(.*?)</tr>', dom)
+    assert row, dom[:3000]
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(1))
+    assert cells[0] == "fake claim" and "holds" in cells[1]
+    assert re.search(r"\d \[[-\d.]+, [-\d.]+\]", cells[2]), cells[2]
+    assert cells[3] == "&gt; 0.500" and cells[4].startswith("3 (0") and "bash bin/lab E99 --force" in cells[5]
+    assert '<a href="results.json">results.json</a>' in dom
 
     # and the check itself can fail: a missing image is reported
     os.remove(out / "img" / "E99_0.png")

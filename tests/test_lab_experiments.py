@@ -57,49 +57,6 @@ def test_registry_lists_e1_to_e15_with_configs():
             assert set(overrides) <= set(vars(cfg)), f"{e}: unknown fields in QUICK/FULL"
 
 
-def test_e1_figure1():
-    r = quick("E1")
-    check_structure(r, "E1")
-    acc = r.numbers["final accuracy"]
-    # the paper's Figure 1a at a tiny scale: the BN network is far ahead early in training
-    assert acc["with BN"] > acc["without BN"] + 0.3
-    assert r.numbers["fraction of checkpoints BN higher"] >= 0.8
-    movement = r.numbers["movement"]
-    assert all(m > 0 for m in movement.values())
-    # Figure 1b/c: with BN the sigmoid input's percentiles move less than without, at the same learning rate
-    assert movement["with BN"] < movement["without BN"]
-    percentile_plot = r.plots[1].lines
-    for step in range(len(percentile_plot["15th percentile"]["y"])):  # percentiles are ordered
-        assert (percentile_plot["15th percentile"]["y"][step] <= percentile_plot["50th percentile"]["y"][step]
-                <= percentile_plot["85th percentile"]["y"][step])
-
-
-def test_e2_learning_rate():
-    r = quick("E2")
-    check_structure(r, "E2")
-    acc = r.numbers["final accuracy"]
-    finite_fractions(acc.values())
-    assert acc["BN x30"] > acc["no BN x30"] + 0.2
-
-
-def test_e3_initialization():
-    r = quick("E3")
-    check_structure(r, "E3")
-    acc = r.numbers["final accuracy"]
-    assert acc["BN, gain 1"] > acc["no BN, gain 1"] + 0.3
-    assert acc["BN, gain 0.1"] > 0.5  # scale invariance: tiny weights train with BN
-
-
-def test_e4_regularization():
-    r = quick("E4")
-    check_structure(r, "E4")
-    train_acc, test_acc = r.numbers["train accuracy"], r.numbers["test accuracy"]
-    assert train_acc["plain"] > test_acc["plain"]  # the small training set is overfitted
-    assert min(test_acc.values()) > 0.7
-    for k in train_acc:
-        assert r.numbers["gap"][k] == pytest.approx(train_acc[k] - test_acc[k])
-
-
 def test_e5_batch_size():
     r = quick("E5")
     check_structure(r, "E5")
@@ -126,14 +83,6 @@ def test_e7_non_iid():
     check_structure(r, "E7")
     acc = r.numbers["final accuracy"]
     assert acc["BN, non-i.i.d."] < acc["BN, i.i.d."] - 0.05
-
-
-def test_e8_precise_statistics():
-    r = quick("E8")
-    check_structure(r, "E8")
-    n = r.numbers
-    assert n["precise, lr 0.2"] >= n["EMA, lr 0.2"] - 0.02  # at worst a tie at this tiny scale
-    assert n["error, lr 0.2"] > 0 and n["error, lr 0.02"] > 0
 
 
 def test_e9_covariate_shift():
@@ -183,13 +132,6 @@ def test_e12_recurrent():
     for name, area in r.numbers["area"].items():
         assert 0 < area <= r.numbers["final accuracy"][name] + 0.2
     assert max(r.numbers["final accuracy"].values()) > 0.5
-
-
-def test_e13_norm_position():
-    r = quick("E13")
-    check_structure(r, "E13")
-    assert set(r.numbers) == {"CNN, before", "CNN, after", "MLP, before", "MLP, after"}
-    assert min(r.numbers.values()) > 0.6
 
 
 def test_e14_transfer():

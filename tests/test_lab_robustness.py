@@ -55,10 +55,12 @@ DRIVER = textwrap.dedent('''
                 time.sleep(600)          # killed here by the test
             with open(LOG, "a") as f:
                 f.write(f"end {eid}\\n")
-            value = protocol.stat([cfg.value * (i + 1) for i in range(cfg.seeds)])
+            values = [cfg.value * (i + 1) for i in range(cfg.seeds)]
+            estimate, ci = protocol.mean_ci(values)
             return protocol.Result(eid, f"fake {eid}", [protocol.Finding(
-                "fake claim", "anchor", "holds if mean > 0", protocol.verdict(value.mean > 0), str(value))],
-                numbers={"mean": value.mean})
+                "fake claim", "anchor", "holds if the interval lies above 0", protocol.fmt_ci(estimate, ci),
+                protocol.Effect("mean", estimate, ci, threshold=-100.0), list(range(cfg.seeds)))],
+                numbers={"mean": estimate})
 
         module.run = run
         sys.modules[module.__name__] = module
@@ -93,7 +95,7 @@ def _cache_files(out: Path) -> dict[str, dict]:
     """Every cache entry by experiment id; each must be complete JSON that loads as a Result."""
     entries = {}
     for name in sorted(os.listdir(out / "cache")):
-        if name.startswith(".tmp-"):
+        if name.startswith(".") or name == "rejected":
             continue
         data = json.loads((out / "cache" / name).read_text())
         result = protocol.Result.from_json(data)
@@ -139,11 +141,19 @@ def test_a_run_killed_mid_experiment_resumes_without_losing_finished_results(tmp
 CORRUPTIONS = {
     "truncated JSON": lambda text: text[: len(text) // 2],
     "empty file": lambda text: "",
-    "binary garbage": lambda text: "\x00\xff" * 10,
+    "binary garbage": None,
     "valid JSON, not a result": lambda text: json.dumps([1, 2, 3]),
     "a result missing its findings": lambda text: json.dumps({k: v for k, v in json.loads(text).items()
                                                                if k != "findings"}),
+    "a result with no findings": lambda text: json.dumps(dict(json.loads(text), findings=[])),
     "another experiment's result": lambda text: json.dumps(dict(json.loads(text), experiment="E1")),
+    "seconds not a number": lambda text: json.dumps(dict(json.loads(text), seconds="abc")),
+    "a verdict its effect does not give": lambda text: json.dumps(dict(json.loads(text), findings=[
+        dict(json.loads(text)["findings"][0], verdict="does not hold")])),
+    "an effect without numbers": lambda text: json.dumps(dict(json.loads(text), findings=[
+        dict(json.loads(text)["findings"][0], effect={"name": "x", "estimate": "big"})])),
+    "JSON nested 100k deep": lambda text: "[" * 100_000 + "]" * 100_000,
+    "the entry replaced by a directory": None,
 }
 
 
@@ -163,18 +173,30 @@ def test_a_corrupt_cache_entry_is_detected_and_recomputed(tmp_path, driver, monk
         exec(compile(DRIVER, str(driver), "exec"), driver_module.__dict__)
         out = tmp_path / "report"
         first = runner.run_all(["E97"], out=str(out), stream=io.StringIO())
-        (entry,) = [p for p in (out / "cache").iterdir() if not p.name.startswith(".tmp-")]
+        (entry,) = [p for p in (out / "cache").iterdir() if p.is_file() and not p.name.startswith(".")]
         good = entry.read_text()
         if corruption == "binary garbage":
             entry.write_bytes(b"\x00\xff\xfe" * 10)
+        elif corruption == "the entry replaced by a directory":
+            entry.unlink()
+            entry.mkdir()
+            (entry / "inside").write_text("x")
         else:
             entry.write_text(CORRUPTIONS[corruption](good))
         stream = io.StringIO()
         second = runner.run_all(["E97"], out=str(out), stream=stream)
+        third_stream = io.StringIO()
+        third = runner.run_all(["E97"], out=str(out), stream=third_stream)
     finally:
         for name in set(sys.modules) - set(saved_modules):
-            del sys.modules[name]
-    assert _calls(tmp_path) == ["start E97", "end E97"] * 2, "the corrupt entry must be recomputed"
-    assert "ignoring the unreadable cache entry" in stream.getvalue()
+            if name.startswith("batchnorm.lab.experiments._fake_"):   # only the driver's fake experiments
+                del sys.modules[name]
+    assert _calls(tmp_path) == ["start E97", "end E97"] * 2, "the corrupt entry must be recomputed, once"
+    messages = [line for line in stream.getvalue().splitlines() if "rejected the cache entry" in line]
+    assert len(messages) == 1 and "moved it to" in messages[0], stream.getvalue()
+    assert "cached result" in third_stream.getvalue() and third[0].numbers == first[0].numbers
     assert second[0].findings == first[0].findings and second[0].numbers == first[0].numbers
-    assert json.loads(entry.read_text())["numbers"] == json.loads(good)["numbers"], "the entry is rewritten"
+    assert entry.is_file() and json.loads(entry.read_text())["numbers"] == json.loads(good)["numbers"], \
+        "the entry is rewritten"
+    rejected = list((out / "cache" / "rejected").iterdir())
+    assert len(rejected) == 1 and rejected[0].name.startswith(entry.name), "the bad entry is kept aside"
