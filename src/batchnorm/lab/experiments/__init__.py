@@ -39,6 +39,10 @@ EXPERIMENTS = {
     "E13": "e13_norm_position",
     "E14": "e14_transfer",
     "E15": "e15_wall_clock",
+    "E16": "e16_gradient_explosion",
+    "E17": "e17_weight_decay",
+    "E18": "e18_train_test_mode",
+    "E19": "e19_deep_residual",
 }
 
 
