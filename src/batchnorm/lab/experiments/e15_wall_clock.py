@@ -107,7 +107,7 @@ def run(cfg: Config) -> Result:
     kernel_weak = Effect(kernel.name, kernel.estimate, kernel.ci95, threshold=1.5, direction="below")
 
     def secs(name: str) -> str:
-        return (f"{name} {fmt_ci(*mean_ci(seconds[name]), 's')} ({fmt_ci(*mean_ci(steps_needed[name]))} steps, "
+        return (f"{name} {fmt_ci(*mean_ci(seconds[name]), 's', digits=2)} ({fmt_ci(*mean_ci(steps_needed[name]), digits=0)} steps, "
                 f"lr {lrs[name]:g})")
 
     findings = [
@@ -119,7 +119,7 @@ def run(cfg: Config) -> Result:
                 f"median seconds per step (interleaved timing); ratio no BN / BN (ours), paired over seeds, 95% "
                 f"t interval of the mean log ratio; holds if it lies above 2 (the anchor's ~2x in steps survives "
                 f"the cost per step), partly holds if only above 1 (faster, by less than 2x)",
-                f"ratio {fmt_ci(speedup.estimate, speedup.ci95, 'x')}; to {100 * target:.0f}%: {secs('BN (ours)')}, "
+                f"ratio {fmt_ci(speedup.estimate, speedup.ci95, 'x', digits=2)}; to {100 * target:.0f}%: {secs('BN (ours)')}, "
                 f"{secs('BN (torch)')}, {secs('no BN')}", speedup, seeds=seed_list, weaker=faster),
         Finding("This project's BN kernels train as fast as torch's BN",
                 "DESIGN.md: judged by ratios measured in the same run (absolute times do not survive a noisy "
@@ -128,11 +128,11 @@ def run(cfg: Config) -> Result:
                 f"interleaved rounds of {cfg.timing_steps} steps; ratio ours / torch paired by round, 95% t interval "
                 f"of the mean log ratio; holds if it lies below 1.1, partly holds if only below 1.5",
                 f"per step: ours {1e3 * per_step['BN (ours)']:.2f} ms, torch {1e3 * per_step['BN (torch)']:.2f} ms, "
-                f"no BN {1e3 * per_step['no BN']:.2f} ms (medians); ratio {fmt_ci(kernel.estimate, kernel.ci95)}; "
+                f"no BN {1e3 * per_step['no BN']:.2f} ms (medians); ratio {fmt_ci(kernel.estimate, kernel.ci95, digits=2)}; "
                 f"batch {cfg.batch_size}, one thread", kernel, seeds=seed_list, weaker=kernel_weak),
     ]
-    rows = [[name, f"{lrs[name]:g}", f"{1e3 * per_step[name]:.2f}", fmt_ci(*mean_ci(steps_needed[name])),
-             fmt_ci(*mean_ci(seconds[name])), fmt_ci(*mean_ci(arms[name].test_accuracy, scale=100), "%")]
+    rows = [[name, f"{lrs[name]:g}", f"{1e3 * per_step[name]:.2f}", fmt_ci(*mean_ci(steps_needed[name]), digits=0),
+             fmt_ci(*mean_ci(seconds[name]), digits=2), fmt_ci(*mean_ci(arms[name].test_accuracy, scale=100), "%")]
             for name in ARMS]
     curves = {name: {"x": arm.runs[0]["steps"],
                      "y": (100 * np.mean([r["val_curve"] for r in arm.runs], 0)).tolist()}

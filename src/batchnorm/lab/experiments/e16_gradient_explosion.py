@@ -76,8 +76,8 @@ def run(cfg: Config) -> Result:
 
     def evidence(arm: str) -> str:
         at_deepest = mean_ci(ratio[arm][deepest])
-        return (f"{arm}: {fmt_ci(*mean_ci(rate[arm]), 'decades per 10 layers')}; at depth {deepest} the first "
-                f"layer's gradient is 10^{fmt_ci(*at_deepest)} times the last's "
+        return (f"{arm}: {fmt_ci(*mean_ci(rate[arm]), 'decades per 10 layers', digits=2)}; at depth {deepest} the first "
+                f"layer's gradient is 10^{fmt_ci(*at_deepest, digits=2)} times the last's "
                 f"(threshold {RATE_THRESHOLD:.2f} decades per 10 layers = 2x)")
 
     criterion = (f"fit log10(|grad W_1| / |grad W_L|) (first over last hidden layer's weight-gradient norm, at "
@@ -109,7 +109,7 @@ def run(cfg: Config) -> Result:
                     "y": np.mean([by[(arm, deepest, s)]["norms"] for s in seed_list], 0).tolist()} for arm in ARMS},
              logy=True),
     ]
-    rows = [[arm, *[fmt_ci(*mean_ci(ratio[arm][d])) for d in cfg.depths], fmt_ci(*mean_ci(rate[arm]))]
+    rows = [[arm, *[fmt_ci(*mean_ci(ratio[arm][d]), digits=2) for d in cfg.depths], fmt_ci(*mean_ci(rate[arm]), digits=2)]
             for arm in ARMS]
     notes = [f"ReLU MLPs of width {cfg.width} on {cfg.data} (first hidden layer maps the {load(cfg.data).num_inputs} "
              f"inputs to {cfg.width}), weights N(0, 2/fan_in), no training: one forward and backward pass in train "

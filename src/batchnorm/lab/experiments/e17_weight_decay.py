@@ -157,21 +157,22 @@ def run(cfg: Config) -> Result:
                 f"{cfg.scale:g}; largest |change of the output| / largest |output|, 95% t interval over seeds; holds "
                 f"if it lies below 1e-3 (exact invariance up to eps: eps = 1e-5 inside the square root against "
                 f"activation variances of ~0.1 moves each BN layer's output by ~eps / (2 var) ~ 1e-4)",
-                f"output change {fmt_ci(invariant.estimate, invariant.ci95)}; {cfg.scale:g} x |grad| after scaling "
-                f"/ |grad| before: {fmt_ci(*mean_ci(grad_ratio))} (1 = gradient scales as 1/{cfg.scale:g})",
+                f"output change {invariant.estimate:.1e} [{invariant.ci95[0]:.1e}, {invariant.ci95[1]:.1e}]; "
+                f"{cfg.scale:g} x |grad| after scaling / |grad| before: {fmt_ci(*mean_ci(grad_ratio), digits=3)} (1 = "
+                f"gradient scales as 1/{cfg.scale:g})",
                 invariant, seeds=seed_list),
         Finding("Without weight decay, the norm of the weights before BN grows during training", ANCHOR,
                 f"SGD (momentum 0.9) at lr {cfg.mechanism_lr:g} for {cfg.steps} steps without decay: ||w_T|| / ||w_0||"
                 f" averaged over the hidden layers, 95% t interval over seeds; holds if it lies above 1 (the gradient "
                 f"is orthogonal to w, so every step lengthens w)",
-                f"growth {fmt_ci(grows.estimate, grows.ci95, 'x')}; with weight decay "
-                f"{cfg.weight_decay:g}: {fmt_ci(*mean_ci([r['norm_growth'] for r in mech['weight decay']]), 'x')}",
+                f"growth {fmt_ci(grows.estimate, grows.ci95, 'x', digits=2)}; with weight decay "
+                f"{cfg.weight_decay:g}: {fmt_ci(*mean_ci([r['norm_growth'] for r in mech['weight decay']]), 'x', digits=2)}",
                 grows, seeds=seed_list),
         Finding("Weight decay on the weights before BN raises the effective learning rate lr / ||w||^2", ANCHOR,
                 f"same rate lr {cfg.mechanism_lr:g}, same seeds, with and without L2 {cfg.weight_decay:g} on the "
                 f"weights before BN: ratio of lr / ||w_T||^2 (mean over layers) at the end, paired, 95% t interval "
                 f"of the mean log ratio; holds if it lies above 2 (decay at least doubles the effective rate)",
-                f"ratio {fmt_ci(eff.estimate, eff.ci95, 'x')}", eff, seeds=seed_list),
+                f"ratio {fmt_ci(eff.estimate, eff.ci95, 'x', digits=2)}", eff, seeds=seed_list),
         Finding("Weight decay improves the test accuracy of a BN network", ANCHOR,
                 "each arm at its own rate chosen on validation; paired difference weight decay - no decay over seeds, "
                 "95% Student-t interval; holds if it lies above +1 point",
@@ -193,7 +194,7 @@ def run(cfg: Config) -> Result:
                   {"test accuracy": {"x": list(ARMS), "y": [mean_ci(test[n], 100)[0] for n in ARMS],
                                      "points": [[100 * v for v in test[n]] for n in ARMS]}}, kind="bar")]
     rows = [[name, f"{arm.lr_chosen:g}", fmt_ci(*mean_ci(arm.test_accuracy, scale=100), "%"),
-             fmt_ci(*mean_ci([r["norm_growth"] for r in arm.runs]), "x")] for name, arm in arms.items()]
+             fmt_ci(*mean_ci([r["norm_growth"] for r in arm.runs]), "x", digits=2)] for name, arm in arms.items()]
     notes = [f"ReLU MLP {tuple(cfg.hidden)} with BN after every hidden linear layer (no bias) on {cfg.data}; SGD "
              f"momentum 0.9, batch {cfg.batch_size}, {cfg.steps} steps. Weight decay (L2 in the optimizer, "
              f"{cfg.weight_decay:g}) applies to the hidden linear weights only, the ones BN makes scale-invariant; "
