@@ -47,8 +47,8 @@ def finite_fractions(values):
         assert 0.0 <= v <= 1.0
 
 
-def test_registry_lists_e1_to_e15_with_configs():
-    assert list(EXPERIMENTS) == [f"E{i}" for i in range(1, 16)]
+def test_registry_lists_e1_to_e19_with_configs():
+    assert list(EXPERIMENTS) == [f"E{i}" for i in range(1, 20)]
     for e in EXPERIMENTS:
         module = load_experiment(e)
         cfg = module.Config()
@@ -116,22 +116,6 @@ def test_e10_domain_shift():
     assert n["BN, source"] > n["BN, target"]  # the shift costs accuracy
 
 
-def test_e11_transformer():
-    r = quick("E11")
-    check_structure(r, "E11")
-    acc = r.numbers["final accuracy"]
-    assert min(acc.values()) > 0.3
-    assert "layer norm" in r.findings[0].anchor.lower() or "layer_norm" in r.findings[0].anchor
-
-
-def test_e12_recurrent():
-    r = quick("E12")
-    check_structure(r, "E12")
-    if r.findings[0].verdict == "not run":
-        pytest.fail("BNLSTM/LNLSTM have landed; E12 must run")
-    for name, area in r.numbers["area"].items():
-        assert 0 < area <= r.numbers["final accuracy"][name] + 0.2
-    assert max(r.numbers["final accuracy"].values()) > 0.5
 
 
 def test_e14_transfer():
@@ -140,13 +124,3 @@ def test_e14_transfer():
     n = r.numbers
     assert n["BN trainable"] > n["no fine-tuning"]  # labelled target data helps
     assert n["BN recalibrated + frozen"] >= n["BN frozen"]
-
-
-def test_e15_wall_clock():
-    r = quick("E15")
-    check_structure(r, "E15")
-    ms = r.numbers["ms per step"]
-    assert all(0 < v < 1e4 for v in ms.values())
-    assert r.numbers["ratio ours/torch"] == pytest.approx(ms["BN (ours)"] / ms["BN (torch)"])
-    assert r.numbers["final accuracy"]["BN (ours)"] > 0.5
-    assert math.isfinite(r.numbers["seconds to target"]["BN (ours)"]) or r.findings[0].verdict != "holds"

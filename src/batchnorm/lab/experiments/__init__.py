@@ -1,22 +1,31 @@
 """The lab's experiments, one file each; `EXPERIMENTS` maps each id to its module, in the order they run.
 
-How to add an experiment (say E16):
-1. Copy the shortest existing file (e.g. `e13_norm_position.py`) to `e16_<topic>.py`. Keep its shape:
-   - `ID = "E16"`, `TITLE = "<one line>"`;
-   - `@dataclass class Config` with a comment on every field; it must have `data: str = "digits"` and
-     `seeds: int = 3`; the defaults are the default scale (the whole default run must stay <= 10 minutes);
-   - `QUICK = dict(...)`: overrides for the quick scale used by the tests (a few seconds), `FULL = dict(...)`:
-     overrides for `--full`;
-   - `run(cfg) -> protocol.Result`: loop over jobs with `progress.jobs(...)` (the training loop reports
-     within a job), summarize per setting with `protocol.stat` (mean +- std over seeds), and make each
-     `protocol.Finding` with the claim, the anchor from LITERATURE.md, a criterion that names numbers and
-     thresholds, and a verdict computed from those numbers with `protocol.verdict(...)`.
-   - If it needs a layer or tool that may be missing, catch `models.LayerMissing` and return
-     `protocol.not_run(...)` (say so, never fake it).
-2. Register it below: `"E16": "e16_<topic>"`.
-3. Add a quick-scale test in tests/test_lab_experiments.py: the result structure and at least one property
-   that must hold.
-Results are cached by (id, config, code digest) in DIR/cache, so changing the file re-runs it.
+How to add an experiment (say E20):
+1. Start from a short existing file (e.g. `e11_transformer.py`, or `e16_gradient_explosion.py` for one that
+   trains nothing) and name it `e20_<topic>.py`. Keep its shape:
+   - `ID = "E20"`, `TITLE = "<one line>"`;
+   - `@dataclass class Config` with a comment on every field; it has `data: str = "digits"`, `seeds: int = 5`
+     (>= 5 at the default scale) and `seed_base: int = 0` (the runner sets it from `--seed-base`; use
+     `protocol.seeds(cfg)` for the seed list), plus the learning-rate grid of each arm (>= 4 values spanning
+     >= 30x). The defaults are the default scale: all its tuning and final runs within ~70 CPU-seconds;
+   - `QUICK = dict(...)`: overrides for the quick scale used by the tests (~3 s), `FULL = dict(...)`: for `--full`;
+   - a module-level job function taking plain keyword arguments (names and numbers, never tensors or models),
+     seeding itself (`train.seed_everything(seed)`), loading its data by name (`data.load(name)`) and returning a
+     dict of numbers with at least "val_accuracy" (validation, higher is better) and "test_accuracy" (the test
+     set, read once, at the end). `jobs.run_jobs` runs such calls in parallel worker processes;
+   - `run(cfg) -> protocol.Result`: `protocol.tune_and_run(job, {arm: kwargs}, grid=..., seeds=seeds(cfg))` gives
+     every arm its own rate chosen on validation and runs every seed at it; compute each effect with
+     `mean_ci` / `diff_ci` / `ratio_ci` (95% intervals over seeds), wrap it in `protocol.Effect(name, estimate,
+     ci, threshold, direction)`, and make each `protocol.Finding(claim, anchor, criterion, evidence, effect,
+     seeds=...)`: the verdict is computed from the interval (holds / inconclusive / does not hold; `weaker=`
+     for partly holds), never written by hand. The criterion names the effect and the threshold and says why
+     that threshold (from the claim and its anchor, not from the numbers); the evidence formats numbers with
+     `fmt_ci`. Put `[arm.to_json() for arm in arms.values()]` in `Result(arms=...)`, per-seed `points` in plots,
+     and the design (why these arms, controls, budget) in `notes`.
+2. Register it below: `"E20": "e20_<topic>"`.
+3. Add a quick-scale test under tests/lab/: the result structure and at least one property that must hold.
+Then run it at the default scale with two disjoint seed sets (`--seed-base 0`, `--seed-base 100`): no finding
+may hold in one and fail in the other. Results are cached by (id, config, code and versions) in DIR/cache.
 """
 
 from __future__ import annotations

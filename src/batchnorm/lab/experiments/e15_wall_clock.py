@@ -33,7 +33,7 @@ class Config:
     batch_size: int = 64  # mini-batch size
     eval_every: int = 10  # steps between validation evaluations (excluded from the time)
     channels: tuple = (16, 32)  # CNN channels
-    timing_rounds: int = 15  # rounds of interleaved timing (ours / torch / no BN)
+    timing_rounds: int = 40  # rounds of interleaved timing (ours / torch / no BN)
     timing_steps: int = 10  # training steps per round and network
 
 

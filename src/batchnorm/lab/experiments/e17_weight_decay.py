@@ -72,7 +72,7 @@ def train_bn_mlp(data: str, treatment: str, lr: float, seed: int, steps: int, ba
     for step in range(1, steps + 1):
         index = next(batches)
         loss = torch.nn.functional.cross_entropy(model(dataset.x_train[index]), dataset.y_train[index])
-        if not math.isfinite(float(loss)):
+        if not math.isfinite(loss.item()):
             diverged = True
             break
         opt.zero_grad(set_to_none=True)
