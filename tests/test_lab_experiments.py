@@ -116,8 +116,6 @@ def test_e10_domain_shift():
     assert n["BN, source"] > n["BN, target"]  # the shift costs accuracy
 
 
-
-
 def test_e14_transfer():
     r = quick("E14")
     check_structure(r, "E14")
