@@ -399,7 +399,11 @@ def test_torchrun_example_matches_one_process():
                          capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
     assert two.returncode == 0, two.stderr[-3000:]
     assert one.returncode == 0, one.stderr[-3000:]
-    accuracy_two = two.stdout.strip().splitlines()[-1].split("test accuracy ")[1]
-    accuracy_one = one.stdout.strip().splitlines()[-1].split("test accuracy ")[1]
+    # the two runs reduce over different batch shapes, so their floats may round differently: compare the
+    # printed loss and accuracy to within their last digit (one test sample is 1/397 = 0.0025 of accuracy)
+    last_two, last_one = two.stdout.strip().splitlines()[-1], one.stdout.strip().splitlines()[-1]
     assert "2 process(es) x 8 samples, SyncBatchNorm" in two.stdout
-    assert accuracy_two == accuracy_one
+    for field in ("last batch loss ", "test accuracy "):
+        value_two = float(last_two.split(field)[1].split(",")[0])
+        value_one = float(last_one.split(field)[1].split(",")[0])
+        assert abs(value_two - value_one) <= 0.003, (field, last_two, last_one)
