@@ -25,11 +25,22 @@ CHECKS = {
     "after-activation": "BN placed right after an activation (the paper places it before)",
     "momentum-convention": "momentum typical of another framework's convention",
     "batch-statistics-in-eval": "no running statistics: eval output depends on the batch",
+    "nonfinite-statistics": "running_mean or running_var holds NaN or inf: every eval output is NaN/inf",
+    "degenerate-variance": "running_var <= 0 in some channels: eval outputs scaled by up to 1/sqrt(eps)",
+    "dropout-before-batchnorm": "dropout feeds the batch norm: its variance differs between train and eval",
+    "nonfinite-input": "the data give the layer NaN or inf values",
 }
 _ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
                        nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Hardtanh)
 _ACTIVATION_NAMES = {"relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "elu", "selu", "celu", "gelu", "silu",
                      "mish", "sigmoid", "tanh", "hardswish", "hardsigmoid", "softplus", "hardtanh", "prelu"}
+_DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+_DROPOUT_NAMES = {"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout"}
+# layers and functions a dropout's effect passes through on its way to a batch norm (one tensor in, one out)
+_PASS_THROUGH_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+                         nn.Linear, nn.Flatten, nn.Unflatten, nn.Identity, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
+                         nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+                         nn.AdaptiveAvgPool3d) + _ACTIVATION_MODULES
 
 
 @dataclass
@@ -105,8 +116,36 @@ def _is_activation(node, owner: nn.Module) -> bool:
     return False
 
 
+def _dropout_upstream(node, owner: nn.Module, steps: int = 8):
+    """The dropout whose output reaches `node` through single-input layers (conv, linear, pooling, activation,
+    reshape), or None. Stops at the first node with several tensor inputs or any other layer."""
+    for _ in range(steps):
+        if not isinstance(node, torch.fx.Node):
+            return None
+        if node.op == "call_module":
+            module = owner.get_submodule(node.target)
+            if isinstance(module, _DROPOUT_MODULES):
+                return node.target
+            if not isinstance(module, _PASS_THROUGH_MODULES):
+                return None
+        elif node.op in ("call_function", "call_method"):
+            name = getattr(node.target, "__name__", str(node.target))
+            if name in _DROPOUT_NAMES:
+                return name
+            if name not in _ACTIVATION_NAMES | {"flatten", "view", "reshape", "contiguous", "relu", "mean"}:
+                return None
+        else:
+            return None
+        inputs = [a for a in node.args if isinstance(a, torch.fx.Node)]
+        if len(inputs) != 1:
+            return None
+        node = inputs[0]
+    return None
+
+
 def _graph_findings(model: nn.Module, names: dict[int, str], report: DoctorReport) -> None:
-    """Redundant bias before BN and BN right after an activation, read from the fx data flow."""
+    """Redundant bias before BN, BN right after an activation, and dropout before BN, read from the fx data
+    flow."""
     trace = traced_graphs(model)
     for part in trace.parts:
         for node in part.graph.nodes:
@@ -117,6 +156,15 @@ def _graph_findings(model: nn.Module, names: dict[int, str], report: DoctorRepor
                 continue
             name = names.get(id(bn), str(node.target))
             source = node.args[0]
+            dropout = _dropout_upstream(source, part.module)
+            if dropout is not None:
+                report.findings.append(Finding(
+                    name, "dropout-before-batchnorm", "warning",
+                    f"dropout {dropout} feeds it: in training dropout scales the variance of what this layer "
+                    f"normalizes, in eval it does not, so the running variance does not fit eval inputs (the "
+                    f"variance shift of Li et al. 2019)",
+                    "move the dropout after the last batch norm (before the classifier), or recalibrate() the "
+                    "statistics with dropout off"))
             if _is_activation(source, part.module):
                 what = source.target if source.op == "call_module" else getattr(source.target, "__name__",
                                                                                   source.target)
@@ -156,12 +204,34 @@ def _static_findings(name: str, bn: nn.Module, report: DoctorReport, dead_gamma:
                 f"{dead} of {gamma.numel()} channel(s) have |gamma| < {dead_gamma:g}: they output the constant beta",
                 "prune them (move beta into the next layer's bias) or re-initialize them; zero-initialized gamma "
                 "(residual trick) is expected only before training"))
-    if getattr(bn, "running_mean", None) is None:
+    running_mean, running_var = getattr(bn, "running_mean", None), getattr(bn, "running_var", None)
+    if isinstance(running_mean, torch.Tensor) and isinstance(running_var, torch.Tensor):
+        bad = ~(torch.isfinite(running_mean.detach()) & torch.isfinite(running_var.detach()))
+        if bool(bad.any()):
+            report.findings.append(Finding(
+                name, "nonfinite-statistics", "error",
+                f"{int(bad.sum())} of {bad.numel()} channel(s) have a NaN or inf running_mean/running_var "
+                f"(channels {_first_channels(bad)}): every eval output of those channels is NaN or inf",
+                "recalibrate(model, data) on finite data, or reload a checkpoint saved before the statistics broke"))
+        degenerate = torch.isfinite(running_var.detach()) & (running_var.detach() <= 0)
+        if bool(degenerate.any()):
+            report.findings.append(Finding(
+                name, "degenerate-variance", "error",
+                f"{int(degenerate.sum())} of {degenerate.numel()} channel(s) have running_var <= 0 (channels "
+                f"{_first_channels(degenerate)}): eval divides by sqrt(eps) = {math.sqrt(float(bn.eps)):.3g} there",
+                "recalibrate(model, data); a running_var <= 0 never comes from training (variances are >= 0 and "
+                "the default is 1): check code that writes the buffers"))
+    if running_mean is None:
         report.findings.append(Finding(
             name, "batch-statistics-in-eval", "info",
             "track_running_stats=False: in eval mode it normalizes with the batch's own statistics, so an output "
             "depends on the other samples of its batch",
             "track_running_stats=True (and recalibrate) if inference must be per-sample"))
+
+
+def _first_channels(flags: torch.Tensor) -> str:
+    indices = flags.nonzero().flatten().tolist()
+    return ", ".join(map(str, indices[:5])) + (f" (+{len(indices) - 5} more)" if len(indices) > 5 else "")
 
 
 def _train_mode_copy(model: nn.Module) -> nn.Module:
@@ -187,10 +257,14 @@ def doctor(model: nn.Module, data=None, *, num_batches: int | None = 20, forward
            max_momentum: float = 0.5) -> DoctorReport:
     r"""Examine every batch-norm layer and report the mistakes that silently hurt accuracy.
 
-    Checks without data: momentum in another framework's convention (> `max_momentum`), dead channels
-    (``|gamma| < dead_gamma``), a redundant bias in the Conv/Linear feeding BN, BN right after an activation
-    (informational), layers without running statistics (informational). The last three read the fx data flow.
-    With data (batches like those used in training): the effective normalization batch
+    Checks without data: running statistics that are NaN/inf or a `running_var` <= 0 (errors: eval output is
+    NaN or scaled by up to 1/sqrt(eps)), momentum in another framework's convention (> `max_momentum`), dead
+    channels (``|gamma| < dead_gamma``), a dropout that feeds the batch norm through single-input layers (warning:
+    the train/eval variance shift of Li et al. 2019), a redundant bias in the Conv/Linear feeding BN, BN right
+    after an activation (informational), layers without running statistics (informational). The dropout, bias
+    and activation checks read the fx data flow.
+    With data (batches like those used in training): batches that give a layer NaN/inf values (error; the other
+    checks leave them out); the effective normalization batch
     m = N x spatial values per channel of the largest batch (warning when N < `min_batch` or m < `min_values`,
     error when m < 4 or when any batch gives a single value per channel);
     running statistics against the precise statistics of the data, as the shift
@@ -225,7 +299,8 @@ def doctor(model: nn.Module, data=None, *, num_batches: int | None = 20, forward
     Example:
         >>> print(doctor(model, loader))
 
-    Wu & Johnson 2021 (arXiv 2105.07576) on batch size and population statistics; Ioffe & Szegedy 2015.
+    Wu & Johnson 2021 (arXiv 2105.07576) on batch size and population statistics; Ioffe & Szegedy 2015; Li et al.
+    2019, "Understanding the Disharmony between Dropout and Batch Normalization by Variance Shift" (1801.05134).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"doctor expected model to be a torch.nn.Module, got {type(model).__name__}")
@@ -270,10 +345,22 @@ def _data_findings(model, data, num_batches, forward, report, min_batch, min_val
     with_stats = {name for name, module in twin.named_modules()
                   if is_batchnorm(module) and getattr(module, "running_mean", None) is not None}
     try:
-        moments, _, _ = precise_statistics(twin, used, forward=run, layers=with_stats)
+        moments, _, _, skipped = precise_statistics(twin, used, forward=run, layers=with_stats, skip_nonfinite=True,
+                                                    where="doctor")
     finally:
         for handle in handles:
             handle.remove()
+
+    if skipped:
+        first_batch, first_layer = skipped[0]
+        report.findings.append(Finding(
+            first_layer, "nonfinite-input", "error",
+            f"{len(skipped)} of {len(used)} batch(es) give NaN or inf values to this layer or a later one (first: "
+            f"batch {first_batch}, counting from 0); the checks below leave them out",
+            "remove the NaN/inf from the data (or find the layer that produces them); recalibrate refuses such "
+            "batches"))
+        bad = {index for index, _ in skipped}
+        used = [batch for index, batch in enumerate(used) if index not in bad]
 
     for name, _ in report.layers:
         seen = shapes.get(name)
@@ -308,6 +395,8 @@ def _data_findings(model, data, num_batches, forward, report, min_batch, min_val
         precise_var = stats.m2 / (stats.count - 1)
         running_mean = module.running_mean.detach().to(torch.float64)
         running_var = module.running_var.detach().to(torch.float64)
+        if not bool(torch.isfinite(running_mean).all() and torch.isfinite(running_var).all()):
+            continue                                    # reported as nonfinite-statistics
         shift = ((running_mean - stats.mean).abs() / torch.sqrt(precise_var + eps))
         log_ratio = torch.log((running_var.clamp_min(0) + eps) / (precise_var + eps)).abs()
         worst_shift, worst_ratio = float(shift.max()), math.exp(float(log_ratio.max()))

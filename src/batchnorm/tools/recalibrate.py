@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
 
+from .. import distributed
 from ._common import batches, call_model, is_batchnorm, is_frozen
 
-__all__ = ["recalibrate", "RecalibrationReport", "precise_statistics", "Moments"]
+__all__ = ["recalibrate", "RecalibrationReport", "precise_statistics", "PreciseStatistics", "Moments"]
 
 
 @dataclass
@@ -22,19 +23,38 @@ class Moments:
     mean: torch.Tensor
     m2: torch.Tensor
 
-    def add(self, x: torch.Tensor) -> None:
-        """Merge the values of a batch x (N, C, *) channel by channel (Chan et al.'s parallel formula)."""
+    @staticmethod
+    def of_batch(x: torch.Tensor, mask: torch.Tensor | None = None) -> "Moments":
+        """The moments of one batch x (N, C, *) per channel; with `mask` ((N,) or (N, L), True = valid) only the
+        valid positions count, as in the masked `BatchNorm1d`'s training statistics."""
         values = x.detach().to(torch.float64).transpose(0, 1).reshape(x.shape[1], -1)
+        if mask is not None:
+            values = values[:, mask.reshape(-1)]
         n = values.shape[1]
+        count = torch.tensor(float(n), dtype=torch.float64, device=values.device)
+        if n == 0:
+            zeros = torch.zeros(values.shape[0], dtype=torch.float64, device=values.device)
+            return Moments(count, zeros, zeros.clone())
+        mean = values.mean(dim=1)
+        return Moments(count, mean, ((values - mean[:, None]) ** 2).sum(dim=1))
+
+    def merge(self, other: "Moments") -> None:
+        """Merge another set of moments into these (Chan et al.'s parallel formula)."""
+        n = float(other.count)
         if n == 0:
             return
-        batch_mean = values.mean(dim=1)
-        batch_m2 = ((values - batch_mean[:, None]) ** 2).sum(dim=1)
         total = self.count + n
-        delta = batch_mean - self.mean
+        delta = other.mean - self.mean
         self.mean = self.mean + delta * (n / total)
-        self.m2 = self.m2 + batch_m2 + delta * delta * (self.count * n / total)
+        self.m2 = self.m2 + other.m2 + delta * delta * (self.count * n / total)
         self.count = total
+
+    def add(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Merge the values of a batch x (N, C, *) channel by channel (valid positions only with a mask)."""
+        self.merge(Moments.of_batch(x, mask))
+
+    def is_finite(self) -> bool:
+        return bool(torch.isfinite(self.mean).all() and torch.isfinite(self.m2).all())
 
     @property
     def unbiased_var(self) -> torch.Tensor:
@@ -42,61 +62,97 @@ class Moments:
         return self.m2 / (self.count - 1)
 
 
+class PreciseStatistics(NamedTuple):
+    """What `precise_statistics` returns: per-layer moments, the batches and samples used (over all ranks when
+    a process group is active), and the batches left out for non-finite statistics as (batch, first layer)."""
+
+    moments: dict
+    num_batches: int
+    num_samples: int
+    skipped_batches: list
+
+
 @dataclass
 class RecalibrationReport:
-    """What `recalibrate` did: batches and samples seen, layers updated, layers left (with the reason)."""
+    """What `recalibrate` did: batches and samples seen, layers updated, layers left (with the reason), and the
+    batches left out because they gave non-finite statistics (only with `skip_nonfinite=True`)."""
 
     num_batches: int = 0
     num_samples: int = 0
     updated: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     values_per_channel: dict[str, int] = field(default_factory=dict)
+    skipped_batches: list[tuple[int, str]] = field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [f"recalibrate: {len(self.updated)} batch norm(s) updated from {self.num_batches} batch(es), "
                  f"{self.num_samples} sample(s)"]
         lines += [f"  {name}: {self.values_per_channel.get(name, 0)} values per channel" for name in self.updated]
         lines += [f"  left {name}: {reason}" for name, reason in self.skipped]
+        if self.skipped_batches:
+            shown = ", ".join(f"{index} (at {layer})" for index, layer in self.skipped_batches[:10])
+            more = f" (+{len(self.skipped_batches) - 10} more)" if len(self.skipped_batches) > 10 else ""
+            lines.append(f"  left out {len(self.skipped_batches)} batch(es) with non-finite statistics: "
+                         f"{shown}{more}")
         return "\n".join(lines)
 
 
 def _merge_across_processes(moments: Moments, group) -> Moments:
     """Merge per-process moments over the process group (identity when torch.distributed is not running)."""
+    count, mean, m2 = distributed.merge_moments(moments.count, moments.mean, moments.m2, group=group)
+    return Moments(torch.as_tensor(count, dtype=torch.float64), mean, m2)
+
+
+def _mask_of(args: tuple, kwargs: dict):
+    """The padding mask passed to a masked batch norm (`layer(x, mask)`), or None."""
+    mask = args[1] if len(args) > 1 else kwargs.get("mask")
+    return mask if isinstance(mask, torch.Tensor) and mask.dtype == torch.bool else None
+
+
+def _nonfinite_message(batch: int, layer: str, stats: Moments, where: str) -> str:
+    bad = (~(torch.isfinite(stats.mean) & torch.isfinite(stats.m2))).nonzero().flatten().tolist()
+    channels = ", ".join(map(str, bad[:5])) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
+    return (f"{where}: batch {batch} (counting from 0) gives non-finite statistics at layer {layer!r} "
+            f"(NaN or inf in the values it normalizes, channel(s) {channels}); the running statistics were left "
+            f"unchanged: remove the NaN/inf from the data, or pass skip_nonfinite=True (batchnorm recalibrate "
+            f"--skip-nonfinite) to leave such batches out")
+
+
+def _agree_across_processes(failure: BaseException | None, seen: int, samples: int, group) -> tuple[int, int]:
+    """Every rank reports (error, batches, samples) in one collective, so that all ranks fail together when one
+    fails (instead of the others waiting for it until the timeout). Returns the totals over the ranks."""
+    if not distributed.is_active(group):
+        if failure is not None:
+            raise failure
+        return seen, samples
+    status = None if failure is None else (type(failure).__name__, str(failure))
+    statuses: list = [None] * distributed.world_size(group)
     try:
-        from batchnorm.distributed import merge_moments
-    except ImportError:
-        merge_moments = None
-    if merge_moments is not None:
-        count, mean, m2 = merge_moments(moments.count, moments.mean, moments.m2, group=group)
-        return Moments(torch.as_tensor(count, dtype=torch.float64), mean, m2)
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
-        return moments
-    # fallback while batchnorm.distributed is missing: gather every rank's moments and merge them exactly
-    local = torch.cat([moments.count.reshape(1).expand(moments.mean.numel()).reshape(1, -1),
-                       moments.mean.reshape(1, -1), moments.m2.reshape(1, -1)])
-    gathered = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(gathered, local, group=group)
-    merged = Moments(torch.zeros((), dtype=torch.float64), torch.zeros_like(moments.mean),
-                     torch.zeros_like(moments.m2))
-    for other in gathered:
-        n = other[0, 0]
-        if n == 0:
-            continue
-        total = merged.count + n
-        delta = other[1] - merged.mean
-        merged.mean = merged.mean + delta * (n / total)
-        merged.m2 = merged.m2 + other[2] + delta * delta * (merged.count * n / total)
-        merged.count = total
-    return merged
+        torch.distributed.all_gather_object(statuses, (status, seen, samples), group=group)
+    except RuntimeError as error:
+        raise RuntimeError(f"recalibrate: exchanging the per-rank status across {distributed.world_size(group)} "
+                           f"ranks failed: another rank has died or timed out. Cause: {error}") from error
+    if failure is not None:
+        raise failure
+    for rank, (other, _, _) in enumerate(statuses):
+        if other is not None:
+            kind = ValueError if other[0] == "ValueError" else RuntimeError
+            raise kind(f"recalibrate: rank {rank} failed, so no rank changes its statistics: {other[0]}: {other[1]}")
+    return sum(s[1] for s in statuses), sum(s[2] for s in statuses)
 
 
 def precise_statistics(model: nn.Module, data, num_batches: int | None = None, *,
-                       forward: Callable | None = None, process_group=None, layers=None):
+                       forward: Callable | None = None, process_group=None, layers=None,
+                       skip_nonfinite: bool = False, where: str = "recalibrate") -> PreciseStatistics:
     """Pooled float64 moments of the input of every batch norm over the data (the model runs as it is set).
 
-    Returns (dict name -> `Moments`, batches seen, samples seen). Hooks are removed afterwards. Used by
-    `recalibrate` and `doctor`; `layers` restricts to these names.
+    A masked batch norm (`layer(x, mask)`) counts the valid positions only. A batch whose moments are not all
+    finite at some layer raises ValueError naming the batch and the layer, unless `skip_nonfinite` (then the
+    batch is left out for every layer and listed). With an active process group every rank takes part in the
+    same collectives whatever its number of batches (zero included), and all ranks raise when one fails.
+
+    Returns a `PreciseStatistics` (moments per layer name, batches, samples, skipped batches). Hooks are
+    removed afterwards. Used by `recalibrate` and `doctor`; `layers` restricts to these names.
     """
     if num_batches is not None and (not isinstance(num_batches, int) or isinstance(num_batches, bool)
                                     or num_batches < 1):
@@ -104,41 +160,61 @@ def precise_statistics(model: nn.Module, data, num_batches: int | None = None, *
     targets = [(name, module) for name, module in model.named_modules()
                if is_batchnorm(module) and (layers is None or name in layers)]
     moments: dict[str, Moments] = {}
+    pending: dict[str, Moments] = {}          # this batch's moments, merged once the whole batch is known finite
     handles = []
     for name, module in targets:
         channels, device = module.running_mean.numel(), module.running_mean.device
         zeros = torch.zeros(channels, dtype=torch.float64, device=device)
         moments[name] = Moments(torch.zeros((), dtype=torch.float64, device=device), zeros, zeros.clone())
 
-        def hook(mod, inputs, key=name):
-            moments[key].add(inputs[0])
-        handles.append(module.register_forward_pre_hook(hook))
+        def hook(mod, args, kwargs, key=name):
+            batch_moments = Moments.of_batch(args[0], _mask_of(args, kwargs))
+            if key in pending:
+                pending[key].merge(batch_moments)       # a layer called twice in one forward
+            else:
+                pending[key] = batch_moments
+        handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
     run = forward or call_model
-    seen, samples = 0, 0
+    seen, samples, skipped, failure = 0, 0, [], None
     try:
         with torch.no_grad():
-            for batch in batches(data):
+            for index, batch in enumerate(batches(data)):
                 if num_batches is not None and seen >= num_batches:
                     break
+                pending.clear()
                 run(model, batch)
+                bad = next((key for key, m in pending.items() if not m.is_finite()), None)
+                if bad is not None:
+                    if not skip_nonfinite:
+                        raise ValueError(_nonfinite_message(index, bad, pending[bad], where))
+                    skipped.append((index, bad))
+                    continue
+                for key, batch_moments in pending.items():
+                    moments[key].merge(batch_moments)
                 seen += 1
                 first = batch if isinstance(batch, torch.Tensor) else \
                     batch[0] if isinstance(batch, (tuple, list)) else None
                 samples += int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() else 0
+        if num_batches is not None and seen < num_batches:
+            raise ValueError(f"num_batches={num_batches} but the data ran out after {seen} batch(es): pass fewer "
+                             f"batches, more data, or num_batches=None to use all of it")
+    except Exception as error:  # noqa: BLE001 - re-raised here, or after telling the other ranks (no hang)
+        failure = error
     finally:
         for handle in handles:
             handle.remove()
-    if num_batches is not None and seen < num_batches:
-        raise ValueError(f"num_batches={num_batches} but the data ran out after {seen} batch(es): pass fewer "
-                         f"batches, more data, or num_batches=None to use all of it")
+    seen, samples = _agree_across_processes(failure, seen, samples, process_group)
     if seen == 0:
-        raise ValueError("data yielded no batches: pass an iterable of input batches (for instance a DataLoader)")
+        detail = f" ({len(skipped)} left out for non-finite statistics)" if skipped else ""
+        raise ValueError(f"data yielded no batches{detail}: pass an iterable of input batches (for instance a "
+                         f"DataLoader)")
     moments = {name: _merge_across_processes(m, process_group) for name, m in moments.items()}
-    return moments, seen, samples
+    return PreciseStatistics(moments, seen, samples, skipped)
 
 
 def recalibrate(model: nn.Module, data, num_batches: int | None = None, *, forward: Callable | None = None,
-                process_group=None, inplace: bool = True) -> tuple[nn.Module, RecalibrationReport]:
+                process_group=None, inplace: bool = True, skip_nonfinite: bool = False
+                ) -> tuple[nn.Module, RecalibrationReport]:
     r"""Replace the running statistics of every batch norm by the exact population statistics of `data`.
 
     .. math:: \mu = \frac{1}{n} \sum_i x_i, \qquad \sigma^2_{running} = \frac{1}{n - 1} \sum_i (x_i - \mu)^2
@@ -149,8 +225,15 @@ def recalibrate(model: nn.Module, data, num_batches: int | None = None, *, forwa
     merge. During the pass every batch norm runs in training mode (so each layer sees the inputs it sees in
     training) and every other module in eval mode (dropout off); afterwards each module's training flag,
     `momentum` and `num_batches_tracked` are what they were. With an active `torch.distributed` process group
-    the moments are merged across processes first (`batchnorm.distributed.merge_moments`). Frozen layers
-    (`freeze_stats=True`, FrozenBatchNorm) and layers without running statistics are left and reported.
+    the moments are merged across processes first (`batchnorm.distributed.merge_moments`); every rank takes
+    part in the same collectives whatever its number of batches (a rank with none contributes zero counts), and
+    when one rank fails all of them raise the same error. A masked `BatchNorm1d` (`layer(x, mask)`) counts its
+    valid positions only, as in training. Frozen layers (`freeze_stats=True`, FrozenBatchNorm) and layers
+    without running statistics are left and reported.
+
+    Non-finite statistics are never stored: a batch that gives a NaN or inf mean or variance at any layer raises
+    ValueError naming the batch and the layer (nothing is changed), or with `skip_nonfinite=True` is left out
+    for every layer and listed in the report.
 
     Args:
         model: the model (updated in place unless `inplace=False`).
@@ -160,6 +243,7 @@ def recalibrate(model: nn.Module, data, num_batches: int | None = None, *, forwa
         forward: None, or `forward(model, batch)` to call the model on a batch of another form.
         process_group: None (the default group) when torch.distributed is initialized.
         inplace: True. False works on a deep copy and leaves `model` untouched.
+        skip_nonfinite: False. True leaves out the batches with non-finite statistics instead of raising.
 
     Returns:
         (the recalibrated model, `RecalibrationReport`).
@@ -196,8 +280,9 @@ def recalibrate(model: nn.Module, data, num_batches: int | None = None, *, forwa
         model.eval()
         for name in layers:
             model.get_submodule(name).train()
-        moments, report.num_batches, report.num_samples = precise_statistics(
-            model, data, num_batches, forward=forward, process_group=process_group, layers=set(layers))
+        moments, report.num_batches, report.num_samples, report.skipped_batches = precise_statistics(
+            model, data, num_batches, forward=forward, process_group=process_group, layers=set(layers),
+            skip_nonfinite=skip_nonfinite)
     finally:
         for module, flag in flags.items():
             module.training = flag
@@ -207,6 +292,11 @@ def recalibrate(model: nn.Module, data, num_batches: int | None = None, *, forwa
                 module.momentum = momentum
                 for key, value in buffers.items():
                     getattr(module, key).copy_(value)
+    for name in layers:                    # sums of huge finite values can still overflow: check before writing
+        if not moments[name].is_finite():
+            raise ValueError(f"recalibrate: the pooled statistics of layer {name!r} are not finite (the values it "
+                             f"normalizes overflow float64); the running statistics were left unchanged: "
+                             f"rescale the data")
     for name in layers:
         module = model.get_submodule(name)
         stats = moments[name]
