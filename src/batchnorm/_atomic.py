@@ -26,7 +26,23 @@ import secrets
 import stat
 from typing import IO, Iterator
 
-__all__ = ["atomic_write", "atomic_open", "atomic_path"]
+__all__ = ["atomic_write", "atomic_open", "atomic_path", "write_problem"]
+
+
+def write_problem(path: str | os.PathLike) -> str | None:
+    """Why `path` cannot be written atomically (a directory; a missing or read-only parent directory; a read-only
+    file), as a phrase; None when it can. Lets a command refuse a bad output path before doing any work."""
+    target = os.path.realpath(os.fspath(path))
+    if os.path.isdir(target):
+        return "is a directory: give a file name"
+    parent = os.path.dirname(target)
+    if not os.path.isdir(parent):
+        return f"cannot be created: the directory {parent!r} does not exist"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot be written: the directory {parent!r} is not writable"
+    if os.path.exists(target) and not os.access(target, os.W_OK):
+        return "is read-only: make it writable or choose another file"
+    return None
 
 
 def _resolve(path: str | os.PathLike) -> str:

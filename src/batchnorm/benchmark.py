@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from ._atomic import atomic_write
+from ._atomic import atomic_write, write_problem
 
 __all__ = ["Shape", "SUITE", "Row", "calls_per_round", "measure_shape", "measure_shape_isolated", "first_call_seconds", "run_suite",
            "format_table",
@@ -55,7 +55,7 @@ class Shape:
         return text + " (channels_last)" if self.channels_last else text
 
 
-# The shape suite (also in ../shared/DESIGN.md).
+# The standard shape suite of batch-norm benchmarks.
 SUITE = (
     Shape((32, 64, 56, 56)), Shape((32, 256, 28, 28)), Shape((32, 1024, 14, 14)), Shape((32, 2048, 7, 7)),
     Shape((64, 64, 112, 112)), Shape((4096, 1024)), Shape((60, 100)), Shape((4, 32, 16, 56, 56)),
@@ -469,7 +469,7 @@ def _parse_shape(text: str) -> Shape:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shapes", nargs="+", type=_parse_shape, default=None,
                         help="shapes as N,C[,H,W...] with a 'cl' suffix for channels_last, e.g. 32,64,56,56cl "
-                             "(default: the issue's suite)")
+                             "(default: the standard suite of 10 shapes)")
     parser.add_argument("--threads", type=int, default=2, help="torch (and Numba) thread count (default 2)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="default float32")
     parser.add_argument("--repeats", type=int, default=15, help="measured rounds per shape (default 15)")
@@ -502,14 +502,17 @@ def format_fused_header(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads < 1:
-        raise ValueError(f"bench --threads must be at least 1, got {args.threads}")
+    names = ("threads", "repeats") + (("size", "batch") if args.model else ())
+    for name in names:
+        if getattr(args, name) < 1:
+            print(f"batchnorm bench: error: --{name} must be at least 1, got {getattr(args, name)}", file=sys.stderr)
+            return 2
+    if args.json and write_problem(args.json) is not None:
+        print(f"batchnorm bench: error: --json {args.json!r} {write_problem(args.json)}", file=sys.stderr)
+        return 2
     if args.model:
         from . import benchmark_model
 
-        for name in ("size", "batch", "repeats"):
-            if getattr(args, name) < 1:
-                raise ValueError(f"bench --{name} must be at least 1, got {getattr(args, name)}")
         report = benchmark_model.measure_model(args.size, args.batch, args.repeats, args.threads,
                                                compile_torch=not args.no_compile)
         print(benchmark_model.format_model_table(report))

@@ -1,4 +1,9 @@
-"""The `batchnorm` command: one subcommand per module, each providing `add_arguments(parser)` and `run(args)`."""
+"""The `batchnorm` command: one subcommand per module, each providing `add_arguments(parser)` and `run(args)`.
+
+Exit codes: 0 success, 2 bad input (a bad option or value, an invalid environment variable, a file that cannot
+be read or written), always with one line `batchnorm <command>: error: ...` on stderr; 1 for `doctor` findings
+and for unexpected internal errors, which print a traceback so that bugs stay visible.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +21,21 @@ SUBCOMMANDS = {
 }
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """argparse with its errors on one line (no usage block): `batchnorm fold: error: ... (see --help)`."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _configuration_error(error: BaseException) -> bool:
+    """True for an invalid environment variable (kernels.config.ConfigurationError), without importing it."""
+    config = sys.modules.get("batchnorm.kernels.config")
+    return config is not None and isinstance(error, config.ConfigurationError)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="batchnorm", description="Exact, fast batch normalization for PyTorch.")
+    parser = _OneLineErrorParser(prog="batchnorm", description="Exact, fast batch normalization for PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)
@@ -29,4 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except Exception as error:  # noqa: BLE001 - only an invalid environment variable is turned into exit 2
+        if not _configuration_error(error):
+            raise
+        print(f"batchnorm {args.command}: error: {error}", file=sys.stderr)
+        return 2

@@ -147,7 +147,7 @@ def _view(t: torch.Tensor) -> np.ndarray:
 
 # Numba's threading layer: the first of `config.THREADING_LAYERS` that loads, unless the user chose one
 # (NUMBA_THREADING_LAYER) or Numba has already started one.
-if not os.environ.get("NUMBA_THREADING_LAYER") and numba.config.THREADING_LAYER == "default":
+if not config.NUMBA_LAYER_CHOSEN_BY_USER and numba.config.THREADING_LAYER == "default":
     numba.config.THREADING_LAYER_PRIORITY = list(config.THREADING_LAYERS)
 
 # One parallel kernel at a time: a call that finds another thread inside a parallel kernel runs the serial

@@ -1,6 +1,78 @@
-"""Compilation flags and routing thresholds for the Numba kernels, in one place."""
+"""Compilation flags and routing thresholds for the Numba kernels, in one place, and every environment variable
+the package reads, parsed here: a bad value raises `ConfigurationError` naming the variable, its value and the
+accepted range, at import.
 
+    BATCHNORM_THREADING_LAYER        Numba threading layer tried first: omp, workqueue or tbb (default: omp)
+    BATCHNORM_PARALLEL_MIN_ELEMENTS  inputs smaller than this run single-threaded: an integer >= 0 (32768)
+    BATCHNORM_POOL_MB                cap of the output pool in MiB: a finite number >= 0, 0 = off (256)
+    NUMBA_THREADING_LAYER            Numba's own: when set, this package leaves the choice of layer to Numba
+"""
+
+import math
 import os
+
+
+class ConfigurationError(ValueError):
+    """An environment variable of this package has a value outside its accepted range."""
+
+
+def _invalid(name: str, raw: str, accepted: str, default) -> ConfigurationError:
+    return ConfigurationError(f"environment variable {name}={raw!r} is invalid: expected {accepted}; unset it for "
+                              f"the default {default}")
+
+
+def _bound(value) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def integer_from_environment(name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
+    """The integer in environment variable `name` (written 32768 or 3.2e4), in [minimum, maximum]; `default` when
+    unset or empty."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    accepted = f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
+    try:
+        value = int(raw)
+    except ValueError:
+        try:
+            number = float(raw)
+        except ValueError:
+            raise _invalid(name, raw, accepted, default) from None
+        if not math.isfinite(number) or number != int(number):
+            raise _invalid(name, raw, accepted, default)
+        value = int(number)
+    if value < minimum or (maximum is not None and value > maximum):
+        raise _invalid(name, raw, accepted, default)
+    return value
+
+
+def number_from_environment(name: str, default: float, minimum: float = 0.0, maximum: float = 1e9,
+                            meaning: str = "") -> float:
+    """The finite number in environment variable `name`, in [minimum, maximum]; `default` when unset or empty."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    accepted = f"a finite number{meaning} from {_bound(minimum)} to {_bound(maximum)}"
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _invalid(name, raw, accepted, default) from None
+    if not (math.isfinite(value) and minimum <= value <= maximum):
+        raise _invalid(name, raw, accepted, default)
+    return value
+
+
+def choice_from_environment(name: str, choices: tuple, default: str | None) -> str | None:
+    """The value of environment variable `name`, one of `choices` (case-insensitive); `default` when unset."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if raw.lower() not in choices:
+        raise _invalid(name, raw, "one of " + ", ".join(choices), default if default is not None else
+                       f"(try {', '.join(choices)} in that order)")
+    return raw.lower()
+
 
 # Cache compiled kernels on disk (next to the package, or in NUMBA_CACHE_DIR), so that a fresh process
 # loads them instead of compiling again.
@@ -18,12 +90,16 @@ FASTMATH = {"reassoc", "contract"}
 # forward of 32x256x28x28 / 4096x1024 / 32x64x56x56 channels_last took 1.6x / 1.9x / 1.9x a copy on OpenMP
 # against 3.5x / 4.3x / 3.7x on workqueue. GNU OpenMP cannot be used in a process forked from one that uses it,
 # so the dispatcher runs the serial kernels there.
+_LAYERS = ("omp", "workqueue", "tbb")
 THREADING_LAYERS = tuple(dict.fromkeys(
-    [name for name in [os.environ.get("BATCHNORM_THREADING_LAYER", "")] if name] + ["omp", "workqueue", "tbb"]))
+    [name for name in [choice_from_environment("BATCHNORM_THREADING_LAYER", _LAYERS, None)] if name] + list(_LAYERS)))
+
+# NUMBA_THREADING_LAYER set by the user: Numba's choice stands and THREADING_LAYERS is not applied.
+NUMBA_LAYER_CHOSEN_BY_USER = bool(os.environ.get("NUMBA_THREADING_LAYER", "").strip())
 
 # Tensors with fewer elements than this run on the single-threaded kernels: starting the thread pool costs
 # more than it saves on small inputs (the paper's 60x100 MLP is 6,000 elements).
-PARALLEL_MIN_ELEMENTS = int(os.environ.get("BATCHNORM_PARALLEL_MIN_ELEMENTS", 32768))
+PARALLEL_MIN_ELEMENTS = integer_from_environment("BATCHNORM_PARALLEL_MIN_ELEMENTS", 32768)
 
 # Rows-layout kernels split the rows into blocks that run in parallel: up to BLOCKS_PER_THREAD per thread,
 # each of at least MIN_BLOCK_ROWS rows (every block keeps C partial sums in float64).
@@ -80,4 +156,5 @@ NJIT_INLINE = dict(cache=CACHE, fastmath=FASTMATH, nogil=True, error_model="nump
 # (BATCHNORM_POOL_MB=0 turns the pool off).
 POOL_MIN_BYTES = 1 << 20
 POOL_BLOCKS_PER_SIZE = 2
-POOL_MAX_BYTES = int(float(os.environ.get("BATCHNORM_POOL_MB", 256)) * (1 << 20))
+POOL_MAX_BYTES = int(number_from_environment("BATCHNORM_POOL_MB", 256, 0, 1 << 20,
+                                                 " of MiB (0 turns the pool off)") * (1 << 20))

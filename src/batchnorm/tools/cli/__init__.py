@@ -1,18 +1,28 @@
 """Shared parts of the `batchnorm fold|recalibrate|doctor` commands: load a model, its weights and data safely.
 
 Exit codes of these commands: 0 success; 1 `doctor` found problems at or above `--fail-on`; 2 bad input (an
-import path that does not resolve, a missing file, weights that do not match the model, unreadable data).
+import path that does not resolve, a missing file, weights that do not match the model, unreadable data, data
+the model cannot run on, a data function that fails, an output path that cannot be written), always as one line
+`batchnorm <command>: error: ...` on stderr. An unexpected internal error prints a traceback (exit 1).
 Weights and data files are read with `torch.load(weights_only=True)` (NumPy files with `allow_pickle=False`):
-tensors and plain containers only, never arbitrary pickled objects.
+tensors and plain containers only, never arbitrary pickled objects. Output files are written atomically (a
+failed write leaves an existing file as it was).
+
+MODEL and `--data` specs `module:name` never let the working directory shadow an installed package: the module
+is imported from the installed packages first; only when no installed module has that top-level name is it
+looked up in the working directory (added at the end of `sys.path` for that import). `path/to/file.py:name`
+loads that file by its path.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import os
 import sys
+import warnings
 from pathlib import Path
 
 EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT = 0, 1, 2
@@ -48,27 +58,54 @@ def run_safely(command: str, body, args) -> int:
         return EXIT_BAD_INPUT
 
 
+def _is_working_directory(entry: str) -> bool:
+    return entry in ("", ".") or os.path.abspath(entry) == os.getcwd()
+
+
+@contextlib.contextmanager
+def _working_directory_last():
+    """The working directory at the end of sys.path (after every installed package) while the block runs."""
+    cwd = os.getcwd()
+    added = not any(_is_working_directory(entry) for entry in sys.path)
+    if added:
+        sys.path.append(cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            del sys.path[len(sys.path) - 1 - sys.path[::-1].index(cwd)]
+
+
+def _load_file_module(path: Path, spec: str, what: str):
+    """Execute path/to/file.py as a module (under its stem, or a private name if an installed module has it)."""
+    if not path.is_file():
+        raise CommandError(f"{what} {spec!r}: no such file {str(path)!r}")
+    name = path.stem
+    if not name.isidentifier() or name in sys.modules or importlib.util.find_spec(name) is not None:
+        name = f"_batchnorm_user_{abs(hash(str(path.resolve())))}"        # never shadow an installed module
+    loader_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[name] = module
+    try:
+        with _working_directory_last():
+            loader_spec.loader.exec_module(module)
+    except Exception as error:  # noqa: BLE001 - the user's file failed: report it, do not crash
+        del sys.modules[name]
+        raise CommandError(f"{what} {spec!r}: importing {str(path)!r} failed: {type(error).__name__}: {error}")
+    return module
+
+
 def _import_object(spec: str, what: str):
     module_name, sep, attribute = spec.rpartition(":")
     if not sep or not module_name or not attribute:
         raise CommandError(f"{what} must be given as module:name (for instance mypackage.models:make_resnet or "
                            f"models.py:make_resnet), got {spec!r}")
     if module_name.endswith(".py") or os.sep in module_name or "/" in module_name:
-        path = Path(module_name)
-        if not path.is_file():
-            raise CommandError(f"{what} {spec!r}: no such file {str(path)!r}")
-        loader_spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(loader_spec)
-        sys.modules.setdefault(path.stem, module)
-        try:
-            loader_spec.loader.exec_module(module)
-        except Exception as error:  # noqa: BLE001 - the user's file failed: report it, do not crash
-            raise CommandError(f"{what} {spec!r}: importing {str(path)!r} failed: {type(error).__name__}: {error}")
+        module = _load_file_module(Path(module_name), spec, what)
     else:
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())
         try:
-            module = importlib.import_module(module_name)
+            with _working_directory_last():       # installed packages first; the working directory last
+                module = importlib.import_module(module_name)
         except ModuleNotFoundError as error:
             raise CommandError(f"{what} {spec!r}: cannot import module {module_name!r} ({error}); check the name "
                                f"and run from the directory that contains it (or give path/to/file.py:name)")
@@ -88,7 +125,8 @@ def load_model(args):
         model = factory
     elif callable(factory):
         try:
-            model = factory()
+            with _working_directory_last():
+                model = factory()
         except Exception as error:  # noqa: BLE001
             raise CommandError(f"MODEL {args.model!r}: calling the factory failed: {type(error).__name__}: {error}")
     else:
@@ -106,7 +144,9 @@ def _load_file(path: str, what: str):
     if not Path(path).is_file():
         raise CommandError(f"{what} {path!r}: no such file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():           # torch warns about the pickle protocol before refusing
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - weights_only refuses anything but tensors and plain containers
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CommandError(f"{what} {path!r} could not be read with torch.load(weights_only=True), which accepts "
@@ -154,10 +194,13 @@ def load_data(args) -> list:
     if not path.is_file() and ":" in spec and not spec.endswith((".pt", ".pth", ".npy", ".npz")):
         source = _import_object(spec, "--data")
         try:
-            data = source() if callable(source) else source
-            return data
+            with _working_directory_last():
+                data = source() if callable(source) else source
         except Exception as error:  # noqa: BLE001
             raise CommandError(f"--data {spec!r}: calling it failed: {type(error).__name__}: {error}")
+        if isinstance(data, torch.Tensor):
+            return data
+        return _guarded_batches(data, spec)
     if not path.is_file():
         raise CommandError(f"--data {spec!r}: no such file")
     if path.suffix in (".npy", ".npz"):
@@ -203,6 +246,82 @@ def load_data(args) -> list:
     if labels is None:
         return [inputs[i:i + size] for i in range(0, inputs.shape[0], size)]
     return [(inputs[i:i + size], labels[i:i + size]) for i in range(0, inputs.shape[0], size)]
+
+
+def _guarded_batches(data, spec: str):
+    """Iterate over the user's batches; an exception while producing one becomes a one-line CommandError."""
+    try:
+        iterator = iter(data)
+    except TypeError:
+        raise CommandError(f"--data {spec!r} returned a {type(data).__name__}, which is not iterable: return a "
+                           f"tensor or an iterable of batches (a list, a generator, a DataLoader)")
+    index = 0
+    while True:
+        try:
+            with _working_directory_last():
+                batch = next(iterator)
+        except StopIteration:
+            return
+        except Exception as error:  # noqa: BLE001 - the user's data source failed midway
+            raise CommandError(f"--data {spec!r}: producing batch {index} (counting from 0) failed: "
+                               f"{type(error).__name__}: {_first_line(error)}")
+        yield batch
+        index += 1
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _describe_batch(batch) -> str:
+    import torch
+
+    tensors = [batch] if isinstance(batch, torch.Tensor) else \
+        list(batch.values()) if isinstance(batch, dict) else list(batch) if isinstance(batch, (tuple, list)) else []
+    first = next((t for t in tensors if isinstance(t, torch.Tensor)), None)
+    return f"inputs {tuple(first.shape)} {str(first.dtype).replace('torch.', '')}" if first is not None else \
+        type(batch).__name__
+
+
+def guarded_forward(model_spec: str, data_spec: str):
+    """A `forward(model, batch)` for recalibrate/doctor: an exception of the model on a batch (wrong channel
+    count, dtype or shape) becomes a one-line CommandError naming the batch's inputs."""
+    from .._common import call_model
+
+    def forward(model, batch):
+        try:
+            return call_model(model, batch)
+        except CommandError:
+            raise
+        except Exception as error:  # noqa: BLE001 - the model cannot run on the user's data
+            raise CommandError(f"MODEL {model_spec!r} failed on a --data {data_spec!r} batch of "
+                               f"{_describe_batch(batch)}: {type(error).__name__}: {_first_line(error)} (check "
+                               f"that the data match the model's input: shape, channels, dtype)") from error
+    return forward
+
+
+def check_output_path(path: str, option: str) -> None:
+    """Refuse, before any work, an output path that is a directory, read-only, or in a missing or read-only
+    directory."""
+    from ..._atomic import write_problem
+
+    problem = write_problem(path)
+    if problem is not None:
+        raise CommandError(f"{option} {path!r} {problem}")
+
+
+def write_output(path: str, option: str, write) -> None:
+    """Run `write(temporary_path)` and move the file onto `path` atomically; a failed write (full disk, file-size
+    limit) is a one-line CommandError and leaves an existing file as it was."""
+    from ..._atomic import atomic_path
+
+    try:
+        with atomic_path(path) as temporary:
+            write(temporary)
+    except (OSError, RuntimeError) as error:   # torch's C++ writer reports I/O failures as RuntimeError
+        raise CommandError(f"could not write {option} {path!r} ({type(error).__name__}: {_first_line(error)}); "
+                           f"the file was left as it was")
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

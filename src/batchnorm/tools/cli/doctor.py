@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from . import EXIT_FINDINGS, CommandError, add_data_arguments, add_model_arguments, load_data, load_model, \
-    run_safely
+from . import EXIT_FINDINGS, CommandError, add_data_arguments, add_model_arguments, guarded_forward, load_data, \
+    load_model, run_safely
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +21,8 @@ def _body(args) -> int:
     model = load_model(args)
     data = load_data(args) if args.data else None
     try:
-        report = doctor(model, data, num_batches=args.num_batches)
+        report = doctor(model, data, num_batches=args.num_batches,
+                        forward=guarded_forward(args.model, args.data) if args.data else None)
     except ValueError as error:
         raise CommandError(str(error))
     print(report)
