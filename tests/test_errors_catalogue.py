@@ -200,6 +200,12 @@ CATALOGUE = [
     E("tools.recalibrate", "tools.recalibrate(nn.BatchNorm2d(3), [])", ValueError, ("data", "no batches")),
     E("tools.recalibrate", "tools.recalibrate(nn.BatchNorm2d(3), [42])", TypeError,
       ("batch", "a tensor, a (inputs, targets) tuple or list, or a dict", "got int")),
+    E("tools.recalibrate", "bad = x.clone(); bad[3, 1, 2, 2] = float('nan')\n"
+                           "tools.recalibrate(nn.Sequential(nn.BatchNorm2d(3)), [x[:2], bad[2:]])", ValueError,
+      ("batch 1", "layer '0'", "non-finite statistics", "channel(s) 1", "skip_nonfinite=True")),
+    E("tools.recalibrate", "big = torch.full((2, 3, 2, 2), 1e200, dtype=torch.float64)\n"
+                           "tools.recalibrate(nn.Sequential(nn.BatchNorm2d(3).double()), [big, -big])", ValueError,
+      ("layer '0'", "not finite", "overflow float64")),
     E("tools.freeze", "tools.freeze(42)", TypeError, ("model", "torch.nn.Module", "int")),
     E("tools.freeze", "tools.freeze(nn.BatchNorm2d(3), affine_trainable='no')", TypeError,
       ("affine_trainable", "True or False", "'no'")),
