@@ -8,8 +8,12 @@ Scenarios (2 ranks):
     mismatch     rank 0 has SyncBatchNorm(4), rank 1 SyncBatchNorm(5): both must fail with a clear error.
     stall        after one training step, rank 1 sleeps past the process group's timeout; rank 0 must fail once
                  the timeout expires.
+    recalibrate_no_batches  tools.recalibrate where rank 1 has no batches at all: both ranks must finish with
+                 the statistics of rank 0's data (checked here against NumPy; exit 0, or 5 on a mismatch).
+    recalibrate_nan  tools.recalibrate where rank 1's first batch holds a NaN: both ranks must raise ValueError.
 Exit codes: 17 when the forward raised the expected kind of error (RuntimeError or ValueError; its message is
-printed on stderr), 0 when it did not fail (a test failure), 3 for the rank that dies on purpose.
+printed on stderr), 0 when it did not fail (a test failure, except for recalibrate_no_batches), 3 for the rank
+that dies on purpose.
 """
 
 from __future__ import annotations
@@ -26,11 +30,43 @@ torch.set_num_threads(1)
 import batchnorm.nn as bnn  # noqa: E402
 
 
+def _rank_data(rank: int) -> list:
+    generator = torch.Generator().manual_seed(100 + rank)
+    return [torch.randn(n, 3, 2, 2, generator=generator, dtype=torch.float64) * (1 + n) + n for n in (5, 3)]
+
+
+def recalibrate_scenario(scenario: str, rank: int) -> None:
+    import numpy as np
+
+    from batchnorm.tools import recalibrate
+
+    data = _rank_data(rank)
+    if scenario == "recalibrate_no_batches" and rank == 1:
+        data = []
+    if scenario == "recalibrate_nan" and rank == 1:
+        data[0][1, 2, 0, 1] = float("nan")
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(3, dtype=torch.float64))
+    try:
+        recalibrate(model, data)
+    except (RuntimeError, ValueError) as error:
+        print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        os._exit(17)
+    values = np.concatenate([np.moveaxis(x.numpy(), 1, 0).reshape(3, -1) for x in _rank_data(0)], axis=1)
+    mean_error = np.abs(model[0].running_mean.numpy() - values.mean(1)).max()
+    var_error = np.abs(model[0].running_var.numpy() / values.var(1, ddof=1) - 1).max()
+    if mean_error > 1e-12 or var_error > 1e-12:
+        print(f"rank {rank}: statistics differ from rank 0's data: {mean_error}, {var_error}", file=sys.stderr)
+        os._exit(5)
+    os._exit(0)
+
+
 def main() -> None:
     scenario = sys.argv[1]
     rank = int(os.environ["RANK"])
     timeout = float(os.environ.get("FAULT_PG_TIMEOUT", "20"))
     torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout))
+    if scenario.startswith("recalibrate"):
+        recalibrate_scenario(scenario, rank)
     channels = 5 if (scenario == "mismatch" and rank == 1) else 4
     layer = bnn.SyncBatchNorm(channels).double()
     x = torch.randn(6, channels, 3, 3, dtype=torch.float64, requires_grad=True)

@@ -295,6 +295,25 @@ def test_a_rank_that_stalls_past_the_timeout(tmp_path):
     assert seconds < LAUNCH_TIMEOUT
 
 
+@pytest.mark.timeout(90)
+def test_recalibrate_with_a_rank_that_has_no_batches(tmp_path):
+    """Every rank reaches the same collectives: the empty rank contributes zero counts, nobody waits."""
+    results, seconds = _launch("recalibrate_no_batches", 2, pg_timeout=20.0)
+    for rank, (code, err) in enumerate(results):
+        assert code == 0, f"rank {rank}: exit {code}\n{err[-2000:]}"
+    assert seconds < 20.0                        # well before the process group's timeout
+
+
+@pytest.mark.timeout(90)
+def test_recalibrate_with_nan_on_one_rank_fails_on_every_rank_at_once(tmp_path):
+    results, seconds = _launch("recalibrate_nan", 2, pg_timeout=20.0)
+    for rank, (code, err) in enumerate(results):
+        assert code == 17, f"rank {rank}: exit {code}\n{err[-2000:]}"
+        assert "ValueError: " in err and "batch 0 (counting from 0) gives non-finite statistics at layer '0'" in err
+    assert "rank 1 failed, so no rank changes its statistics" in results[0][1]
+    assert seconds < 20.0
+
+
 def test_lab_command_with_a_malicious_cifar_batch_exits_2(tmp_path, capsys):
     """`batchnorm lab E1 --data cifar10:DIR` with a malicious test_batch: exit code 2, nothing executed."""
     marker = tmp_path / "PWNED"

@@ -150,3 +150,48 @@ def test_doctor_does_not_modify_the_model_and_validates():
         doctor(None)
     with pytest.raises(ValueError, match="data that yielded no batches"):
         doctor(model, [])
+
+
+def test_nonfinite_and_degenerate_buffers_are_errors():
+    """A NaN running_mean and an all-zero running_var (eval divides by sqrt(eps)) are errors, with data or not."""
+    data = make_data()
+    model = prepared(make_clean(), data)
+    with torch.no_grad():
+        model[1].running_mean[3] = float("nan")
+        model[4].running_var[:] = 0.0
+        model[9].running_var[[2, 7]] = -1.0
+    for report in (doctor(model), doctor(model, data)):
+        found = {(f.layer, f.check): f for f in report.findings}
+        assert found[("1", "nonfinite-statistics")].severity == "error"
+        assert "1 of 8 channel(s)" in found[("1", "nonfinite-statistics")].message
+        assert "8 of 8 channel(s) have running_var <= 0" in found[("4", "degenerate-variance")].message
+        assert "2 of 16 channel(s)" in found[("9", "degenerate-variance")].message and "channels 2, 7" in \
+            found[("9", "degenerate-variance")].message
+        assert report.worst == "error"
+        assert not any(f.layer == "1" and f.check == "stale-statistics" for f in report.findings)
+
+
+def test_dropout_before_batchnorm_is_flagged_and_after_it_is_not():
+    """Dropout -> Conv -> BN (through a conv and an activation) shifts the variance (Li et al. 2019); dropout after
+    the last batch norm, before the classifier, does not."""
+    before = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.3),
+                           nn.Conv2d(8, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                           nn.Linear(8 * 2 * 2, 5))
+    after = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                          nn.Dropout(0.3), nn.Linear(8 * 4 * 4, 5))
+    report = doctor(before)
+    flagged = [f for f in report.findings if f.check == "dropout-before-batchnorm"]
+    assert [(f.layer, f.severity) for f in flagged] == [("5", "warning")] and "dropout 3" in flagged[0].message
+    assert not [f for f in doctor(after).findings if f.check == "dropout-before-batchnorm"]
+
+
+def test_nonfinite_input_batches_are_reported_and_left_out():
+    data = make_data(batches=4)
+    model = prepared(make_clean(), data)
+    poisoned = [(x.clone(), y) for x, y in data]
+    poisoned[2][0][5, 1, 2, 2] = float("inf")
+    report = doctor(model, poisoned)
+    found = [f for f in report.findings if f.check == "nonfinite-input"]
+    assert [(f.layer, f.severity) for f in found] == [("1", "error")]
+    assert "1 of 4 batch(es)" in found[0].message and "batch 2" in found[0].message
+    assert not any(f.check == "stale-statistics" for f in report.findings)    # the other 3 batches fit
