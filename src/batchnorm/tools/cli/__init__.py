@@ -35,7 +35,9 @@ class CommandError(Exception):
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL",
                         help="the model, as module:factory (an importable module, or path/to/file.py) where factory "
-                             "is a function returning the torch.nn.Module (or a module instance)")
+                             "is a function returning the torch.nn.Module (or a module instance). Installed "
+                             "packages come first: a module of the working directory is used only when no "
+                             "installed module has its name")
     parser.add_argument("--weights", metavar="FILE", help="a state_dict saved with torch.save (read with "
                                                           "torch.load(weights_only=True)); checkpoints with a "
                                                           "'state_dict' or 'model' entry work too")
