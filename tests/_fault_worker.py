@@ -11,6 +11,9 @@ Scenarios (2 ranks):
     recalibrate_no_batches  tools.recalibrate where rank 1 has no batches at all: both ranks must finish with
                  the statistics of rank 0's data (checked here against NumPy; exit 0, or 5 on a mismatch).
     recalibrate_nan  tools.recalibrate where rank 1's first batch holds a NaN: both ranks must raise ValueError.
+    recalibrate_sync_even  a SyncBatchNorm model, 2 batches per rank: the statistics of both ranks' data (exit 0).
+    recalibrate_sync_uneven  a SyncBatchNorm model, 2 batches on rank 0 and 1 on rank 1: both must raise
+                 ValueError before any forward (each forward of a SyncBatchNorm is a collective).
 Exit codes: 17 when the forward raised the expected kind of error (RuntimeError or ValueError; its message is
 printed on stderr), 0 when it did not fail (a test failure, except for recalibrate_no_batches), 3 for the rank
 that dies on purpose.
@@ -45,13 +48,17 @@ def recalibrate_scenario(scenario: str, rank: int) -> None:
         data = []
     if scenario == "recalibrate_nan" and rank == 1:
         data[0][1, 2, 0, 1] = float("nan")
-    model = torch.nn.Sequential(torch.nn.BatchNorm2d(3, dtype=torch.float64))
+    if scenario == "recalibrate_sync_uneven" and rank == 1:
+        data = data[:1]
+    sync = scenario.startswith("recalibrate_sync")
+    model = torch.nn.Sequential(bnn.SyncBatchNorm(3).double() if sync else torch.nn.BatchNorm2d(3).double())
     try:
         recalibrate(model, data)
     except (RuntimeError, ValueError) as error:
         print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
         os._exit(17)
-    values = np.concatenate([np.moveaxis(x.numpy(), 1, 0).reshape(3, -1) for x in _rank_data(0)], axis=1)
+    expected = _rank_data(0) + (_rank_data(1) if sync else [])
+    values = np.concatenate([np.moveaxis(x.numpy(), 1, 0).reshape(3, -1) for x in expected], axis=1)
     mean_error = np.abs(model[0].running_mean.numpy() - values.mean(1)).max()
     var_error = np.abs(model[0].running_var.numpy() / values.var(1, ddof=1) - 1).max()
     if mean_error > 1e-12 or var_error > 1e-12:

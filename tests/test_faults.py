@@ -314,6 +314,20 @@ def test_recalibrate_with_nan_on_one_rank_fails_on_every_rank_at_once(tmp_path):
     assert seconds < 20.0
 
 
+@pytest.mark.timeout(90)
+def test_recalibrate_a_syncbatchnorm_model_across_ranks(tmp_path):
+    """SyncBatchNorm layers communicate in every forward: equal batch counts give the statistics of all ranks'
+    data; unequal counts fail on every rank at once, before any forward (never a hang)."""
+    results, _ = _launch("recalibrate_sync_even", 2, pg_timeout=20.0)
+    for rank, (code, err) in enumerate(results):
+        assert code == 0, f"rank {rank}: exit {code}\n{err[-2000:]}"
+    results, seconds = _launch("recalibrate_sync_uneven", 2, pg_timeout=20.0)
+    for rank, (code, err) in enumerate(results):
+        assert code == 17, f"rank {rank}: exit {code}\n{err[-2000:]}"
+        assert "every rank must pass the same number of batches; got [2, 1]" in err, err[-2000:]
+    assert seconds < 20.0
+
+
 def test_lab_command_with_a_malicious_cifar_batch_exits_2(tmp_path, capsys):
     """`batchnorm lab E1 --data cifar10:DIR` with a malicious test_batch: exit code 2, nothing executed."""
     marker = tmp_path / "PWNED"

@@ -118,27 +118,55 @@ def _nonfinite_message(batch: int, layer: str, stats: Moments, where: str) -> st
             f"--skip-nonfinite) to leave such batches out")
 
 
-def _agree_across_processes(failure: BaseException | None, seen: int, samples: int, group) -> tuple[int, int]:
-    """Every rank reports (error, batches, samples) in one collective, so that all ranks fail together when one
-    fails (instead of the others waiting for it until the timeout). Returns the totals over the ranks."""
+def _exchange(failure: BaseException | None, payload, group) -> list:
+    """Every rank reports (error, payload) in one collective, so that all ranks fail together when one fails
+    (instead of the others waiting for it until the timeout). Returns every rank's payload."""
     if not distributed.is_active(group):
         if failure is not None:
             raise failure
-        return seen, samples
+        return [payload]
     status = None if failure is None else (type(failure).__name__, str(failure))
     statuses: list = [None] * distributed.world_size(group)
     try:
-        torch.distributed.all_gather_object(statuses, (status, seen, samples), group=group)
+        torch.distributed.all_gather_object(statuses, (status, payload), group=group)
     except RuntimeError as error:
         raise RuntimeError(f"recalibrate: exchanging the per-rank status across {distributed.world_size(group)} "
                            f"ranks failed: another rank has died or timed out. Cause: {error}") from error
     if failure is not None:
         raise failure
-    for rank, (other, _, _) in enumerate(statuses):
+    for rank, (other, _) in enumerate(statuses):
         if other is not None:
             kind = ValueError if other[0] == "ValueError" else RuntimeError
             raise kind(f"recalibrate: rank {rank} failed, so no rank changes its statistics: {other[0]}: {other[1]}")
-    return sum(s[1] for s in statuses), sum(s[2] for s in statuses)
+    return [p for _, p in statuses]
+
+
+def _synchronizing_layers(model: nn.Module) -> list[str]:
+    """Names of the SyncBatchNorm layers that communicate in every training forward."""
+    return [name for name, module in model.named_modules()
+            if (isinstance(module, nn.SyncBatchNorm) or type(module).__name__ == "SyncBatchNorm")
+            and module.training and not getattr(module, "freeze_stats", False)]
+
+
+def _same_batch_count_everywhere(model: nn.Module, data, num_batches, group) -> list:
+    """With SyncBatchNorm layers every rank must run the same number of forwards (each one is a collective):
+    take this rank's batches as a list and check the counts agree, raising on every rank when they do not."""
+    failure, batch_list = None, []
+    try:
+        for batch in batches(data):
+            if num_batches is not None and len(batch_list) >= num_batches:
+                break
+            batch_list.append(batch)
+    except Exception as error:  # noqa: BLE001 - re-raised after telling the other ranks
+        failure = error
+    counts = _exchange(failure, len(batch_list), group)
+    if len(set(counts)) > 1:
+        names = ", ".join(_synchronizing_layers(model)[:3])
+        raise ValueError(f"recalibrate: the model's SyncBatchNorm layers ({names}) communicate in every forward, so "
+                         f"every rank must pass the same number of batches; got {counts} (rank i at position i): "
+                         f"pass num_batches={min(counts) or 1} with at least that many batches on every rank, or "
+                         f"convert(model, to='batchnorm') first")
+    return batch_list
 
 
 def precise_statistics(model: nn.Module, data, num_batches: int | None = None, *,
@@ -149,7 +177,9 @@ def precise_statistics(model: nn.Module, data, num_batches: int | None = None, *
     A masked batch norm (`layer(x, mask)`) counts the valid positions only. A batch whose moments are not all
     finite at some layer raises ValueError naming the batch and the layer, unless `skip_nonfinite` (then the
     batch is left out for every layer and listed). With an active process group every rank takes part in the
-    same collectives whatever its number of batches (zero included), and all ranks raise when one fails.
+    same collectives whatever its number of batches (zero included), and all ranks raise when one fails; a model
+    with SyncBatchNorm layers (a collective in every forward) needs the same number of batches on every rank,
+    checked before the pass.
 
     Returns a `PreciseStatistics` (moments per layer name, batches, samples, skipped batches). Hooks are
     removed afterwards. Used by `recalibrate` and `doctor`; `layers` restricts to these names.
@@ -157,6 +187,8 @@ def precise_statistics(model: nn.Module, data, num_batches: int | None = None, *
     if num_batches is not None and (not isinstance(num_batches, int) or isinstance(num_batches, bool)
                                     or num_batches < 1):
         raise ValueError(f"num_batches must be a positive integer or None (all the data), got {num_batches!r}")
+    if distributed.is_active(process_group) and _synchronizing_layers(model):
+        data = _same_batch_count_everywhere(model, data, num_batches, process_group)
     targets = [(name, module) for name, module in model.named_modules()
                if is_batchnorm(module) and (layers is None or name in layers)]
     moments: dict[str, Moments] = {}
@@ -203,7 +235,8 @@ def precise_statistics(model: nn.Module, data, num_batches: int | None = None, *
     finally:
         for handle in handles:
             handle.remove()
-    seen, samples = _agree_across_processes(failure, seen, samples, process_group)
+    totals = _exchange(failure, (seen, samples), process_group)
+    seen, samples = sum(t[0] for t in totals), sum(t[1] for t in totals)
     if seen == 0:
         detail = f" ({len(skipped)} left out for non-finite statistics)" if skipped else ""
         raise ValueError(f"data yielded no batches{detail}: pass an iterable of input batches (for instance a "
