@@ -265,6 +265,12 @@ def test_progress_bar_reports_jobs_and_eta():
                 progress.within((step + 1) / 5)
     text = stream.getvalue()
     assert "demo" in text and "100.0%" in text and "ETA" in text
+    # jobs submitted in stages (tuning, then the other seeds) add up on one bar
+    with progress.bar("stages", stream=io.StringIO()) as staged:
+        list(progress.jobs(range(2)))
+        assert (staged.done, staged.total) == (2, 2)
+        list(progress.jobs(range(3)))
+        assert (staged.done, staged.total) == (5, 5)
     # outside a bar the calls are silent no-ops
     assert list(progress.jobs([1, 2])) == [1, 2]
     progress.within(0.5)

@@ -76,11 +76,16 @@ def bar(label: str, stream=None):
 
 
 def jobs(items):
-    """Iterate over an experiment's jobs (settings x seeds), advancing the bar after each."""
+    """Iterate over an experiment's jobs (settings x seeds), advancing the bar after each.
+
+    An experiment may submit its jobs in stages (e.g. tuning runs, then the remaining seeds at the chosen rates):
+    each stage adds its jobs to the bar's total, so the bar shows finished / submitted jobs of the experiment.
+    """
     items = list(items)
     current = _current
     if current is not None:
-        current.total, current.done, current.fraction = len(items), 0, 0.0
+        current.total = current.done + len(items)
+        current.fraction = 0.0
         current.render(force=True)
     for item in items:
         yield item

@@ -19,6 +19,7 @@ import shutil
 import sys
 import time
 
+from .._atomic import atomic_write
 from . import progress
 from .experiments import EXPERIMENTS, load_experiment
 from .protocol import VERDICTS, Result
@@ -95,23 +96,11 @@ def cache_key(module, cfg) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def write_atomic(path: str, text: str | bytes) -> None:
-    """Write text (or bytes) to path atomically (see `batchnorm._atomic`): the old file or the whole new one, never a part;
-    a new file gets the umask's permissions."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, as open(path, "w")
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode("utf-8") if isinstance(text, str) else text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def write_atomic(path: str, data: str | bytes) -> None:
+    """Write text (or bytes) to path atomically (`batchnorm._atomic`): the old file or the whole new one, never a
+    part; a new file gets the umask's permissions. Creates the directory if needed."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, data)
 
 
 def versions() -> dict:
