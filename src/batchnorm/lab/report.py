@@ -325,7 +325,8 @@ def write_report(results: list[Result], out: str) -> str:
              "claimed direction, <b>does not hold</b> when it lies entirely short of it, <b>inconclusive</b> when it "
              "straddles it; <b>partly holds</b> when only a stated weaker criterion holds. Verdicts are computed by "
              "the code, never written by hand. The models are small, so an effect's direction and rough size are "
-             "tested, not ImageNet numbers.</p>",
+             "tested, not ImageNet numbers. In the plots, dots are single seeds and bars or bands the 95% interval of "
+             "the mean.</p>",
              f"<p>Experiments: {len(results)}, findings: " + html.escape(", ".join(
                  f"{n} {v}" for v, n in counts.items()) or "none") + f"; compute time {fmt(total)} s. "
              "All numbers as JSON: <a href='results.json'>results.json</a>.</p>",
