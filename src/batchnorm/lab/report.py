@@ -195,16 +195,20 @@ def draw_plot(plot: Plot, path: str) -> None:
                 low = [y - e for y, e in zip(line["y"], line["err"])]
                 high = [y + e for y, e in zip(line["y"], line["err"])]
                 ax.fill_between(line["x"], low, high, color=color, alpha=0.18, linewidth=0)
-            for x, seed_values in zip(line["x"], line.get("points") or []):
+            points = list(zip(line["x"], line.get("points") or []))
+            for x, seed_values in points[::max(1, math.ceil(len(points) / 40))]:  # at most ~40 columns of dots
                 seed_values = list(seed_values or [])
                 ax.plot([x] * len(seed_values), seed_values, "o", color=color, alpha=0.4, markersize=2.5)
         if plot.logx:
             ax.set_xscale("log")
             ticks = sorted({x for line in plot.lines.values() for x in line["x"] if x > 0})
-            if len(ticks) > 8:  # thin the ticks so that the labels never overlap
-                ticks = ticks[::math.ceil(len(ticks) / 8)]
-            ax.set_xticks(ticks, [fmt(t) for t in ticks], fontsize=8)
-            ax.minorticks_off()
+            if len(ticks) <= 8:  # label the measured x values themselves (e.g. batch sizes 2, 8, 32)
+                ax.set_xticks(ticks, [fmt(t) for t in ticks], fontsize=8)
+                ax.minorticks_off()
+            else:  # many x values: decades, written as plain numbers
+                from matplotlib.ticker import FuncFormatter
+
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: fmt(value)))
     if plot.logy:
         ax.set_yscale("log")
     value_range = _value_range(plot)
@@ -290,6 +294,8 @@ def _arms_table(arms: list[dict]) -> str:
         tests = [t for t in arm.get("test_accuracy") or [] if isinstance(t, (int, float))]
         finite = [t for t in tests if math.isfinite(t)]
         mean = f"{fmt(sum(finite) / len(finite))}" if finite else "n/a"
+        if arm.get("score"):
+            scores += f" (score: {arm['score']})"
         rows.append([html.escape(str(arm.get("name", ""))), html.escape(scores),
                      f"<b>{html.escape(fmt(arm.get('lr_chosen')))}</b>",
                      f"{mean} <span class='effect-name'>({html.escape(', '.join(fmt(t) for t in tests))})</span>"])
