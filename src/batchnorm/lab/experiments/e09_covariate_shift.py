@@ -1,43 +1,48 @@
 """E9: internal covariate shift as Santurkar et al. define it (the change of a layer's gradient when the layers
 before it are updated), noisy BN (deliberate distribution shift after BN), and gradient predictiveness
-(effective beta-smoothness along the gradient)."""
+(effective beta-smoothness along the gradient), measured where the networks have reached the same training loss
+(not after the same number of steps), each network at its own tuned learning rate."""
 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from .. import progress
-from ..data import load
 from ..models import MLP
-from ..protocol import Finding, Result, stat, verdict
-from ..train import seed_everything, shuffled_batches, train
-from ._common import bar_plot, curve_plot, pct, table
+from ..protocol import (Effect, Finding, Plot, Result, diff_ci, fmt_ci, mean_ci, ratio_ci, seeds,
+                        tune_and_run)
+from ..train import seed_everything, train
+from ._cnn import accuracy_plot, arm_rows, cached_data
 
 ID = "E9"
-TITLE = "Internal covariate shift (Santurkar et al.), noisy BN, smoothness"
-
-NAMES = {"none": "no BN", "batch": "BN", "noisy_batch": "noisy BN"}
+TITLE = "Internal covariate shift (Santurkar et al.), noisy BN, smoothness at matched loss"
 
 
 @dataclass
 class Config:
     data: str = "digits"  # dataset (see batchnorm.lab.data.load)
-    seeds: int = 3  # seeds per network
-    steps: int = 400  # SGD steps per run
+    seeds: int = 5  # seeds per arm for the reported numbers
+    seed_base: int = 0  # first seed (the runner's --seed-base)
+    steps: int = 500  # SGD steps per run
     batch_size: int = 64  # mini-batch size
-    lr: float = 0.1  # SGD learning rate (no momentum, as the ICS definition uses one plain gradient step)
+    lr_grid: tuple = (0.03, 0.1, 0.3, 1.0)  # learning rates tried per arm (plain SGD, no momentum)
+    tune_seeds: int = 2  # seeds that choose each arm's rate (on validation)
     hidden: tuple = (64, 64, 64, 64)  # hidden widths of the ReLU MLP
-    measure_every: int = 100  # steps between ICS / smoothness measurements
-    step_multipliers: tuple = (0.5, 1.0, 2.0, 4.0)  # step sizes (x lr) probed along the gradient
+    loss_levels: tuple = (1.5, 0.8, 0.4)  # training losses at which ICS and smoothness are measured
+    probe_lr: float = 0.1  # the step of the ICS definition and the unit of the smoothness probes (same for all)
+    step_multipliers: tuple = (0.5, 1.0, 2.0, 4.0)  # step sizes (x probe_lr) probed along the gradient
+    probe_size: int = 128  # training samples of the fixed probe batch
 
 
-QUICK = dict(seeds=1, steps=100, measure_every=50)
-FULL = dict(seeds=5, steps=3000, measure_every=250)
+QUICK = dict(seeds=2, tune_seeds=1, steps=150, loss_levels=(1.5, 1.0))
+FULL = dict(seeds=10, steps=2000, loss_levels=(1.5, 1.0, 0.6, 0.4, 0.2))
+
+NAMES = {"none": "no BN", "batch": "BN", "noisy_batch": "noisy BN"}
 
 
 def _linears(model: nn.Module) -> list[nn.Linear]:
@@ -95,85 +100,146 @@ def smoothness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float,
     return max(betas), max(losses) - min(losses)
 
 
+def measure_job(*, lr: float, seed: int, data: str, norm: str, steps: int, batch_size: int, hidden: tuple,
+                loss_levels: tuple, probe_lr: float, step_multipliers: tuple, probe_size: int) -> dict:
+    """Train the ReLU MLP with `norm` by plain SGD; each time the smoothed training loss first falls below a level
+    of `loss_levels`, measure ICS and smoothness on a fixed probe batch (training mode, on a copy of the network).
+
+    The smoothed training loss is an exponential average (weight 0.1) of the mini-batch losses. Levels not reached
+    give NaN. Returns val/test accuracy and, per level, relative ICS, cos(G, G'), beta-smoothness, loss range.
+    """
+    dataset = cached_data(data)
+    seed_everything(seed)
+    model = MLP(dataset.num_inputs, tuple(hidden), activation="relu", norm=norm)
+    probe = torch.randperm(len(dataset.y_train), generator=torch.Generator().manual_seed(10_000 + seed))[:probe_size]
+    x_probe, y_probe = dataset.x_train[probe], dataset.y_train[probe]
+    levels = list(loss_levels)
+    found: dict[str, list[float]] = {key: [math.nan] * len(levels) for key in ("ics", "cos", "beta", "range", "step")}
+    state = {"smooth": None, "next": 0}
+
+    def on_step(step: int, net: nn.Module, loss: torch.Tensor) -> None:
+        value = float(loss.detach())
+        state["smooth"] = value if state["smooth"] is None else 0.9 * state["smooth"] + 0.1 * value
+        while state["next"] < len(levels) and state["smooth"] <= levels[state["next"]]:
+            i = state["next"]
+            if norm != "noisy_batch":
+                rng = torch.get_rng_state()
+                found["ics"][i], found["cos"][i] = internal_covariate_shift(net, x_probe, y_probe, probe_lr)
+                found["beta"][i], found["range"][i] = smoothness(net, x_probe, y_probe, probe_lr,
+                                                                 tuple(step_multipliers))
+                torch.set_rng_state(rng)
+            found["step"][i] = float(step)
+            state["next"] += 1
+
+    history = train(model, dataset, steps=steps, batch_size=batch_size, lr=lr, seed=seed, on_step=on_step)
+    return {"val_accuracy": history.final_val, "test_accuracy": history.test_accuracy,
+            "diverged": bool(history.diverged), **found}
+
+
+def _per_seed(arm, key: str, levels: list[int]) -> list[float]:
+    """Mean over the given level indices of `key`, per seed."""
+    return [float(np.mean([run[key][i] for i in levels])) for run in arm.runs]
+
+
 def run(cfg: Config) -> Result:
-    data = load(cfg.data)
-    acc, ics, cosine, beta, loss_range = {}, {}, {}, {}, {}
-    for norm, seed in progress.jobs([(n, s) for n in NAMES for s in range(cfg.seeds)]):
-        seed_everything(seed)
-        model = MLP(data.num_inputs, cfg.hidden, activation="relu", norm=norm)
-        probe = shuffled_batches(len(data.y_train), cfg.batch_size, torch.Generator().manual_seed(1000 + seed))
-        series = {"ics": [], "cos": [], "beta": [], "range": []}
+    run_seeds = seeds(cfg)
+    arms = tune_and_run(measure_job, {NAMES[n]: dict(norm=n) for n in NAMES}, grid=cfg.lr_grid, seeds=run_seeds,
+                        tune_seeds=cfg.tune_seeds, data=cfg.data, steps=cfg.steps, batch_size=cfg.batch_size,
+                        hidden=tuple(cfg.hidden), loss_levels=tuple(cfg.loss_levels), probe_lr=cfg.probe_lr,
+                        step_multipliers=tuple(cfg.step_multipliers), probe_size=cfg.probe_size)
+    bn, none, noisy = arms["BN"], arms["no BN"], arms["noisy BN"]
+    # levels every run of both measured arms reached (a level not reached cannot be matched)
+    levels = [i for i in range(len(cfg.loss_levels))
+              if all(math.isfinite(run["ics"][i]) for arm in (bn, none) for run in arm.runs)]
+    unreached = [cfg.loss_levels[i] for i in range(len(cfg.loss_levels)) if i not in levels]
+    acc_noisy = diff_ci(noisy.test_accuracy, bn.test_accuracy, scale=100)
+    noisy_effect = Effect("noisy BN - BN, test accuracy (points)", *acc_noisy, threshold=-3.0)
 
-        def measure(step, net, loss=None):
-            if norm == "noisy_batch" or step % cfg.measure_every:
-                return
-            index = next(probe)
-            x, y = data.x_train[index], data.y_train[index]
-            state = torch.get_rng_state()
-            r, c = internal_covariate_shift(net, x, y, cfg.lr)
-            b, lr_range = smoothness(net, x, y, cfg.lr, cfg.step_multipliers)
-            torch.set_rng_state(state)
-            for key, value in zip(series, (r, c, b, lr_range)):
-                series[key].append(value)
+    def pct(arm) -> str:
+        return fmt_ci(*mean_ci(arm.test_accuracy, scale=100), "%")
 
-        h = train(model, data, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed, on_step=measure)
-        acc.setdefault(norm, []).append(h.final_accuracy)
-        if norm != "noisy_batch":
-            for store, key in ((ics, "ics"), (cosine, "cos"), (beta, "beta"), (loss_range, "range")):
-                store.setdefault(norm, []).append(series[key])
-    final = {k: stat(v) for k, v in acc.items()}
-    mean_of = lambda store, k: stat([float(np.mean(s)) for s in store[k]])  # noqa: E731
-    ics_s = {k: mean_of(ics, k) for k in ics}
-    cos_s = {k: mean_of(cosine, k) for k in cosine}
-    beta_s = {k: mean_of(beta, k) for k in beta}
-    range_s = {k: mean_of(loss_range, k) for k in loss_range}
-    findings = [
-        Finding("BN works by reducing internal covariate shift",
-                "Santurkar et al. 2018, Fig. 5: by Def. 2.1 (||G - G'||, cos(G, G')) BN networks often show as "
-                "much or *more* ICS than networks without BN.",
-                "relative ICS = ||G - G'|| / ||G|| averaged over layers and measurements; holds if BN's is <= 0.8x "
-                "no-BN's; partly if smaller",
-                verdict(ics_s["batch"].mean <= 0.8 * ics_s["none"].mean, ics_s["batch"].mean < ics_s["none"].mean),
-                f"relative ICS: BN {ics_s['batch']}, no BN {ics_s['none']}; cos(G, G'): BN {cos_s['batch']}, "
-                f"no BN {cos_s['none']}"),
-        Finding("A network with BN followed by deliberate, changing distribution shift ('noisy BN') trains about "
-                "as well as BN",
-                "Santurkar et al. 2018, Fig. 2: noisy BN trains about as well as BN despite severe shift.",
-                "holds if noisy BN's test accuracy is within 3 points of BN's; partly if within 10 points and "
-                "above no BN",
-                verdict(final["noisy_batch"].mean >= final["batch"].mean - 0.03,
-                        final["noisy_batch"].mean >= final["batch"].mean - 0.10
-                        and final["noisy_batch"].mean > final["none"].mean),
-                f"test: noisy BN {pct(final['noisy_batch'])}, BN {pct(final['batch'])}, no BN "
-                f"{pct(final['none'])}"),
-        Finding("BN makes the loss landscape smoother (more predictive gradients)",
-                "Santurkar et al. 2018, Fig. 4: along the gradient, the loss and the gradient change much less with "
-                "BN (effective beta-smoothness; up to ~100x early in training).",
-                "along the gradient g (steps eta = multiplier x lr): the gradient's change, as effective "
-                "beta-smoothness max ||grad(w - eta g) - grad(w)|| / ||eta g||, and the loss's change, max - min "
-                "of L(w - eta g); each averaged over measurements; holds if both are <= 0.5x no-BN's; partly if "
-                "one is",
-                verdict(beta_s["batch"].mean <= 0.5 * beta_s["none"].mean
-                        and range_s["batch"].mean <= 0.5 * range_s["none"].mean,
-                        beta_s["batch"].mean <= 0.5 * beta_s["none"].mean
-                        or range_s["batch"].mean <= 0.5 * range_s["none"].mean),
-                f"beta-smoothness: BN {beta_s['batch']}, no BN {beta_s['none']}; loss range along the gradient: "
-                f"BN {range_s['batch']}, no BN {range_s['none']}"),
+    level_text = ", ".join(f"{cfg.loss_levels[i]:g}" for i in levels)
+    anchor_ics = ("Santurkar et al. 2018 (arXiv 1805.11604), Fig. 5: by Def. 2.1 (||G - G'||, cos(G, G')) BN networks "
+                  "often show as much or *more* ICS than networks without BN.")
+    anchor_smooth = ("Santurkar et al. 2018 (arXiv 1805.11604), Fig. 4: along the gradient, the loss and the gradient "
+                     "change much less with BN (effective beta-smoothness; up to ~100x early in training).")
+    noisy_finding = Finding(
+        "A network with BN followed by deliberate, changing distribution shift ('noisy BN') trains about as well as BN",
+        "Santurkar et al. 2018 (arXiv 1805.11604), Fig. 2: noisy BN trains about as well as BN despite severe shift.",
+        "each at its own rate; holds if the 95% interval of noisy BN - BN (test accuracy, paired seeds) lies above "
+        "-3 points ('about as well': within 3 points), does not hold if below.",
+        f"test: noisy BN {pct(noisy)}, BN {pct(bn)}, no BN {pct(none)}; noisy - BN "
+        f"{fmt_ci(*acc_noisy, 'points')}", noisy_effect, run_seeds)
+    if not levels:
+        reason = (f"no training-loss level of {list(cfg.loss_levels)} was reached by every run of both networks in "
+                  f"{cfg.steps} steps, so ICS and smoothness cannot be compared at matched loss")
+        findings = [Finding("BN works by reducing internal covariate shift", anchor_ics, "-", f"not run: {reason}",
+                            verdict="not run"),
+                    noisy_finding,
+                    Finding("BN makes the loss landscape smoother (more predictive gradients)", anchor_smooth, "-",
+                            f"not run: {reason}", verdict="not run")]
+        ics_ratio = beta_ratio = range_ratio = (math.nan, (math.nan, math.nan))
+    else:
+        ics_ratio = ratio_ci(_per_seed(bn, "ics", levels), _per_seed(none, "ics", levels))
+        cos = (mean_ci(_per_seed(bn, "cos", levels)), mean_ci(_per_seed(none, "cos", levels)))
+        beta_ratio = ratio_ci(_per_seed(bn, "beta", levels), _per_seed(none, "beta", levels))
+        range_ratio = ratio_ci(_per_seed(bn, "range", levels), _per_seed(none, "range", levels))
+        findings = [
+            Finding("BN works by reducing internal covariate shift", anchor_ics,
+                    f"relative ICS = ||G - G'|| / ||G|| (Def. 2.1, one SGD step of {cfg.probe_lr:g} on the earlier "
+                    f"layers), averaged over layers and over the matched training-loss levels ({level_text}); "
+                    f"holds if the 95% interval of the ratio BN / no BN (geometric mean over seeds) lies below 0.8 "
+                    f"(a reduction by a fifth or more), does not hold if above.",
+                    f"relative ICS ratio BN / no BN {fmt_ci(*ics_ratio, digits=2)}; cos(G, G'): BN "
+                    f"{fmt_ci(*cos[0], digits=3)}, no BN {fmt_ci(*cos[1], digits=3)}",
+                    Effect("relative ICS, BN / no BN (ratio)", *ics_ratio, threshold=0.8, direction="below",
+                           method="Student t over seeds of the log ratio, exponentiated"), run_seeds),
+            noisy_finding,
+            Finding("BN makes the loss landscape smoother (more predictive gradients)", anchor_smooth,
+                    f"at matched training loss ({level_text}), along the gradient g with steps eta = "
+                    f"{list(cfg.step_multipliers)} x {cfg.probe_lr:g} (the same for both networks): effective "
+                    f"beta-smoothness max ||grad(w - eta g) - grad(w)|| / ||eta g||; holds if the 95% interval of "
+                    f"the ratio BN / no BN lies below 0.5 (at least 2x smoother), does not hold if above; partly "
+                    f"holds if it is only below 1 (smoother, by less than 2x).",
+                    f"beta-smoothness ratio BN / no BN {fmt_ci(*beta_ratio, digits=2)}; loss range along the "
+                    f"gradient, ratio {fmt_ci(*range_ratio, digits=2)}",
+                    Effect("beta-smoothness, BN / no BN (ratio)", *beta_ratio, threshold=0.5, direction="below",
+                           method="Student t over seeds of the log ratio, exponentiated"), run_seeds,
+                    weaker=Effect("beta-smoothness, BN / no BN (ratio), weaker: below 1", *beta_ratio,
+                                  threshold=1.0, direction="below",
+                                  method="Student t over seeds of the log ratio, exponentiated")),
+        ]
+    plots = [accuracy_plot("Test accuracy (each network at its own rate)", arms)]
+    for key, label, log in (("ics", "relative ICS ||G - G'|| / ||G||", False), ("beta", "beta-smoothness", True)):
+        lines = {}
+        for name, arm in (("BN", bn), ("no BN", none)):
+            per_level = [[run[key][i] for run in arm.runs] for i in levels]
+            lines[name] = {"x": [cfg.loss_levels[i] for i in levels],
+                           "y": [float(np.mean(v)) for v in per_level], "points": per_level}
+        plots.append(Plot(f"{label} at matched training loss", "training loss (smoothed)", label, lines, logy=log))
+    steps_at = {name: [float(np.mean(reached)) if (reached := [run["step"][i] for run in arm.runs
+                                                                if math.isfinite(run["step"][i])]) else math.nan
+                       for i in range(len(cfg.loss_levels))]
+                for name, arm in (("BN", bn), ("no BN", none))}
+    notes = [
+        f"ReLU MLP {tuple(cfg.hidden)} on {cfg.data}, plain SGD, batch {cfg.batch_size}, {cfg.steps} steps; every "
+        f"network at its own learning rate from {list(cfg.lr_grid)} (validation accuracy on the first "
+        f"{cfg.tune_seeds} seeds), {len(run_seeds)} seeds.",
+        f"Matched loss, not matched step: BN trains faster, so at a given step it sits in another part of the "
+        f"landscape. ICS and smoothness are measured when the smoothed training loss (exponential average of "
+        f"mini-batch losses) first falls below {list(cfg.loss_levels)}, on a fixed probe batch of "
+        f"{cfg.probe_size} training images, in training mode, on a copy of the network. Mean step at which each "
+        f"level was reached: " + "; ".join(f"{name}: " + ", ".join(f"{l:g} at {s:.0f}" if math.isfinite(s) else
+                                                                 f"{l:g} not reached"
+                                                                 for l, s in zip(cfg.loss_levels, at))
+                                           for name, at in steps_at.items()) + ".",
+        "ICS by Santurkar et al.'s Def. 2.1: G = dL/dW_i at the current weights, G' = the same after one SGD step "
+        f"(lr {cfg.probe_lr:g}, the same for both networks) on layers 1..i-1 only; averaged over layers i >= 2. "
+        "Noisy BN (batchnorm.lab.models.NoisyShift after each BN) is measured for accuracy only.",
     ]
-    steps = list(range(cfg.measure_every, cfg.steps + 1, cfg.measure_every))
-    plots = [curve_plot("Internal covariate shift ||G - G'|| / ||G||", "step", "relative ICS", steps,
-                        {NAMES[k]: ics[k] for k in ics}),
-             curve_plot("Effective beta-smoothness along the gradient", "step", "beta", steps,
-                        {NAMES[k]: beta[k] for k in beta}, logy=True),
-             bar_plot("Test accuracy", "test accuracy", {"test": {NAMES[k]: final[k] for k in NAMES}})]
-    rows = {NAMES[k]: [pct(final[k]), str(ics_s.get(k, "-")), str(cos_s.get(k, "-")), str(beta_s.get(k, "-"))]
-            for k in NAMES}
-    notes = [f"ReLU MLP {cfg.hidden} on {cfg.data}, plain SGD lr {cfg.lr}, batch {cfg.batch_size}, {cfg.steps} steps; "
-             f"ICS and smoothness measured every {cfg.measure_every} steps on a fresh training batch, in training "
-             f"mode (batch statistics), as in Santurkar et al. (who used VGG on CIFAR-10)."]
-    return Result(ID, TITLE, findings,
-                  [table("Numbers", ["network", "test accuracy", "relative ICS", "cos(G, G')", "beta"], rows)],
-                  plots, notes, numbers={"final accuracy": {NAMES[k]: v.mean for k, v in final.items()},
-                                         "relative ICS": {NAMES[k]: v.mean for k, v in ics_s.items()},
-                                         "cos": {NAMES[k]: v.mean for k, v in cos_s.items()},
-                                         "beta": {NAMES[k]: v.mean for k, v in beta_s.items()}})
+    if unreached:
+        notes.append(f"Levels not reached by every run of both networks, left out of the comparison: {unreached}.")
+    return Result(ID, TITLE, findings, [arm_rows(arms)], plots, notes, arms=[a.to_json() for a in arms.values()],
+                  numbers={"test accuracy": {name: float(np.mean(arm.test_accuracy)) for name, arm in arms.items()},
+                           "ICS ratio": ics_ratio[0], "beta ratio": beta_ratio[0], "range ratio": range_ratio[0],
+                           "matched levels": [cfg.loss_levels[i] for i in levels]})
