@@ -23,7 +23,8 @@ class Config:
     # microbatches of 4)
     small_batch: int = 8  # part (b): the small SGD batch (Wu & He 2018's table goes 32, 16, 8, 4, 2)
     epochs: float = 8.0  # passes over the training set for every arm (steps = epochs x train size / batch)
-    lr_grid: tuple = (0.01, 0.03, 0.1, 0.3)  # learning rates tried per arm (SGD, momentum 0.9)
+    large_grid: tuple = (0.03, 0.1, 0.3, 1.0)  # learning rates tried per arm at batch_size (SGD, momentum 0.9)
+    small_grid: tuple = (0.01, 0.03, 0.1, 0.3)  # learning rates tried per arm at small_batch
     tune_seeds: int = 2  # seeds that choose each arm's rate (on validation)
     channels: tuple = (16, 32)  # CNN channels
     groups: int = 4  # Group Norm groups
@@ -32,7 +33,7 @@ class Config:
 
 
 QUICK = dict(seeds=2, tune_seeds=1, norm_batches=(2,), epochs=0.25)
-FULL = dict(seeds=10, norm_batches=(2, 4, 8, 16), small_batch=4, epochs=20.0, lr_grid=LR_GRID)
+FULL = dict(seeds=10, norm_batches=(2, 4, 8, 16), small_batch=4, epochs=20.0, small_grid=LR_GRID)
 
 
 def run(cfg: Config) -> Result:
@@ -54,7 +55,8 @@ def run(cfg: Config) -> Result:
         f"Batch Renorm, batch {small}": dict(norm="renorm", renorm=renorm, batch_size=small, steps=small_steps),
     }
     run_seeds = seeds(cfg)
-    arms = tune_and_run(cnn_job, settings, grid=cfg.lr_grid, seeds=run_seeds, tune_seeds=cfg.tune_seeds, **common)
+    grids = {name: cfg.large_grid if s["batch_size"] == large else cfg.small_grid for name, s in settings.items()}
+    arms = tune_and_run(cnn_job, settings, grid=grids, seeds=run_seeds, tune_seeds=cfg.tune_seeds, **common)
     acc = {name: arm.test_accuracy for name, arm in arms.items()}
     bn, gn = acc[f"BN, batch {large}"], acc[f"GN, batch {large}"]
     tiny = min(cfg.norm_batches)
@@ -135,7 +137,7 @@ def run(cfg: Config) -> Result:
     notes = [
         f"CNN {tuple(cfg.channels)} on {cfg.data} ({n} training images), SGD momentum 0.9, {cfg.epochs:g} epochs for "
         f"every arm: {large_steps} steps at batch {large}, {small_steps} steps at batch {small}. Every arm gets its "
-        f"own learning rate from {list(cfg.lr_grid)}, chosen by validation accuracy on the first {cfg.tune_seeds} "
+        f"own learning rate (batch {large}: {list(cfg.large_grid)}; batch {small}: {list(cfg.small_grid)}), chosen by validation accuracy on the first {cfg.tune_seeds} "
         f"seeds; then {len(run_seeds)} seeds run at it. Intervals: 95% Student t over paired seeds.",
         f"Part (a) follows Wu & Johnson 2021: the SGD batch stays {large} (same gradient noise, same number of "
         f"steps) and only the batch BN normalizes over changes, through ghost BN (batchnorm.nn.BatchNorm2d("

@@ -55,7 +55,7 @@ def run(cfg: Config) -> Result:
     test = {k: arms[v].test_accuracy for k, v in names.items()}
     train = {k: arms[v].values("train_accuracy") for k, v in names.items()}
 
-    gap = Effect(f"small - large batch, test accuracy (points)", *diff_ci(test["small"], test["large"], scale=100),
+    gap = Effect("small - large batch, test accuracy (points)", *diff_ci(test["small"], test["large"], scale=100),
                  threshold=1.0)
     train_gap = diff_ci(train["small"], train["large"], scale=100)
     ghost = Effect("large + ghost BN - large, test accuracy (points)",

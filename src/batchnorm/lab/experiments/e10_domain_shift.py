@@ -6,7 +6,6 @@ labelled setting."""
 
 from __future__ import annotations
 
-import copy
 import functools
 from dataclasses import dataclass
 
@@ -168,11 +167,11 @@ def run(cfg: Config) -> Result:
         f"{tuple(cfg.channels)}, SGD momentum 0.9, batch {cfg.batch_size}, {cfg.steps} steps on the source. Every "
         f"network gets its own rate from {list(cfg.lr_grid)} by source validation accuracy on the first "
         f"{cfg.tune_seeds} seeds (no target label is used for tuning), then {len(run_seeds)} seeds.",
-        f"AdaBN = batchnorm.tools.recalibrate on the target's unlabeled training images (exact pooled statistics); "
-        f"its control is the same network recalibrated on the source's training images (PreciseBN), so the effect "
-        f"is the change of domain of the statistics, not EMA vs exact statistics. Per-domain standardization: every "
-        f"input of a domain is standardized by that domain's training-input mean and standard deviation "
-        f"(batchnorm.lab.data.standardized), for the source in training and for the target at test time.",
+        "AdaBN = batchnorm.tools.recalibrate on the target's unlabeled training images (exact pooled statistics); "
+        "its control is the same network recalibrated on the source's training images (PreciseBN), so the effect "
+        "is the change of domain of the statistics, not EMA vs exact statistics. Per-domain standardization: every "
+        "input of a domain is standardized by that domain's training-input mean and standard deviation "
+        "(batchnorm.lab.data.standardized), for the source in training and for the target at test time.",
     ]
     return Result(ID, TITLE, findings, tables, plots, notes, arms=[a.to_json() for a in arms.values()],
                   numbers={setting: {k: sum(x) / len(x) for k, x in v[setting].items()} for setting in v})

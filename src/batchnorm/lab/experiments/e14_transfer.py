@@ -118,9 +118,9 @@ def run(cfg: Config) -> Result:
                 f"better than updating them",
                 "Wu & Johnson 2021 (arXiv 2105.07576): frozen (population) statistics are the usual choice for "
                 "fine-tuning with small batches or little data; detectron2/torchvision FrozenBatchNorm2d.",
-                f"paired over seeds (same pretrained network and labelled subset per seed), each mode at its own "
-                f"fine-tuning rate chosen on the target's validation split; holds if the 95% interval of frozen - "
-                f"trainable (target test) lies above +1 point, does not hold if below.",
+                "paired over seeds (same pretrained network and labelled subset per seed), each mode at its own "
+                "fine-tuning rate chosen on the target's validation split; holds if the 95% interval of frozen - "
+                "trainable (target test) lies above +1 point, does not hold if below.",
                 f"target test after fine-tuning: frozen {pct(acc['BN frozen'])}, trainable "
                 f"{pct(acc['BN trainable'])}, difference {fmt_ci(frozen_gain.estimate, frozen_gain.ci95, 'points')}; "
                 f"before fine-tuning {pct(before)}",
@@ -128,8 +128,8 @@ def run(cfg: Config) -> Result:
         Finding("Recalibrating BN statistics on the target before fine-tuning (AdaBN, then frozen) helps transfer",
                 "Li et al. 2016 (AdaBN, arXiv 1603.04779); Wu & Johnson 2021 (arXiv 2105.07576) on the domain of "
                 "the statistics.",
-                f"control: the same freeze with the source statistics; holds if the 95% interval of recalibrated + "
-                f"frozen - frozen (target test) lies above +1 point, does not hold if below.",
+                "control: the same freeze with the source statistics; holds if the 95% interval of recalibrated + "
+                "frozen - frozen (target test) lies above +1 point, does not hold if below.",
                 f"target test after fine-tuning: recalibrated + frozen {pct(acc['BN recalibrated + frozen'])}, "
                 f"frozen {pct(acc['BN frozen'])}, difference "
                 f"{fmt_ci(recal_gain.estimate, recal_gain.ci95, 'points')}; without fine-tuning: source statistics "
