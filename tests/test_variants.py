@@ -673,9 +673,13 @@ def test_all_padded_batch_and_nonpositive_eps():
     y.sum().backward()
     assert torch.all(y == 0) and torch.all(x.grad == 0)
     assert int(layer.num_batches_tracked) == 1 and torch.equal(layer.running_var, torch.ones(3))
-    for bad in (bnn.BatchNorm1d(3, eps=0.0, virtual_batch_size=2), bnn.BatchRenorm1d(3, eps=0.0)):
+    for make in (lambda: bnn.BatchNorm1d(3, eps=0.0, virtual_batch_size=2), lambda: bnn.BatchRenorm1d(3, eps=0.0)):
+        with pytest.raises(ValueError, match=r"eps must be a finite number > 0 .*got eps=0\.0"):
+            make()
+    for layer in (bnn.BatchNorm1d(3, virtual_batch_size=2), bnn.BatchRenorm1d(3)):
+        layer.eps = 0.0  # set after construction: the training forward still refuses it
         with pytest.raises(ValueError, match=r"eps must be positive during training, got eps=0\.0"):
-            bad(torch.randn(4, 3))
+            layer(torch.randn(4, 3))
 
 
 def _compile_check(backend):

@@ -35,18 +35,80 @@ from typing import Optional
 import numpy as np
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad as _forward_ad
 
 from . import kernels
 from .kernels import fused
 
-__all__ = ["batch_norm", "uses_own_kernels", "check_batch_size", "update_running_stats"]
+__all__ = ["batch_norm", "uses_own_kernels", "needs_torch_math", "check_batch_size", "update_running_stats",
+           "BatchNormArgumentError", "ArgumentShapeError", "UnsupportedDtypeError", "check_per_channel_sizes",
+           "check_running_not_differentiable", "torch_transform"]
 
 _OWN_DTYPES = (torch.float32, torch.float64)
 
 
+class BatchNormArgumentError(ValueError, RuntimeError):
+    """An argument that torch's batch norm refuses with a RuntimeError.
+
+    Both a ValueError (this package's convention) and a RuntimeError (what torch raises for the same mistake),
+    so `except RuntimeError` written for torch's BatchNorm catches it too."""
+
+
+class ArgumentShapeError(BatchNormArgumentError):
+    """A weight, bias, running buffer or input whose size does not match the number of channels."""
+
+
+class UnsupportedDtypeError(TypeError, NotImplementedError):
+    """An input dtype batch norm does not compute in (integer, bool, complex): a TypeError, and the
+    NotImplementedError torch raises for it."""
+
+
+def check_running_not_differentiable(running_mean: Optional[Tensor], running_var: Optional[Tensor],
+                                     where: str = "batch_norm") -> None:
+    """Raise BatchNormArgumentError, as torch does, for running buffers that require grad while grad mode is on
+    (batch norm is not differentiable with respect to them, and training updates them in place)."""
+    if not torch.is_grad_enabled():
+        return
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+        if t is not None and t.requires_grad:
+            raise BatchNormArgumentError(
+                f"{where} is not differentiable with respect to {name}, got {name} with requires_grad=True: "
+                f"call {name}.requires_grad_(False) (running statistics are buffers, updated in place)")
+
+
+def needs_torch_math(x) -> bool:
+    """True where this package's kernels cannot serve a call on x, so torch's own math must compute it.
+
+    Those contexts record or transform torch operations, which the kernels (NumPy views of the memory) bypass:
+    a tensor subclass or proxy (FakeTensor, fx Proxy, Parameter as input), `torch.jit.trace` and the
+    TorchScript ONNX exporter, functorch transforms (vmap, grad, jacrev, jacfwd, jvp), forward-mode AD
+    (`torch.autograd.forward_ad`), an active TorchDispatchMode (FakeTensorMode, make_fx, FlopCounterMode), and
+    `torch.export` (also behind `torch.onnx.export(dynamo=True)`), so exported programs hold standard aten ops
+    and load with `import torch` alone. Under `torch.compile` the layers keep this package's custom ops.
+    """
+    if torch.compiler.is_compiling():
+        return torch.compiler.is_exporting()
+    return (type(x) is not Tensor or torch._C._get_tracing_state() is not None
+            or torch._C._are_functorch_transforms_active() or _forward_ad._current_level >= 0
+            or torch._C._len_torch_dispatch_stack() > 0)
+
+
 def uses_own_kernels(x: Tensor) -> bool:
-    """True when x runs on this package's kernels (CPU float32/float64), False when routed to torch."""
-    return x.device.type == "cpu" and x.dtype in _OWN_DTYPES
+    """True when x runs on this package's kernels (CPU float32/float64, outside the contexts of
+    `needs_torch_math`), False when routed to torch."""
+    return x.device.type == "cpu" and x.dtype in _OWN_DTYPES and not needs_torch_math(x)
+
+
+def check_per_channel_sizes(input: Tensor, **per_channel: Optional[Tensor]) -> None:
+    """Raise ArgumentShapeError when a per-channel tensor (weight, bias, running_mean, running_var) does not hold
+    one value per channel of input (dimension 1), as torch checks it, before any kernel runs."""
+    channels = input.shape[1] if input.dim() > 1 else (input.shape[0] if input.dim() == 1 else 1)
+    for name, t in per_channel.items():
+        if t is not None and t.numel() != channels:
+            raise ArgumentShapeError(
+                f"batch_norm expected {name} to contain {channels} elements (one per channel of the input of "
+                f"shape {tuple(input.shape)}), got {t.numel()} elements (shape {tuple(t.shape)}): {name} "
+                f"should contain {channels} elements not {t.numel()}; pass a {name} of shape ({channels},)")
 
 
 # ------------------------------------------------------------------------------------ per-channel algebra
@@ -132,6 +194,63 @@ def _transform_backward(dy: Tensor, x: Tensor, mean: np.ndarray, var: np.ndarray
     return dx, dgamma, sum_dy
 
 
+# ---------------------------------------------------------------- higher-order autograd (backward_needs_torch)
+# A backward that runs with create_graph=True (grad mode on inside the backward) must return gradients that are
+# themselves differentiable, including the second-order term when the upstream gradient is a constant; a backward
+# run under a functorch transform (the batched gradients of `jacobian(vectorize=True)`, gradcheck's batched-grad
+# check) gets a BatchedTensor gradient that the kernels cannot read. In both cases the kernels are bypassed: the
+# transform is recomputed from the saved inputs in torch ops (exactly the forward's formula, with the statistics
+# recomputed from x when they are the batch's own) and differentiated with `torch.autograd.grad` (create_graph
+# when grad mode is on), so every derivative of any order is torch's.
+def backward_needs_torch(dy: Tensor) -> bool:
+    """True when a backward must run in torch ops: create_graph=True (grad mode on inside the backward), a
+    functorch transform, or a gradient batched by the legacy vmap of `jacobian(vectorize=True)`/gradcheck."""
+    return (torch.is_grad_enabled() or torch._C._are_functorch_transforms_active()
+            or torch._C._functorch.is_legacy_batchedtensor(dy))
+
+
+def torch_transform(x: Tensor, mean: Optional[Tensor], var: Optional[Tensor], weight: Optional[Tensor],
+                    bias: Optional[Tensor], eps: float, batch_stats: bool, r: Optional[Tensor] = None,
+                    d: Optional[Tensor] = None, activation: str = "identity", activation_param: float = 0.0,
+                    residual: Optional[Tensor] = None) -> Tensor:
+    """act(((x - mean) / sqrt(var + eps) * r + d) * weight + bias [+ residual]) in differentiable torch ops; with
+    `batch_stats` mean and (biased) var are computed from x here, else the given per-channel constants are used."""
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    if batch_stats:
+        var_, mean_ = torch.var_mean(x, dim=[0] + list(range(2, x.dim())), correction=0, keepdim=True)
+    else:
+        mean_, var_ = mean.detach().to(x.dtype).view(shape), var.detach().to(x.dtype).view(shape)
+    z = (x - mean_) * torch.rsqrt(var_ + eps)
+    if r is not None:
+        z = z * r.detach().to(x.dtype).view(shape)
+    if d is not None:
+        z = z + d.detach().to(x.dtype).view(shape)
+    if weight is not None:
+        z = z * weight.view(shape)
+    if bias is not None:
+        z = z + bias.view(shape)
+    if residual is not None:
+        z = z + residual
+    return torch_activation(z, activation, activation_param)
+
+
+def differentiable_grads(dy: Tensor, inputs: tuple, needs: tuple, recompute) -> list:
+    """Gradients of `recompute(*inputs)` (torch ops) with upstream dy, as differentiable tensors (create_graph):
+    one entry per input, None where `needs` is False or the input is None."""
+    wanted = [i for i, (t, need) in enumerate(zip(inputs, needs)) if need and t is not None]
+    grads = [None] * len(inputs)
+    if not wanted:
+        return grads
+    create_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        y = recompute(*inputs)
+        found = torch.autograd.grad(y, [inputs[i] for i in wanted], dy, create_graph=create_graph,
+                                    allow_unused=True)
+    for i, g in zip(wanted, found):
+        grads[i] = torch.zeros_like(inputs[i]) if g is None else g
+    return grads
+
+
 def _stats_tensor(v: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64))
 
@@ -210,12 +329,25 @@ def _setup_normalize(ctx, inputs, output):
 
 def _backward_normalize(ctx, dy):
     x, mean, var, weight, r, d, bias = ctx.saved_tensors
+    if backward_needs_torch(dy):
+        return _backward_normalize_differentiable(ctx, dy, x, mean, var, weight, r, d, bias)
     need_dx = ctx.needs_input_grad[0]
     dx, dgamma, dbeta = torch.ops.batchnorm.normalize_backward(dy, x, mean, var, weight, ctx.eps,
                                                                ctx.batch_stats, need_dx, r, d, bias,
                                                                ctx.activation, ctx.activation_param)
     return ((dx if need_dx else None), None, None, (dgamma if ctx.has_weight else None),
             (dbeta if ctx.has_bias else None), None, None, None, None, None, None)
+
+
+def _backward_normalize_differentiable(ctx, dy, x, mean, var, weight, r, d, bias):
+    needs = ctx.needs_input_grad
+    dx, dweight, dbias = differentiable_grads(
+        dy, (x, weight, bias), (needs[0], needs[3] and ctx.has_weight, needs[4]),
+        lambda x_, w_, b_: torch_transform(x_, mean, var, w_, b_, ctx.eps, ctx.batch_stats, r, d, ctx.activation,
+                                           ctx.activation_param))
+    if ctx.has_bias and needs[4] and dbias is None:  # bias not saved (no activation): dbias = sum(dy)
+        dbias = dy.sum(dim=[0] + list(range(2, dy.dim())))
+    return dx, None, None, dweight, dbias, None, None, None, None, None, None
 
 
 _normalize.register_autograd(_backward_normalize, setup_context=_setup_normalize)
@@ -274,7 +406,7 @@ def _check_statistics_arguments(input: Tensor, running_mean: Optional[Tensor], r
 # the path for torch.compile (and every variant that builds on them).
 def _eager_eligible(input: Tensor, *per_channel: Optional[Tensor]) -> bool:
     """True when the fused eager path applies: not compiling/tracing, plain tensors, dense per-channel vectors."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active():
+    if torch.compiler.is_compiling():  # (tracing, functorch and the like never get here: `uses_own_kernels`)
         return False
     if torch.overrides.has_torch_function((input,) + per_channel) or input.dim() < 2:
         return False
@@ -301,8 +433,8 @@ class _EagerBatchNorm(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        if torch.is_grad_enabled():  # create_graph=True: gradients that refuse a second differentiation
-            return _eager_backward_once(ctx, dy)
+        if backward_needs_torch(dy):
+            return _eager_backward_differentiable(ctx, dy)
         return _eager_backward(ctx, dy)
 
 
@@ -316,10 +448,19 @@ def _eager_backward(ctx, dy):
     return dx, dweight, (dbias if need_dbias else None), None, None, None, None, None, None, None
 
 
-# Double backward is not supported: under create_graph=True the gradients come wrapped so that differentiating
-# them raises torch's "marked with @once_differentiable" error. (Only then: the wrapper's no_grad block costs
-# about 4 us per call, which matters for small inputs.)
-_eager_backward_once = torch.autograd.function.once_differentiable(_eager_backward)
+def _eager_backward_differentiable(ctx, dy):
+    """The backward of `_EagerBatchNorm` under create_graph=True: torch ops (`differentiable_grads`)."""
+    x, weight, bias = ctx.saved_tensors
+    mean, var, training, eps, activation, activation_param = ctx.stats
+    needs = ctx.needs_input_grad
+    mean_t, var_t = (None, None) if training else (torch.from_numpy(mean), torch.from_numpy(var))
+    dx, dweight, dbias = differentiable_grads(
+        dy, (x, weight, bias), needs[:3],
+        lambda x_, w_, b_: torch_transform(x_, mean_t, var_t, w_, b_, eps, training, None, None, activation,
+                                           activation_param))
+    if needs[2] and dbias is None:  # bias not saved (no activation): dbias = sum(dy)
+        dbias = dy.sum(dim=[0] + list(range(2, dy.dim())))
+    return dx, dweight, dbias, None, None, None, None, None, None, None
 
 
 # Function.apply without its functorch bookkeeping (`_eager_eligible` has ruled functorch transforms out).
@@ -403,9 +544,11 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     if not uses_own_kernels(input):
         y = torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
         return torch_activation(y, activation, activation_param)
+    check_running_not_differentiable(running_mean, running_var)
     if _eager_eligible(input, weight, bias, running_mean, running_var):
         return _eager_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps,
                                  activation, activation_param)
+    check_per_channel_sizes(input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     mean, var = _statistics(input, running_mean, running_var, training, momentum, eps)
     if activation == "identity":
         return torch.ops.batchnorm.normalize(input, mean, var, weight, bias, eps, training)
@@ -486,6 +629,13 @@ def _setup_add_act(ctx, inputs, output):
 
 def _backward_add_act(ctx, dy):
     x, residual, mean, var, weight, bias = ctx.saved_tensors
+    if backward_needs_torch(dy):
+        needs = ctx.needs_input_grad
+        dx, dresidual, dweight, dbias = differentiable_grads(
+            dy, (x, residual, weight, bias), (needs[0], needs[1], needs[4], needs[5]),
+            lambda x_, res_, w_, b_: torch_transform(x_, mean, var, w_, b_, ctx.eps, ctx.batch_stats, None, None,
+                                                     ctx.activation, ctx.activation_param, res_))
+        return dx, dresidual, None, None, dweight, dbias, None, None, None, None
     need_dx = ctx.needs_input_grad[0]
     dx, dresidual, dgamma, dbeta = torch.ops.batchnorm.normalize_add_act_backward(
         dy, x, residual, mean, var, weight, bias, ctx.eps, ctx.batch_stats, need_dx, ctx.activation,
@@ -513,6 +663,8 @@ def batch_norm_add_act(input: Tensor, residual: Tensor, running_mean: Optional[T
     if not (uses_own_kernels(input) and residual.dtype == input.dtype and residual.device == input.device):
         y = torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
         return torch_activation(y + residual, activation, activation_param)
+    check_running_not_differentiable(running_mean, running_var, "batch_norm_add_act")
+    check_per_channel_sizes(input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     mean, var = _statistics(input, running_mean, running_var, training, momentum, eps)
     return torch.ops.batchnorm.normalize_add_act(input, residual, mean, var, weight, bias, eps, training,
                                                  activation, float(activation_param))
@@ -555,7 +707,8 @@ class _InPlaceABN(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps, activation,
-                activation_param, min_abs_weight):
+                activation_param, min_abs_weight, owner):
+        ctx.owner = owner
         channels = x.shape[1]
         gamma = effective_weight(weight, channels, min_abs_weight)
         gamma_x = gamma.astype(kernels.numpy_dtype(x))  # the kernels read per-channel values in x's dtype
@@ -578,6 +731,11 @@ class _InPlaceABN(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                f"{ctx.owner} cannot be differentiated twice (backward with create_graph=True): its input was "
+                f"overwritten, so the graph of its gradient cannot be built. Use the out-of-place BatchNormAct layer "
+                f"with the same activation (same parameters and state_dict) for double backward")
         (y,) = ctx.saved_tensors
         gamma, beta, inv_std = ctx.gamma, ctx.beta, ctx.inv_std
         sum_g, sum_g_zc = fused.grad_sums_from_output(dy, y, beta, ctx.activation, ctx.activation_param)
@@ -592,7 +750,7 @@ class _InPlaceABN(torch.autograd.Function):
         dtype = y.dtype
         dweight = torch.from_numpy(dgamma).to(dtype) if ctx.has_weight else None
         dbias = torch.from_numpy(sum_g).to(dtype) if ctx.has_bias else None
-        return dx, dweight, dbias, None, None, None, None, None, None, None, None
+        return dx, dweight, dbias, None, None, None, None, None, None, None, None, None
 
 
 def inplace_abn(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
@@ -628,6 +786,8 @@ def inplace_abn(input: Tensor, running_mean: Optional[Tensor], running_var: Opti
         check_overwritable(input, owner)
     elif not (input.is_contiguous() or kernels.is_channels_last(input)):
         check_overwritable(input, owner)
+    check_running_not_differentiable(running_mean, running_var, owner)
+    check_per_channel_sizes(input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     _check_statistics_arguments(input, running_mean, running_var, training, eps)
     return _InPlaceABN.apply(input, weight, bias, running_mean, running_var, training, momentum, eps, activation,
-                             float(activation_param), float(min_abs_weight))
+                             float(activation_param), float(min_abs_weight), owner)

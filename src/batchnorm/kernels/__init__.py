@@ -105,6 +105,9 @@ def empty_output_like(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x, memory_format=_memory_format(x))
 
 
+_CHANNELS_FIRST = {4: (0, 3, 1, 2), 5: (0, 4, 1, 2, 3)}  # (N, *spatial, C) memory seen as (N, C, *spatial)
+
+
 def _new_like(x: torch.Tensor, rows: bool, pooled: bool = False) -> tuple[torch.Tensor, np.ndarray | None]:
     """(a new tensor with x's shape, dtype and layout, its NumPy view in the kernels' layout) for a dense x,
     allocated by NumPy, or taken from `pool` when `pooled` and the pool takes it. NumPy asks the kernel for
@@ -121,8 +124,10 @@ def _new_like(x: torch.Tensor, rows: bool, pooled: bool = False) -> tuple[torch.
     memory = np.empty(shape, _NUMPY_DTYPE[x.dtype]) if flat is None else flat.reshape(shape)
     if not rows:
         return torch.from_numpy(memory), memory.reshape(n, c, space)
-    tensor = torch.from_numpy(memory)
-    return (tensor.movedim(-1, 1) if x.dim() > 2 else tensor), memory.reshape(n * space, c)
+    # a tensor over the transposed array (not a `movedim` view of one): autograd lets in-place ops such as
+    # ReLU(inplace=True) or a residual `+=` modify it, as they modify torch's own channels_last outputs
+    layout = memory.transpose(_CHANNELS_FIRST[x.dim()]) if x.dim() > 2 else memory
+    return torch.from_numpy(layout), memory.reshape(n * space, c)
 
 
 def new_output_like(x: torch.Tensor) -> torch.Tensor:

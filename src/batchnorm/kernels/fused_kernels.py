@@ -20,21 +20,24 @@ from numba import prange
 from .activations import act, act_grad, act_inverse, linear_act
 from .activations import slope as _slope
 from .config import NJIT_SERIAL
-from .numba_kernels import _compile, _sample_block, _sum_blocks
+from .numba_kernels import _compile, _sample_block, _sum_blocks, center_remainder
 
 
 @numba.njit(inline="always", **NJIT_SERIAL)
 def _split(center, sample):
     """center (float64) as hi + lo in the dtype of `sample`: (x - hi) - lo keeps x - center's digits in float32."""
     hi = sample.dtype.type(center)
-    return hi, sample.dtype.type(center - np.float64(hi))
+    return hi, sample.dtype.type(center_remainder(np.float64(center), np.float64(hi)))
 
 
 @numba.njit(inline="always", **NJIT_SERIAL)
 def _split_rows(center, sample):
     """Per-channel hi, lo arrays of `_split` for the rows kernels."""
     hi = center.astype(sample.dtype)
-    return hi, (center - hi.astype(np.float64)).astype(sample.dtype)
+    lo = np.empty_like(hi)
+    for c in range(hi.shape[0]):
+        lo[c] = center_remainder(center[c], np.float64(hi[c]))
+    return hi, lo
 
 
 # ----------------------------------------------------------------------------------------- channels-first

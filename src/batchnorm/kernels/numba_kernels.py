@@ -93,6 +93,15 @@ def _affine_value(v, center_hi, center_lo, scale, shift):
     return ((v - center_hi) - center_lo) * scale + shift
 
 
+@numba.njit(**NJIT_INLINE)
+def center_remainder(center, hi):
+    """center - hi, the low part of a center split as hi + lo (float64 in, float64 out); 0 when hi is infinite,
+    so that (x - hi) - lo gives x - inf = -inf as torch does, not inf - inf = NaN."""
+    if np.isinf(hi):
+        return 0.0
+    return center - hi
+
+
 @numba.njit(**NJIT_ELEMENTWISE)
 def _centered(v, center_hi, center_lo):
     """x - center, from the hi/lo split."""
@@ -325,9 +334,13 @@ def _grad_input_rows_range(dy, x, dx, start, stop, hi, lo, k, t, k_dy, k_x, k_0,
 
 @numba.njit(**NJIT_INLINE)
 def _split_center(center, dtype_sample):
-    """Per-channel (hi, lo) arrays in the dtype of `dtype_sample`: hi = center rounded, lo = the remainder."""
+    """Per-channel (hi, lo) arrays in the dtype of `dtype_sample`: hi = center rounded, lo = the remainder
+    (0 for an infinite center, so x - inf gives -inf as in torch, not inf - inf = NaN)."""
     hi = center.astype(dtype_sample.dtype)
-    return hi, (center - hi.astype(np.float64)).astype(dtype_sample.dtype)
+    lo = np.empty_like(hi)
+    for c in range(hi.shape[0]):
+        lo[c] = center_remainder(center[c], np.float64(hi[c]))
+    return hi, lo
 
 
 # ----------------------------------------------------------------------------------------- channels-first
@@ -430,7 +443,7 @@ def _normalize_cf(n_blocks, x, mean, var, weight, bias, eps, code, param, y):
     offset = np.empty(n_chan, x.dtype)
     for c in range(n_chan):
         hi[c] = mean[c]
-        lo[c] = np.float64(mean[c]) - np.float64(hi[c])
+        lo[c] = center_remainder(np.float64(mean[c]), np.float64(hi[c]))
         scale[c] = _scale_value(w64[c], np.float64(var[c]), eps)
         offset[c] = b64[c]
     for i in prange(n_batch * n_blocks):  # (sample, block of channels) pairs
@@ -661,7 +674,7 @@ def _normalize_rows(n_blocks, x, mean, var, weight, bias, eps, code, param, y):
     offset = np.empty(n_chan, x.dtype)
     for c in range(n_chan):
         hi[c] = mean[c]
-        lo[c] = np.float64(mean[c]) - np.float64(hi[c])
+        lo[c] = center_remainder(np.float64(mean[c]), np.float64(hi[c]))
         scale[c] = _scale_value(w64[c], np.float64(var[c]), eps)
         offset[c] = b64[c]
     for blk in prange(n_blocks):

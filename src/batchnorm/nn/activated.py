@@ -71,6 +71,8 @@ class _AddActMixin(_ActivationMixin):
     """forward(x, residual) = act(BN(x) + residual), fused unless a statistics variant is in use."""
 
     def forward(self, input: Tensor, residual: Tensor) -> Tensor:
+        if isinstance(input, torch.fx.Proxy):
+            return self._traced_forward(input, residual)
         self._check_input_dim(input)
         if self._variant_in_use():
             normalized = self._forward_identity(input)
@@ -103,6 +105,8 @@ class _InPlaceMixin(_ActivationMixin):
         self.min_abs_weight = float(min_abs_weight)
 
     def forward(self, input: Tensor) -> Tensor:
+        if isinstance(input, torch.fx.Proxy):
+            return self._traced_forward(input)
         self._check_input_dim(input)
         if self._variant_in_use():
             return self._forward(input, None)

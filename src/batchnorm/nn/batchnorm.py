@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Optional
 
 import torch
@@ -9,7 +11,47 @@ from torch import Tensor
 
 from .. import functional
 
-__all__ = ["BatchNormMixin", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+__all__ = ["BatchNormMixin", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "check_eps_momentum", "check_input_dtype",
+           "traced_as_leaf"]
+
+
+def check_eps_momentum(where: str, eps, momentum, momentum_allowed: bool = True) -> None:
+    """Raise ValueError for an eps that is not a finite number > 0, or a momentum outside [0, 1] (None allowed:
+    the cumulative average). torch accepts both silently and then normalizes with NaN or drifting statistics."""
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (0.0 < eps < math.inf):
+        raise ValueError(f"{where} eps must be a finite number > 0 (it is added to the variance inside the square "
+                         f"root), got eps={eps!r}: use eps=1e-5 (torch's default)")
+    if not momentum_allowed or momentum is None:
+        return
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not (0.0 <= momentum <= 1.0):
+        raise ValueError(f"{where} momentum must be a number in [0, 1] (the weight of the new batch in the running "
+                         f"average) or None (cumulative average), got momentum={momentum!r}: use momentum=0.1 "
+                         f"(torch's default); a Keras/Flax decay of 0.99 is momentum=0.01")
+
+
+def check_input_dtype(where: str, input: Tensor) -> None:
+    """Raise UnsupportedDtypeError (a TypeError, and torch's NotImplementedError) for an integer, bool or complex
+    input."""
+    if not input.dtype.is_floating_point:
+        raise functional.UnsupportedDtypeError(
+            f"{where} expected a floating-point input (float32 or float64 on this package's kernels; float16 and "
+            f"bfloat16 on torch's), got dtype {input.dtype}: convert it with input.float()")
+
+
+def traced_as_leaf(module: torch.nn.Module, args: tuple):
+    """Under `torch.fx` symbolic tracing (args[0] a Proxy): the Proxy of a `call_module` node for this layer, as
+    torch's own BatchNorm modules appear in a traced graph (leaves); the GraphModule then calls this layer, so it
+    keeps running on this package's kernels. None when not tracing, or when the layer is the traced root itself
+    (its forward is then traced through torch's math)."""
+    proxy = args[0]
+    if not isinstance(proxy, torch.fx.Proxy):
+        return None
+    tracer = proxy.tracer
+    if getattr(tracer, "root", None) is module:
+        return None
+    while args and args[-1] is None:  # optional trailing arguments left at their default
+        args = args[:-1]
+    return tracer.create_proxy("call_module", tracer.path_of_module(module), args, {})
 
 
 class BatchNormMixin:
@@ -41,6 +83,7 @@ class BatchNormMixin:
                  **kwargs) -> None:
         if not bias:  # torch's keyword, passed only when used (older torch versions lack it)
             kwargs["bias"] = bias
+        check_eps_momentum(type(self).__name__, eps, momentum)
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, **kwargs)
         from .variants import check_variant_options
 
@@ -58,14 +101,18 @@ class BatchNormMixin:
         return text
 
     def _check_input_dim(self, input: Tensor) -> None:
+        if isinstance(input, torch.fx.Proxy):  # symbolic tracing of torch's forward (the layer is the root)
+            return
         name = type(self).__name__
         if input.dim() not in self._input_shapes:
             expected = " or ".join(self._input_shapes.values())
             raise ValueError(f"{name} expected input of shape {expected}, got a {input.dim()}-D input of shape "
                              f"{tuple(input.shape)}")
+        if not input.dtype.is_floating_point:
+            check_input_dtype(name, input)
         if input.shape[1] != self.num_features:
             shape = self._input_shapes[input.dim()].replace("C", f"C={self.num_features}", 1)
-            raise ValueError(f"{name} expected input of shape {shape}, got {tuple(input.shape)}: num_features="
+            raise functional.ArgumentShapeError(f"{name} expected input of shape {shape}, got {tuple(input.shape)}: num_features="
                              f"{self.num_features} does not match the channel dimension {input.shape[1]}; "
                              f"use {name}({input.shape[1]}) or check the layer before it")
 
@@ -96,6 +143,8 @@ class BatchNormMixin:
         return self._forward(input, None)
 
     def _forward(self, input: Tensor, mask) -> Tensor:
+        if isinstance(input, torch.fx.Proxy):
+            return self._traced_forward(input, mask)
         self._check_input_dim(input)
         if mask is not None or self._variant_in_use():
             from .variants import batch_norm_forward
@@ -109,6 +158,29 @@ class BatchNormMixin:
     def _activation_kwargs(self) -> dict:
         """Keyword arguments naming the activation fused into the transform (none for plain batch norm)."""
         return {}
+
+    def _traced_forward(self, input, *extra):
+        """The forward under torch.fx symbolic tracing: a leaf `call_module` node, or (the layer traced as the
+        root) torch's own BatchNorm forward followed by the activation, traced op by op."""
+        leaf = traced_as_leaf(self, (input,) + extra)
+        if leaf is not None:
+            return leaf
+        if any(t is not None for t in extra) or self._variant_in_use():
+            raise TypeError(f"torch.fx cannot trace {type(self).__name__} itself as the root module with a mask or a "
+                            f"statistics variant keyword (its training statistics depend on the data): trace a "
+                            f"model that contains it (it becomes a leaf call_module node), or use torch.compile")
+        y = torch.nn.modules.batchnorm._BatchNorm.forward(self, input)
+        kwargs = self._activation_kwargs()
+        if kwargs:
+            y = functional.torch_activation(y, kwargs["activation"], kwargs["activation_param"])
+        return y
+
+    def __prepare_scriptable__(self):
+        """`torch.jit.script` compiles an equivalent torch module over the same parameters and buffers (no copy):
+        torch's BatchNorm, or a scriptable BatchNorm + activation for the fused-activation layers."""
+        from .scripting import scriptable_equivalent
+
+        return scriptable_equivalent(self)
 
 
 class BatchNorm1d(BatchNormMixin, torch.nn.BatchNorm1d):
@@ -277,3 +349,22 @@ class BatchNorm3d(BatchNormMixin, torch.nn.BatchNorm3d):
     """
 
     _input_shapes = {5: "(N, C, D, H, W)"}
+
+
+def _register_with_torch_fuser() -> None:
+    """Make `torch.ao.quantization.fuse_modules` fuse (Conv, BN[, ReLU]) and (Linear, BN) with our BatchNorm as it
+    does with torch's: the same fuser methods, keyed by our classes (in eval mode they fold the statistics into
+    the convolution through `fuse_conv_bn_eval`). (BN, ReLU) pairs are left out: torch's fused BNReLU modules
+    accept only torch's own BatchNorm class; QAT fusion in training mode refuses our class the same way."""
+    try:
+        from torch.ao.quantization import fuser_method_mappings as mappings
+        table = mappings._DEFAULT_OP_LIST_TO_FUSER_METHOD
+    except (ImportError, AttributeError):  # a torch without the quantization fuser: nothing to register
+        return
+    ours = {torch.nn.BatchNorm1d: BatchNorm1d, torch.nn.BatchNorm2d: BatchNorm2d, torch.nn.BatchNorm3d: BatchNorm3d}
+    for key, method in list(table.items()):
+        if len(key) >= 2 and key[0] not in ours and key[1] in ours:
+            table.setdefault((key[0], ours[key[1]]) + key[2:], method)
+
+
+_register_with_torch_fuser()

@@ -27,6 +27,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .. import functional
+from .batchnorm import check_eps_momentum
 
 __all__ = ["BNLSTM", "LNLSTM", "StepwiseBatchNorm"]
 
@@ -88,6 +89,7 @@ class StepwiseBatchNorm(torch.nn.Module):
     def __init__(self, num_features: int, max_length: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
                  gamma_init: float = 0.1, shift: bool = True, device=None, dtype=None) -> None:
         super().__init__()
+        check_eps_momentum(type(self).__name__, eps, momentum)
         factory = {"device": device, "dtype": dtype}
         self.num_features, self.max_length, self.eps, self.momentum = num_features, max_length, eps, momentum
         self.gamma_init = gamma_init

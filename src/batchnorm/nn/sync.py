@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .. import distributed, functional, kernels
-from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormMixin
+from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormMixin, check_input_dtype
 
 __all__ = ["SyncBatchNorm", "convert_sync_batchnorm"]
 
@@ -132,6 +132,11 @@ class _SyncBatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "SyncBatchNorm cannot be differentiated twice (backward with create_graph=True): its gradient "
+                "reduces sums across processes outside autograd. For double backward on one process use "
+                "batchnorm.nn.BatchNorm1d/2d/3d (the same state_dict), whose gradients are differentiable")
         x, weight, mean, inv_std = ctx.saved_tensors
         own_kernels = ctx.own_kernels
         if dy is None:
@@ -220,12 +225,16 @@ class SyncBatchNorm(BatchNormMixin, _BatchNorm):
         self.process_group = process_group
 
     def _check_input_dim(self, input: Tensor) -> None:
+        if isinstance(input, torch.fx.Proxy):
+            return
         name = type(self).__name__
         if input.dim() < 2:
             raise ValueError(f"{name} expected input of shape (N, C, *) with at least 2 dimensions, got a "
                              f"{input.dim()}-D input of shape {tuple(input.shape)}")
+        if not input.dtype.is_floating_point:
+            check_input_dtype(name, input)
         if input.shape[1] != self.num_features:
-            raise ValueError(f"{name} expected input of shape (N, C={self.num_features}, *), got "
+            raise functional.ArgumentShapeError(f"{name} expected input of shape (N, C={self.num_features}, *), got "
                              f"{tuple(input.shape)}: num_features={self.num_features} does not match the channel "
                              f"dimension {input.shape[1]}; use {name}({input.shape[1]}) or check the layer "
                              f"before it")
@@ -235,7 +244,7 @@ class SyncBatchNorm(BatchNormMixin, _BatchNorm):
         return self.training and not self.freeze_stats and distributed.is_active(self.process_group)
 
     def forward(self, input: Tensor) -> Tensor:
-        if not self._syncs():
+        if isinstance(input, torch.fx.Proxy) or not self._syncs():
             return super().forward(input)
         self._check_input_dim(input)
         if self.eps <= 0.0:

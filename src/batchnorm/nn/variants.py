@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .. import functional
-from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormMixin
+from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormMixin, check_eps_momentum, traced_as_leaf
 
 __all__ = [
     "BatchRenorm1d",
@@ -369,6 +369,12 @@ class _BatchRenorm(BatchNormMixin):
         return r, d
 
     def forward(self, input: Tensor) -> Tensor:
+        if isinstance(input, torch.fx.Proxy):
+            if self.training and not self.freeze_stats and getattr(input.tracer, "root", None) is self:
+                raise TypeError(f"torch.fx cannot trace {type(self).__name__} itself as the root module in "
+                                f"training (its corrections depend on the data): trace a model that contains it (it "
+                                f"becomes a leaf call_module node), or use torch.compile")
+            return self._traced_forward(input)
         self._check_input_dim(input)
         if not self.training or self.freeze_stats:
             return _running_forward(self, input)
@@ -564,9 +570,7 @@ class _FrozenBatchNorm(torch.nn.Module):
         super().__init__()
         name = type(self).__name__
         num_features = _check_integer(num_features, "num_features", name, 1, "pass the number of channels C")
-        if not isinstance(eps, numbers.Real) or not eps >= 0.0:
-            raise ValueError(f"{name} eps must be a number >= 0, got eps={eps!r}: use the eps of the layer whose "
-                             f"statistics are loaded (torch's default 1e-5)")
+        check_eps_momentum(name, eps, None)
         if affine_trainable and not affine:
             raise ValueError(f"{name} affine_trainable=True needs affine=True (there is no gamma or beta to train), "
                              f"got affine=False: pass affine=True or affine_trainable=False")
@@ -621,6 +625,12 @@ class _FrozenBatchNorm(torch.nn.Module):
                 f"affine_trainable={self.affine_trainable}")
 
     def forward(self, input: Tensor) -> Tensor:
+        if isinstance(input, torch.fx.Proxy):
+            leaf = traced_as_leaf(self, (input,))
+            if leaf is not None:
+                return leaf
+            return torch.nn.functional.batch_norm(input, self.running_mean, self.running_var, self.weight,
+                                                  self.bias, False, 0.0, self.eps)
         BatchNormMixin._check_input_dim(self, input)
         return functional.batch_norm(input, self.running_mean, self.running_var, self.weight, self.bias, False,
                                      0.0, self.eps)

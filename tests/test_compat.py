@@ -1,0 +1,81 @@
+"""Compatibility suite: every case of `compat_cases.CASES` on torch's layers (the control) and on ours.
+
+Ours must give torch's outcome: values within the drop-in tolerance, or an exception that is an instance of the
+type torch raised. Cases without a control assert their documented outcome. The generated docs page must match
+the case list.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import batchnorm.nn as bnn
+from cases import relative_error
+from compat_cases import CASES, render_markdown
+
+DROP_IN_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10, torch.bfloat16: 2e-2}
+
+
+def _outcome(probe, nn, seed: int):
+    torch.manual_seed(seed)
+    try:
+        return probe(nn), None
+    except Exception as error:  # the outcome under test
+        return None, error
+
+
+def _flatten(value):
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for key in sorted(value) for t in _flatten(value[key])]
+    if isinstance(value, (tuple, list)):
+        return [t for item in value for t in _flatten(item)]
+    return [torch.tensor(float(value))]
+
+
+def _assert_close(ours, theirs, name: str) -> None:
+    ours, theirs = _flatten(ours), _flatten(theirs)
+    assert len(ours) == len(theirs), f"{name}: {len(ours)} results vs torch's {len(theirs)}"
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        a, b = a.detach(), b.detach()
+        assert a.shape == b.shape, f"{name} result {i}: shape {tuple(a.shape)} vs torch's {tuple(b.shape)}"
+        finite = torch.isfinite(b)
+        assert torch.equal(finite, torch.isfinite(a)), f"{name} result {i}: non-finite positions differ"
+        assert torch.equal(a[~finite].nan_to_num(), b[~finite].nan_to_num()), f"{name} result {i}: inf/NaN differ"
+        tolerance = DROP_IN_TOLERANCE.get(b.dtype, 1e-4) if b.is_floating_point() else 0.0
+        error = relative_error(a[finite], b[finite]) if finite.any() else 0.0
+        assert error <= tolerance, f"{name} result {i}: relative error {error:.3g} > {tolerance}"
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.control], ids=str)
+def test_same_outcome_as_torch(case):
+    theirs, their_error = _outcome(case.probe, torch.nn, 0)
+    ours, our_error = _outcome(case.probe, bnn, 0)
+    if their_error is not None:
+        assert our_error is not None, f"{case.name}: torch raises {their_error!r}, ours returned a result"
+        assert isinstance(our_error, type(their_error)), (
+            f"{case.name}: torch raises {type(their_error).__name__}, ours {type(our_error).__name__}: {our_error}")
+        return
+    assert our_error is None, f"{case.name}: torch succeeds, ours raises {our_error!r}"
+    _assert_close(ours, theirs, case.name)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if not c.control], ids=str)
+def test_own_outcome(case):
+    result, error = _outcome(case.probe, bnn, 0)
+    if case.expect == "passes":
+        assert error is None, f"{case.name}: {error!r}"
+        return
+    expected = {"RuntimeError": RuntimeError, "ValueError": ValueError}[case.expect]
+    assert isinstance(error, expected), f"{case.name}: expected {case.expect}, got {error!r}"
+    assert str(error), f"{case.name}: the error needs a message"
+
+def test_docs_page_matches_cases():
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "compatibility.md")
+    with open(path) as f:
+        assert f.read() == render_markdown(), ("docs/compatibility.md is stale: regenerate it with "
+                                               "`python tests/compat_cases.py > docs/compatibility.md`")
