@@ -79,3 +79,17 @@ def test_docs_page_matches_cases():
     with open(path) as f:
         assert f.read() == render_markdown(), ("docs/compatibility.md is stale: regenerate it with "
                                                "`python tests/compat_cases.py > docs/compatibility.md`")
+
+
+def test_scripted_layer_checks_rank():
+    scripted = torch.jit.script(bnn.BatchNormAct2d(3))
+    with pytest.raises(torch.jit.Error, match="expected a 4-D to 4-D input, got 3-D"):
+        scripted(torch.randn(4, 3, 5))
+
+
+def test_scripting_shares_parameters_and_buffers():
+    layer = bnn.BatchNormAct1d(3, activation="silu")
+    scripted = torch.jit.script(layer)
+    scripted(torch.randn(8, 3, 2)).sum().backward()
+    assert layer.weight.grad is not None and int(layer.num_batches_tracked) == 1
+    assert list(scripted.state_dict()) == list(layer.state_dict())

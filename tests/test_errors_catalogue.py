@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from batchnorm.functional import ArgumentShapeError, BatchNormArgumentError, UnsupportedDtypeError
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "src" / "batchnorm"
 DOC = ROOT / "docs" / "errors.md"
@@ -55,8 +57,24 @@ CATALOGUE = [
     # ------------------------------------------------------------------------------ BatchNorm1d/2d/3d
     E("BatchNorm2d.forward", "bnn.BatchNorm2d(3)(torch.randn(4, 3, 5))", ValueError,
       ("BatchNorm2d", "(N, C, H, W)", "3-D input", "(4, 3, 5)")),
-    E("BatchNorm2d.forward", "bnn.BatchNorm2d(64)(x)", ValueError,
+    E("BatchNorm2d.forward", "bnn.BatchNorm2d(64)(x)", ArgumentShapeError,
       ("num_features=64", "C=64", "(4, 3, 5, 5)", "channel dimension 3")),
+    E("BatchNorm2d.forward", "bnn.BatchNorm2d(3)(torch.ones(4, 3, 5, 5, dtype=torch.int64))", UnsupportedDtypeError,
+      ("floating-point", "float32", "dtype torch.int64")),
+    E("BatchNorm2d(eps=)", "bnn.BatchNorm2d(3, eps=float('nan'))", ValueError,
+      ("eps", "finite number > 0", "eps=nan")),
+    E("BatchNorm2d(momentum=)", "bnn.BatchNorm2d(3, momentum=1.5)", ValueError,
+      ("momentum", "[0, 1]", "momentum=1.5")),
+    E("F.batch_norm", "F.batch_norm(x, torch.zeros(2), torch.ones(3))", ArgumentShapeError,
+      ("running_mean", "3 elements", "not 2")),
+    E("F.batch_norm", "F.batch_norm(x, torch.zeros(3, requires_grad=True), torch.ones(3))", BatchNormArgumentError,
+      ("running_mean", "requires_grad=True", "not differentiable")),
+    E("torch.jit.script(BatchNorm2d)", "torch.jit.script(bnn.BatchNorm2d(3, virtual_batch_size=2))", TypeError,
+      ("torch.jit.script", "BatchNorm2d with virtual_batch_size=2", "torch.jit.trace")),
+    E("torch.fx.symbolic_trace(BatchNorm2d)", "torch.fx.symbolic_trace(bnn.BatchNorm2d(3, freeze_stats=True))",
+      TypeError, ("torch.fx", "BatchNorm2d itself as the root module", "call_module")),
+    E("torch.fx.symbolic_trace(BatchRenorm2d)", "torch.fx.symbolic_trace(bnn.BatchRenorm2d(3))", TypeError,
+      ("torch.fx", "BatchRenorm2d itself as the root module", "call_module")),
     E("BatchNorm1d(virtual_batch_size=)", "bnn.BatchNorm1d(3, virtual_batch_size=1)", ValueError,
       ("virtual_batch_size", ">= 2", "virtual_batch_size=1")),
     E("BatchNorm1d(virtual_batch_size=)", "bnn.BatchNorm1d(3, virtual_batch_size=2.5)", TypeError,
@@ -82,7 +100,8 @@ CATALOGUE = [
     E("BatchNorm2d(freeze_stats=True).forward",
       "bn = bnn.BatchNorm2d(3, freeze_stats=True); bn.running_mean = None\nbn(x)", ValueError,
       ("freeze_stats=True", "running_mean and running_var", "None")),
-    E("BatchNorm2d(virtual_batch_size=).forward", "bnn.BatchNorm2d(3, eps=0.0, virtual_batch_size=2)(x)",
+    E("BatchNorm2d(virtual_batch_size=).forward",
+      "layer = bnn.BatchNorm2d(3, virtual_batch_size=2)\nlayer.eps = 0.0   # set after construction\nlayer(x)",
       ValueError, ("eps", "positive", "eps=0.0")),
     # ---------------------------------------------------------------------------- functional
     E("functional.batch_norm", "F.batch_norm(torch.randn(5), None, None, training=True)", ValueError,
@@ -118,8 +137,10 @@ CATALOGUE = [
     E("BatchRenorm2d(dmax=)", "bnn.BatchRenorm2d(3, dmax=-1.0)", ValueError, ("dmax", ">= 0", "dmax=-1.0")),
     E("BatchRenorm2d(rmax_steps=)", "bnn.BatchRenorm2d(3, warmup_steps=100, rmax_steps=50)", ValueError,
       ("rmax_steps", ">= warmup_steps=100", "rmax_steps=50")),
-    E("BatchRenorm2d.forward", "bnn.BatchRenorm2d(3, eps=0.0)(x)", ValueError, ("eps", "positive", "eps=0.0")),
-    E("FrozenBatchNorm2d(eps=)", "bnn.FrozenBatchNorm2d(3, eps=-1e-5)", ValueError, ("eps", ">= 0", "eps=-1e-05")),
+    E("BatchRenorm2d.forward", "layer = bnn.BatchRenorm2d(3)\nlayer.eps = 0.0   # set after construction\nlayer(x)",
+      ValueError, ("eps", "positive", "eps=0.0")),
+    E("FrozenBatchNorm2d(eps=)", "bnn.FrozenBatchNorm2d(3, eps=-1e-5)", ValueError,
+      ("eps", "finite number > 0", "eps=-1e-05")),
     E("FrozenBatchNorm2d(affine_trainable=)", "bnn.FrozenBatchNorm2d(3, affine=False, affine_trainable=True)",
       ValueError, ("affine_trainable=True", "affine=True", "affine=False")),
     E("FrozenBatchNorm2d.from_batchnorm",
@@ -128,11 +149,12 @@ CATALOGUE = [
     # --------------------------------------------------------------------------------- SyncBatchNorm
     E("SyncBatchNorm.forward", "bnn.SyncBatchNorm(3)(torch.randn(5))", ValueError,
       ("(N, C, *)", "at least 2 dimensions", "(5,)")),
-    E("SyncBatchNorm.forward", "bnn.SyncBatchNorm(8)(x)", ValueError,
+    E("SyncBatchNorm.forward", "bnn.SyncBatchNorm(8)(x)", ArgumentShapeError,
       ("num_features=8", "C=8", "(4, 3, 5, 5)", "channel dimension 3")),
     E("SyncBatchNorm.forward (distributed)",
       "distributed.is_active = lambda group=None: True   # as if 2 ranks were running\n"
-      "bnn.SyncBatchNorm(3, eps=0.0)(x)", ValueError, ("eps", "positive during training", "eps=0.0")),
+      "layer = bnn.SyncBatchNorm(3)\nlayer.eps = 0.0   # set after construction\nlayer(x)", ValueError,
+      ("eps", "positive during training", "eps=0.0")),
     E("convert_sync_batchnorm", "bnn.convert_sync_batchnorm({'bn': nn.BatchNorm2d(3)})", TypeError,
       ("torch.nn.Module", "dict")),
     E("distributed.merge_moments", "distributed.merge_moments(8, torch.zeros(3), torch.zeros(3))", TypeError,
@@ -225,6 +247,8 @@ CATALOGUE = [
 NOT_TRIGGERED_HERE = {
     ("nn/sync.py", "expected more than 1 value per channel across the process group"):
         "needs >= 2 ranks holding one value per channel in total; tests/test_sync.py runs real gloo ranks",
+    ("nn/scripting.py", "expected a {self.min_dim}-D"):
+        "raised inside TorchScript (as torch.jit.Error): tests/test_compat.py::test_scripted_layer_checks_rank",
     ("distributed.py", "expected the same num_features on every rank"):
         "needs ranks with different channel counts: tests/test_faults.py::test_a_rank_with_a_different_channel_count",
     ("tools/recalibrate.py", "every rank must pass the same number of batches"):
