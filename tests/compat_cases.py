@@ -669,8 +669,29 @@ def render_markdown(cases=CASES) -> str:
     for case in cases:
         control = "yes" if case.control else f"no ({case.expect})"
         lines.append(f"| `{case.name}` | {case.what} | {case.path} | {control} | {case.note} |")
-    lines.append("")
+    lines += ["", "## Not supported, and why", ""] + [f"- {item}" for item in LIMITATIONS] + [""]
     return "\n".join(lines)
+
+
+LIMITATIONS = [
+    "Growing an output with `resize_` (or an `out=` that needs a resize): outputs live in NumPy-allocated memory, "
+    "which torch marks non-resizable. `y.clone()` gives a resizable copy.",
+    "Double backward through InPlaceABN (its input is overwritten) and through SyncBatchNorm across processes "
+    "(its gradient reduces sums outside autograd): both raise a RuntimeError naming the layer to use instead "
+    "(BatchNormAct, BatchNorm). Every other layer's create_graph backward is torch ops and exact.",
+    "`torch.jit.script` compiles BatchNorm1d/2d/3d and BatchNormAct1d/2d/3d (as torch modules over the same "
+    "tensors); variant keywords and the other layers raise a TypeError pointing to `torch.jit.trace`, "
+    "`torch.export` or `torch.compile`, which work for every layer.",
+    "`torch.fx.symbolic_trace` of a model keeps our layers as leaf `call_module` nodes, like torch's; tracing a "
+    "layer itself as the root works for the plain and fused-activation layers, and raises a TypeError for a "
+    "layer with a data-dependent training path (variant keywords, BatchRenorm in training).",
+    "`fuse_modules` fuses (Conv, BN[, ReLU]) and (Linear, BN) in eval mode; QAT fusion in training mode and "
+    "(BN, ReLU) pairs build torch's intrinsic modules, which accept only torch's BatchNorm class.",
+    "Masked BatchNorm1d (`forward(x, mask)`) under FakeTensorMode or on the meta device: the valid positions are "
+    "selected by boolean indexing, a data-dependent shape.",
+    "Stricter than torch: constructors refuse eps <= 0, non-finite eps and momentum outside [0, 1] "
+    "(ValueError), where torch accepts them and then normalizes with NaN or drifting statistics.",
+]
 
 
 if __name__ == "__main__":

@@ -93,3 +93,41 @@ def test_scripting_shares_parameters_and_buffers():
     scripted(torch.randn(8, 3, 2)).sum().backward()
     assert layer.weight.grad is not None and int(layer.num_batches_tracked) == 1
     assert list(scripted.state_dict()) == list(layer.state_dict())
+
+
+# (masked BatchNorm1d selects the valid positions by boolean indexing, a data-dependent shape that fake and meta
+# tensors cannot propagate: documented as not supported there)
+_EVERY_LAYER = {
+    "BatchNorm1d": (lambda: bnn.BatchNorm1d(3), (4, 3, 5), False),
+    "BatchNorm2d-ghost": (lambda: bnn.BatchNorm2d(3, virtual_batch_size=2), (4, 3, 2, 2), False),
+    "BatchNorm3d": (lambda: bnn.BatchNorm3d(3), (2, 3, 2, 2, 2), False),
+    "BatchNormAct2d": (lambda: bnn.BatchNormAct2d(3, activation="gelu"), (4, 3, 2, 2), False),
+    "BatchNormAddAct2d": (lambda: bnn.BatchNormAddAct2d(3), (4, 3, 2, 2), False),
+    "InPlaceABN2d": (lambda: bnn.InPlaceABN2d(3), (4, 3, 2, 2), False),
+    "BatchRenorm2d": (lambda: bnn.BatchRenorm2d(3, warmup_steps=0, rmax_steps=0, dmax_steps=0), (4, 3, 2, 2),
+                      False),
+    "FrozenBatchNorm2d": (lambda: bnn.FrozenBatchNorm2d(3), (4, 3, 2, 2), False),
+    "SyncBatchNorm": (lambda: bnn.SyncBatchNorm(3), (4, 3, 2), False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_EVERY_LAYER))
+@pytest.mark.parametrize("mode", ["fake", "meta"])
+def test_every_layer_propagates_shapes_on_fake_and_meta_tensors(name, mode):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    make, shape, masked = _EVERY_LAYER[name]
+    torch.manual_seed(0)
+    x_real = torch.randn(shape)
+    extra = ((torch.rand(shape[0], shape[2]) > 0.3,) if masked else
+             (torch.randn(shape),) if name.startswith("BatchNormAddAct") else ())
+    expected = make()(x_real.clone(), *extra)
+    if mode == "meta":
+        layer = make().to("meta")
+        y = layer(x_real.to("meta"), *[t.to("meta") for t in extra])
+        assert y.device.type == "meta"
+    else:
+        with FakeTensorMode(allow_non_fake_inputs=True) as fake_mode:
+            layer = make()
+            y = layer(fake_mode.from_tensor(x_real), *[fake_mode.from_tensor(t) for t in extra])
+    assert y.shape == expected.shape and y.dtype == expected.dtype

@@ -521,16 +521,22 @@ def test_per_channel_views_follow_their_tensors():
     assert kernels._vector(weight, np.dtype(np.float32)).shape == (2,)
 
 
-def test_eager_path_bumps_running_buffer_versions_and_refuses_double_backward():
-    """Running buffers are marked modified (as torch's in-place update does); double backward raises."""
-    x = _input((8, 3, 4, 4), torch.float32, seed=20).requires_grad_()
-    running_mean, running_var = torch.zeros(3), torch.ones(3)
+def test_eager_path_bumps_running_buffer_versions_and_double_backward_is_torchs():
+    """Running buffers are marked modified (as torch's in-place update does); double backward (the create_graph
+    backward runs in torch ops) gives torch's second-order gradient."""
+    x = _input((8, 3, 4, 4), torch.float64, seed=20).requires_grad_()
+    running_mean, running_var = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
     versions = running_mean._version, running_var._version
     y = functional.batch_norm(x, running_mean, running_var, None, None, True)
     assert running_mean._version > versions[0] and running_var._version > versions[1]
-    (grad,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable"):
-        grad.sum().backward()
+    (grad,) = torch.autograd.grad(y.pow(3).sum(), x, create_graph=True)
+    (second,) = torch.autograd.grad(grad.square().sum(), x)
+    x_ref = x.detach().clone().requires_grad_()
+    y_ref = torch.nn.functional.batch_norm(x_ref, None, None, None, None, True)
+    (grad_ref,) = torch.autograd.grad(y_ref.pow(3).sum(), x_ref, create_graph=True)
+    (second_ref,) = torch.autograd.grad(grad_ref.square().sum(), x_ref)
+    assert _rel(grad, grad_ref.detach().numpy()) <= 1e-10
+    assert _rel(second, second_ref.numpy()) <= 1e-10
 
 
 def test_eager_path_declines_what_it_cannot_take():

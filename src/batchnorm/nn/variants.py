@@ -356,7 +356,8 @@ class _BatchRenorm(BatchNormMixin):
 
     def current_limits(self) -> tuple[float, float]:
         """(rmax_t, dmax_t) that the next training step will use."""
-        step = 0 if self.num_batches_tracked is None else int(self.num_batches_tracked)
+        counter = self.num_batches_tracked
+        step = 0 if counter is None or counter.is_meta else int(counter)  # meta: shapes only, no values
         return renorm_limits(step, self.rmax, self.dmax, self.warmup_steps, self.rmax_steps, self.dmax_steps)
 
     def corrections(self, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
