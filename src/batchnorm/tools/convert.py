@@ -191,9 +191,24 @@ def convert(model: nn.Module, to: str, *, num_groups: int | None = None, process
 
     Shape: unchanged.
 
+    Raises:
+        ValueError: an unknown ``to``, or ``to="groupnorm"`` without a valid ``num_groups``.
+        TypeError: ``model`` is not a ``torch.nn.Module``.
+
     Example:
-        >>> ours = convert(torchvision_model, to="batchnorm")
-        >>> back = convert(ours, to="torch")   # round trip: same state_dict, same outputs
+        >>> import torch
+        >>> import batchnorm.nn
+        >>> from batchnorm.tools import convert
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8)).eval()
+        >>> ours = convert(model, to="batchnorm")
+        >>> isinstance(ours[1], batchnorm.nn.BatchNorm2d)
+        True
+        >>> x = torch.randn(2, 3, 8, 8)
+        >>> torch.allclose(ours(x), model(x), atol=1e-6)
+        True
+        >>> back = convert(ours, to="torch")      # round trip: same state_dict, same outputs
+        >>> type(back[1]) is torch.nn.BatchNorm2d
+        True
     """
     if to not in TARGETS:
         raise ValueError(f"convert got to={to!r}; expected one of {', '.join(TARGETS)}")

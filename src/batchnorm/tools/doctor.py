@@ -45,7 +45,24 @@ _PASS_THROUGH_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn
 
 @dataclass
 class Finding:
-    """One problem found: the layer ('(model)' for the whole model), the check, severity, what and how to fix."""
+    """One problem found: the layer ('(model)' for the whole model), the check, severity, what and how to fix.
+
+    Attributes:
+        layer: the batch-norm layer's name in the model, or '(model)'.
+        check: the check's name, e.g. 'momentum-convention', 'stale-statistics', 'small-batch'.
+        severity: 'error', 'warning' or 'info'.
+        message: what was found, with the numbers.
+        fix: what to do about it.
+
+    Example:
+        >>> import torch
+        >>> from batchnorm.tools import doctor
+        >>> finding = doctor(torch.nn.BatchNorm1d(8, momentum=0.9)).findings[0]
+        >>> finding.check, finding.severity
+        ('momentum-convention', 'warning')
+        >>> finding.fix
+        'use momentum=0.1 (= 1 - 0.9), or momentum=None with recalibrate()'
+    """
 
     layer: str
     check: str
@@ -63,6 +80,18 @@ class DoctorReport:
         findings: every `Finding`, most severe first within each layer.
         measured: per layer, the numbers behind the data checks (values per channel, worst shift in standard
             deviations, variance ratio) and, under '(model)', the train/eval output difference.
+
+    Example:
+        >>> import torch
+        >>> from batchnorm.tools import doctor
+        >>> report = doctor(torch.nn.Sequential(torch.nn.Linear(4, 8, bias=False), torch.nn.BatchNorm1d(8)))
+        >>> report.layers
+        [('1', 'BatchNorm1d')]
+        >>> print(report)
+        doctor: 1 batch-norm layer(s); 0 error(s), 0 warning(s), 0 note(s)
+        layer  type         severity  check  finding  -> fix
+        ----------------------------------------------------
+        1      BatchNorm1d  ok
     """
 
     layers: list[tuple[str, str]] = field(default_factory=list)
@@ -292,15 +321,27 @@ def doctor(model: nn.Module, data=None, *, num_batches: int | None = 20, forward
         dead_gamma: 1e-4; channels with a smaller ``|gamma|`` are reported dead.
         max_momentum: 0.5; a larger momentum is reported as another framework's convention.
 
-    Returns: a `DoctorReport` (print it for the table).
+    Returns:
+        A `DoctorReport` (print it for the table).
 
     Shape: any.
 
-    Example:
-        >>> print(doctor(model, loader))
+    Raises:
+        TypeError: ``model`` is not a ``torch.nn.Module``.
+        ValueError: ``data`` yields no batches.
 
-    Wu & Johnson 2021 (arXiv 2105.07576) on batch size and population statistics; Ioffe & Szegedy 2015; Li et al.
-    2019, "Understanding the Disharmony between Dropout and Batch Normalization by Variance Shift" (1801.05134).
+    Example:
+        >>> import torch
+        >>> from batchnorm.tools import doctor
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8, momentum=0.9))
+        >>> report = doctor(model, torch.randn(16, 3, 8, 8))
+        >>> [(finding.check, finding.severity) for finding in report.findings][:3]
+        [('momentum-convention', 'warning'), ('stale-statistics', 'warning'), ('redundant-bias', 'info')]
+
+    References:
+        Wu & Johnson 2021, arXiv 2105.07576 (batch size and population statistics); Ioffe & Szegedy 2015,
+        arXiv 1502.03167; Li et al. 2019, "Understanding the Disharmony between Dropout and Batch Normalization
+        by Variance Shift", arXiv 1801.05134.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"doctor expected model to be a torch.nn.Module, got {type(model).__name__}")

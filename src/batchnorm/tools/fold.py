@@ -43,8 +43,21 @@ class FoldReport:
         skipped: one `SkippedLayer` per batch norm left in the model.
         untraced: (submodule, error) for every part of the model that torch.fx could not trace whole.
         notes: assumptions made (for instance a Linear output assumed to be (N, C) without example inputs).
-        max_abs_error, max_rel_error: folded vs original on `example_inputs` (None without them); relative to
-            the largest absolute output of the original.
+        max_abs_error: folded vs original on ``example_inputs`` (None without them).
+        max_rel_error: the same, relative to the largest absolute output of the original.
+
+    Example:
+        >>> import torch
+        >>> from batchnorm.tools import fold
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8)).eval()
+        >>> _, report = fold(net)
+        >>> report.folded
+        [FoldedLayer(batchnorm='1', into='0', activation='')]
+        >>> print(report)
+        fold: 1 batch norm(s) folded, 0 left
+        batch norm  result  detail
+        --------------------------
+        1           folded  into 0
     """
 
     folded: list[FoldedLayer] = field(default_factory=list)
@@ -269,15 +282,29 @@ def fold(model: nn.Module, example_inputs=None) -> tuple[nn.Module, FoldReport]:
         (folded model, `FoldReport`). The folded model has the original's class and structure with each folded
         batch norm replaced by `nn.Identity` (or by its activation) and the producer's weight and bias updated.
 
-    Shape: any; the model is called as `model(*example_inputs)`.
+    Shape: any; the model is called as ``model(*example_inputs)``.
+
+    Raises:
+        TypeError: ``model`` is not a ``torch.nn.Module``.
+        RuntimeError: folding changed an output's shape on ``example_inputs`` (the model is left unfolded).
 
     Example:
+        >>> import torch
+        >>> from batchnorm.tools import fold
         >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU()).eval()
         >>> folded, report = fold(net, torch.randn(2, 3, 16, 16))
+        >>> folded
+        Sequential(
+          (0): Conv2d(3, 8, kernel_size=(3, 3), stride=(1, 1))
+          (1): Identity()
+          (2): ReLU()
+        )
         >>> report.max_rel_error < 1e-5
         True
 
-    Jacob et al. 2018 (arXiv 1712.05877), section 3.2: batch-norm folding for inference.
+    References:
+        Jacob et al. 2018, "Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only
+        Inference", arXiv 1712.05877, section 3.2 (batch-norm folding).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fold expected model to be a torch.nn.Module, got {type(model).__name__}: pass the model "

@@ -42,15 +42,27 @@ def freeze(model: nn.Module, affine_trainable: bool = True, *, inplace: bool = F
         affine_trainable: True: gamma and beta stay trainable (fine-tuning); False: they are frozen too.
         inplace: False.
 
-    Returns: the frozen model.
+    Returns:
+        The frozen model.
 
     Shape: unchanged.
 
-    Example:
-        >>> model = freeze(model, affine_trainable=False)
-        >>> model.train()  # batch norms still use their running statistics
+    Raises:
+        TypeError: ``model`` is not a ``torch.nn.Module``.
 
-    Fine-tuning with frozen batch norm: e.g. Detectron / torchvision's FrozenBatchNorm2d; Wu & Johnson 2021.
+    Example:
+        >>> import torch
+        >>> from batchnorm.tools import freeze
+        >>> model = freeze(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8)))
+        >>> type(model[1]).__name__
+        'FrozenBatchNorm2d'
+        >>> _ = model.train()(torch.randn(4, 3, 8, 8))     # training mode, yet ...
+        >>> model[1].running_mean.abs().max().item()          # ... the statistics did not move
+        0.0
+
+    References:
+        Fine-tuning with frozen batch norm as in Detectron and torchvision's FrozenBatchNorm2d; Wu & Johnson 2021,
+        arXiv 2105.07576.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"freeze expected model to be a torch.nn.Module, got {type(model).__name__}")
@@ -99,10 +111,18 @@ def unfreeze(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         model: the model; not modified unless `inplace=True`.
         inplace: False.
 
-    Returns: the unfrozen model.
+    Returns:
+        The unfrozen model.
+
+    Raises:
+        TypeError: ``model`` is not a ``torch.nn.Module``.
 
     Example:
-        >>> model = unfreeze(freeze(model))
+        >>> import torch
+        >>> from batchnorm.tools import freeze, unfreeze
+        >>> model = unfreeze(freeze(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8))))
+        >>> type(model[1]).__name__, model[1].weight.requires_grad
+        ('BatchNorm1d', True)
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"unfreeze expected model to be a torch.nn.Module, got {type(model).__name__}")

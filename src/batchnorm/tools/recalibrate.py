@@ -75,7 +75,25 @@ class PreciseStatistics(NamedTuple):
 @dataclass
 class RecalibrationReport:
     """What `recalibrate` did: batches and samples seen, layers updated, layers left (with the reason), and the
-    batches left out because they gave non-finite statistics (only with `skip_nonfinite=True`)."""
+    batches left out because they gave non-finite statistics (only with `skip_nonfinite=True`).
+
+    Attributes:
+        num_batches: batches read.
+        num_samples: samples (first dimension) read.
+        updated: names of the batch norms whose running statistics were replaced.
+        skipped: (name, reason) of every batch norm left as it was.
+        values_per_channel: per updated layer, the number of values each channel's statistics pooled.
+        skipped_batches: (batch index, first layer with non-finite statistics) of every batch left out.
+
+    Example:
+        >>> import torch
+        >>> from batchnorm.tools import recalibrate
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8))
+        >>> _, report = recalibrate(model, [torch.randn(16, 4) for _ in range(3)])
+        >>> print(report)
+        recalibrate: 1 batch norm(s) updated from 3 batch(es), 48 sample(s)
+          1: 48 values per channel
+    """
 
     num_batches: int = 0
     num_samples: int = 0
@@ -283,10 +301,25 @@ def recalibrate(model: nn.Module, data, num_batches: int | None = None, *, forwa
 
     Shape: each batch-norm input (N, C, ``*``); statistics per channel C.
 
-    Example:
-        >>> model, report = recalibrate(model, loader, num_batches=100)
+    Raises:
+        TypeError: ``model`` is not a ``torch.nn.Module``.
+        ValueError: ``data`` yields no batches, or fewer than ``num_batches``.
 
-    Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm" (arXiv 2105.07576); Li et al. 2016, AdaBN (1603.04779).
+    Example:
+        >>> import torch
+        >>> from batchnorm.tools import recalibrate
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8))
+        >>> data = [torch.randn(16, 4) + 3.0 for _ in range(10)]      # e.g. batches of a new domain
+        >>> model, report = recalibrate(model, data)
+        >>> report.num_batches, report.num_samples
+        (10, 160)
+        >>> features = model[0](torch.cat(data)).detach()
+        >>> torch.allclose(model[1].running_mean, features.mean(0), atol=1e-5)
+        True
+
+    References:
+        Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm", arXiv 2105.07576 (PreciseBN); Li et al. 2016,
+        "Revisiting Batch Normalization For Practical Domain Adaptation", arXiv 1603.04779 (AdaBN).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"recalibrate expected model to be a torch.nn.Module, got {type(model).__name__}")
