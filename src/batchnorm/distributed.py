@@ -25,14 +25,26 @@ __all__ = ["is_active", "world_size", "merge_moments", "check_same_channels", "a
 
 
 def is_active(group=None) -> bool:
-    """True when torch.distributed is available, initialized, and `group` (default: WORLD) has more than one rank."""
+    """True when torch.distributed is available, initialized, and `group` (default: WORLD) has more than one rank.
+
+    Example:
+        >>> from batchnorm.distributed import is_active
+        >>> is_active()          # a single process without init_process_group
+        False
+    """
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return False
     return torch.distributed.get_world_size(group) > 1
 
 
 def world_size(group=None) -> int:
-    """Number of ranks in `group` (1 when torch.distributed is not available or not initialized)."""
+    """Number of ranks in `group` (1 when torch.distributed is not available or not initialized).
+
+    Example:
+        >>> from batchnorm.distributed import world_size
+        >>> world_size()
+        1
+    """
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return 1
     return torch.distributed.get_world_size(group)
@@ -82,13 +94,28 @@ def merge_moments(count: Tensor, mean: Tensor, m2: Tensor, group=None) -> tuple[
     Returns:
         (count, mean, m2) over all ranks, count in the shape it was given, float64, on the inputs' device.
 
-    Shape: count () or (C,); mean, m2 (C,).
+    Shape:
+        count: () or (C,).
+        mean: (C,).
+        m2: (C,).
+
+    Raises:
+        TypeError: an input that is not a tensor.
+        ValueError: mean and m2 of different shapes, or count of another shape than () or (C,).
+        RuntimeError: the collective failed (another rank died, timed out or ran other collectives).
 
     Example:
-        >>> count, mean, m2 = merge_moments(torch.tensor(8.0, dtype=torch.float64), x.mean((0, 2, 3)), m2)
-        >>> var = m2 / count
+        >>> import torch
+        >>> from batchnorm.distributed import merge_moments
+        >>> x = torch.randn(8, 3, dtype=torch.float64)
+        >>> mean = x.mean(0)
+        >>> count, mean, m2 = merge_moments(torch.tensor(8.0, dtype=torch.float64), mean, ((x - mean) ** 2).sum(0))
+        >>> torch.allclose(m2 / count, x.var(0, unbiased=False))     # one process: unchanged
+        True
 
-    Chan, Golub & LeVeque 1979; used by SyncBatchNorm (Peng et al. 2018, MegDet, arXiv 1711.07240).
+    References:
+        Chan, Golub & LeVeque 1979, "Updating Formulae and a Pairwise Algorithm for Computing Sample Variances";
+        used by SyncBatchNorm as in Peng et al. 2018, MegDet, arXiv 1711.07240.
     """
     _check_moments(count, mean, m2)
     if not is_active(group):
@@ -123,6 +150,18 @@ def check_same_channels(channels: int, group=None, where: str = "SyncBatchNorm")
     One all_gather of a single int64 per rank (a fixed size, so it is safe even when the counts differ; gloo
     aborts the process when the per-channel tensors of a later collective have different sizes). Every rank of
     the group must call it at the same point; nothing happens when not distributed.
+
+    Args:
+        channels: this rank's channel count.
+        group: None (WORLD); the process group.
+        where: "SyncBatchNorm"; the name the message starts with.
+
+    Raises:
+        ValueError: the ranks disagree (on every rank, naming each rank's count).
+
+    Example:
+        >>> from batchnorm.distributed import check_same_channels
+        >>> check_same_channels(64)       # nothing to compare in a single process
     """
     if not is_active(group):
         return
@@ -146,6 +185,19 @@ def all_reduce_sum(tensor: Tensor, group=None) -> Tensor:
     Args:
         tensor: any tensor with the same shape and dtype on every rank.
         group: the process group (default None: WORLD).
+
+    Returns:
+        The element-wise sum over the ranks.
+
+    Raises:
+        TypeError: ``tensor`` is not a tensor.
+        RuntimeError: the collective failed (another rank died, timed out or ran other collectives).
+
+    Example:
+        >>> import torch
+        >>> from batchnorm.distributed import all_reduce_sum
+        >>> all_reduce_sum(torch.tensor([1.0, 2.0]))    # a single process: the input itself
+        tensor([1., 2.])
     """
     if not isinstance(tensor, Tensor):
         raise TypeError(f"all_reduce_sum expected a torch.Tensor, got {type(tensor).__name__}")

@@ -95,7 +95,14 @@ def needs_torch_math(x) -> bool:
 
 def uses_own_kernels(x: Tensor) -> bool:
     """True when x runs on this package's kernels (CPU float32/float64, outside the contexts of
-    `needs_torch_math`), False when routed to torch."""
+    `needs_torch_math`), False when routed to torch.
+
+    Example:
+        >>> import torch
+        >>> from batchnorm.functional import uses_own_kernels
+        >>> uses_own_kernels(torch.randn(2, 3)), uses_own_kernels(torch.randn(2, 3).half())
+        (True, False)
+    """
     return x.device.type == "cpu" and x.dtype in _OWN_DTYPES and not needs_torch_math(x)
 
 
@@ -355,7 +362,24 @@ _normalize.register_autograd(_backward_normalize, setup_context=_setup_normalize
 
 # ------------------------------------------------------------------------------------------ public API
 def check_batch_size(x: Tensor, where: str = "batch_norm") -> None:
-    """Raise ValueError when training would normalize a single value per channel (variance undefined)."""
+    """Raise ValueError when training would normalize a single value per channel (variance undefined).
+
+    Args:
+        x: the input batch, channels on axis 1.
+        where: "batch_norm"; the name the message starts with.
+
+    Raises:
+        ValueError: x has fewer than 2 dimensions, or a single value per channel.
+
+    Example:
+        >>> import torch
+        >>> from batchnorm.functional import check_batch_size
+        >>> check_batch_size(torch.randn(2, 3))          # two values per channel: fine
+        >>> check_batch_size(torch.randn(1, 3), "MyLayer")
+        Traceback (most recent call last):
+        ...
+        ValueError: MyLayer expected more than 1 value per channel when training, got input of shape (1, 3): ...
+    """
     if x.dim() < 2:
         raise ValueError(f"{where} expected input of shape (N, C, *spatial) with at least 2 dimensions, "
                          f"got shape {tuple(x.shape)}")
@@ -371,6 +395,22 @@ def update_running_stats(running_mean: Optional[Tensor], running_var: Optional[T
     """In place: running <- (1 - momentum) * running + momentum * batch, with the unbiased variance stored.
 
     An empty batch (count 0) leaves the buffers unchanged, as torch does.
+
+    Args:
+        running_mean: (C,) buffer, updated in place, or None.
+        running_var: (C,) buffer, updated in place with count / (count - 1) * var, or None.
+        mean: (C,) batch mean.
+        var: (C,) biased batch variance.
+        count: the number of values behind each channel's statistics.
+        momentum: weight of the batch (PyTorch's convention).
+
+    Example:
+        >>> import torch
+        >>> from batchnorm.functional import update_running_stats
+        >>> running_mean, running_var = torch.zeros(2), torch.ones(2)
+        >>> update_running_stats(running_mean, running_var, torch.tensor([1.0, 2.0]), torch.tensor([3.0, 3.0]), 4, 0.5)
+        >>> running_mean, running_var
+        (tensor([0.5000, 1.0000]), tensor([2.5000, 2.5000]))
     """
     if count == 0:
         return
@@ -521,23 +561,46 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     running <- (1 - momentum) * running + momentum * batch, storing the unbiased variance m/(m-1) * var.
     With `training=False` the running statistics are used.
 
-    Args:
-        input: (N, C) or (N, C, ``*spatial``).
-        running_mean, running_var: (C,) buffers or None.
-        weight, bias: (C,) affine parameters or None.
-        training: use batch statistics (and update the running ones).
-        momentum: weight of the new batch in the running average (PyTorch's convention, 0.1).
-        eps: added to the variance inside the square root.
-        activation, activation_param: an activation fused into the same pass, y = act(BN(x)) (keyword only;
-            "identity" by default; see `batchnorm.nn.BatchNormAct2d` for the list; the parameter defaults to
-            0.01 for leaky_relu and 1.0 for elu, as torch's).
-
     CPU float32/float64 inputs run on this package's kernels; other devices and dtypes go to torch's
-    `torch.nn.functional.batch_norm` unchanged. Ioffe & Szegedy 2015, arXiv 1502.03167.
+    `torch.nn.functional.batch_norm` unchanged.
+
+    Args:
+        input: the input, channels on axis 1.
+        running_mean: (C,) buffer or None.
+        running_var: (C,) buffer or None.
+        weight: None; (C,) gamma.
+        bias: None; (C,) beta.
+        training: False; True uses the batch statistics (and updates the running ones).
+        momentum: 0.1; weight of the new batch in the running average (PyTorch's convention).
+        eps: 1e-5; added to the variance inside the square root.
+        activation: "identity" (keyword only); an activation fused into the same pass, y = act(BN(x)): one of
+            "identity", "relu", "leaky_relu", "elu", "silu", "gelu", "gelu_tanh".
+        activation_param: None (keyword only); the slope of leaky_relu (default 0.01) or the alpha of elu
+            (default 1.0).
+
+    Shape:
+        input: (N, C) or (N, C, ``*spatial``).
+        output: the same as the input.
+
+    Returns:
+        The normalized tensor.
+
+    Raises:
+        ValueError: a training batch with a single value per channel, or an unknown activation.
 
     Example:
+        >>> import torch
+        >>> from batchnorm.functional import batch_norm
         >>> x = torch.randn(8, 3, 4, 4)
-        >>> y = batch_norm(x, None, None, training=True)
+        >>> running_mean, running_var = torch.zeros(3), torch.ones(3)
+        >>> y = batch_norm(x, running_mean, running_var, training=True)
+        >>> torch.allclose(y, torch.nn.functional.batch_norm(x, None, None, training=True), atol=1e-5)
+        True
+        >>> torch.allclose(running_mean, 0.1 * x.mean((0, 2, 3)))
+        True
+
+    References:
+        Ioffe & Szegedy 2015, "Batch Normalization", arXiv 1502.03167.
     """
     activation_param = 0.0 if activation == "identity" else _checked_activation("batch_norm", activation,
                                                                                  activation_param)
