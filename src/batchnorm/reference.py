@@ -60,7 +60,17 @@ __all__ = [
 
 
 class BatchNormCache(NamedTuple):
-    """What the training forward pass keeps for the backward pass."""
+    """What the training forward pass keeps for the backward pass.
+
+    Example:
+        >>> import numpy as np
+        >>> from batchnorm import reference as ref
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.standard_normal((8, 3, 5))
+        >>> _, cache = ref.batch_norm_train_forward(x)
+        >>> cache.x_hat.shape, cache.count
+        ((8, 3, 5), 40)
+    """
 
     x_hat: np.ndarray  # normalized input, same shape as x
     inv_std: np.ndarray  # 1 / sqrt(sigma2_B + eps), shape (C,)
@@ -70,7 +80,15 @@ class BatchNormCache(NamedTuple):
 
 
 class RunningStats(NamedTuple):
-    """Running buffers after one update."""
+    """Running buffers after one update.
+
+    Example:
+        >>> import numpy as np
+        >>> from batchnorm import reference as ref
+        >>> stats = ref.update_running_stats(np.zeros(2), np.ones(2), 0, np.array([1.0, 2.0]), np.array([3.0, 3.0]), 4)
+        >>> stats.num_batches_tracked
+        1
+    """
 
     running_mean: np.ndarray
     running_var: np.ndarray
@@ -89,7 +107,17 @@ def _per_channel(v: np.ndarray, ndim: int) -> np.ndarray:
 
 
 def batch_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Two-pass per-channel mean and biased variance of x (N, C, ``*spatial``); returns (mean, var, m)."""
+    """Two-pass per-channel mean and biased variance of x (N, C, ``*spatial``); returns (mean, var, m).
+
+    Example:
+        >>> import numpy as np
+        >>> from batchnorm import reference as ref
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.standard_normal((8, 3, 5))
+        >>> mean, var, m = ref.batch_statistics(x)
+        >>> m, bool(np.allclose(var, x.transpose(1, 0, 2).reshape(3, -1).var(axis=1)))
+        (40, True)
+    """
     x = np.asarray(x, dtype=np.float64)
     axes = _reduce_axes(x)
     count = int(np.prod([x.shape[a] for a in axes]))
@@ -111,7 +139,17 @@ def _affine(x_hat: np.ndarray, weight, bias) -> np.ndarray:
 
 
 def batch_norm_train_forward(x, weight=None, bias=None, eps: float = 1e-5):
-    """Training forward with batch statistics (Algorithm 1). Returns (y, BatchNormCache)."""
+    """Training forward with batch statistics (Algorithm 1). Returns (y, BatchNormCache).
+
+    Example:
+        >>> import numpy as np
+        >>> from batchnorm import reference as ref
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.standard_normal((8, 3, 5))
+        >>> y, cache = ref.batch_norm_train_forward(x, weight=np.full(3, 2.0), bias=np.ones(3))
+        >>> bool(np.allclose(y.mean(axis=(0, 2)), 1.0)), bool(np.allclose(y.std(axis=(0, 2)), 2.0, atol=1e-4))
+        (True, True)
+    """
     x = np.asarray(x, dtype=np.float64)
     mean, var, count = batch_statistics(x)
     inv_std = 1.0 / np.sqrt(var + eps)
@@ -120,7 +158,17 @@ def batch_norm_train_forward(x, weight=None, bias=None, eps: float = 1e-5):
 
 
 def batch_norm_eval_forward(x, running_mean, running_var, weight=None, bias=None, eps: float = 1e-5):
-    """Inference forward with running statistics (Algorithm 2, step 11)."""
+    """Inference forward with running statistics (Algorithm 2, step 11).
+
+    Example:
+        >>> import numpy as np
+        >>> from batchnorm import reference as ref
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.standard_normal((8, 3, 5))
+        >>> y = ref.batch_norm_eval_forward(x, np.zeros(3), np.ones(3), eps=0.0)
+        >>> bool(np.allclose(y, x))
+        True
+    """
     x = np.asarray(x, dtype=np.float64)
     inv_std = 1.0 / np.sqrt(np.asarray(running_var, dtype=np.float64) + eps)
     x_hat = (x - _per_channel(running_mean, x.ndim)) * _per_channel(inv_std, x.ndim)
@@ -128,7 +176,18 @@ def batch_norm_eval_forward(x, running_mean, running_var, weight=None, bias=None
 
 
 def batch_norm_backward(grad_out, cache: BatchNormCache, weight=None):
-    """Backward of the training forward in the compact form. Returns (dx, dgamma, dbeta)."""
+    """Backward of the training forward in the compact form. Returns (dx, dgamma, dbeta).
+
+    Example:
+        >>> import numpy as np
+        >>> from batchnorm import reference as ref
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.standard_normal((8, 3, 5))
+        >>> y, cache = ref.batch_norm_train_forward(x)
+        >>> dx, dgamma, dbeta = ref.batch_norm_backward(np.ones_like(y), cache)
+        >>> bool(np.allclose(dx, 0.0)), dbeta       # a constant gradient does not reach x
+        (True, array([40., 40., 40.]))
+    """
     g = np.asarray(grad_out, dtype=np.float64)
     axes = _reduce_axes(g)
     dbeta = g.sum(axis=axes)
@@ -141,7 +200,17 @@ def batch_norm_backward(grad_out, cache: BatchNormCache, weight=None):
 
 
 def batch_norm_eval_backward(grad_out, x, running_mean, running_var, weight=None, eps: float = 1e-5):
-    """Backward of the inference forward: statistics are constants. Returns (dx, dgamma, dbeta)."""
+    """Backward of the inference forward: statistics are constants. Returns (dx, dgamma, dbeta).
+
+    Example:
+        >>> import numpy as np
+        >>> from batchnorm import reference as ref
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.standard_normal((8, 3, 5))
+        >>> dx, dgamma, dbeta = ref.batch_norm_eval_backward(np.ones_like(x), x, np.zeros(3), np.full(3, 4.0), eps=0.0)
+        >>> float(dx.max())                          # 1 / sqrt(4)
+        0.5
+    """
     g = np.asarray(grad_out, dtype=np.float64)
     axes = _reduce_axes(g)
     inv_std = 1.0 / np.sqrt(np.asarray(running_var, dtype=np.float64) + eps)
@@ -160,6 +229,14 @@ def update_running_stats(running_mean, running_var, num_batches_tracked: int, ba
     running_var  <- (1 - factor) running_var + factor * count/(count-1) * sigma2_B.
     An empty batch (count 0) leaves the buffers unchanged but still counts as a tracked batch,
     as torch does.
+
+    Example:
+        >>> import numpy as np
+        >>> from batchnorm import reference as ref
+        >>> stats = ref.update_running_stats(np.zeros(2), np.ones(2), 0, np.array([1.0, 2.0]), np.array([3.0, 3.0]),
+        ...                                  count=4, momentum=0.5)
+        >>> stats.running_mean, stats.running_var     # var stored unbiased: 3 * 4/3 = 4
+        (array([0.5, 1. ]), array([2.5, 2.5]))
     """
     tracked = int(num_batches_tracked) + 1
     running_mean = np.asarray(running_mean, dtype=np.float64)
@@ -182,6 +259,12 @@ def update_running_moments(running_mean, running_var, num_batches_tracked: int, 
 
     factor = momentum (or 1 / (num_batches_tracked + 1) when None); running <- (1 - factor) running + factor new.
     count 0 leaves the buffers unchanged and still counts the batch.
+
+    Example:
+        >>> import numpy as np
+        >>> from batchnorm import reference as ref
+        >>> ref.update_running_moments(np.zeros(1), np.ones(1), 0, np.array([2.0]), np.array([3.0]), 4, None)
+        RunningStats(running_mean=array([2.]), running_var=array([3.]), num_batches_tracked=1)
     """
     tracked = int(num_batches_tracked) + 1
     running_mean = np.array(running_mean, dtype=np.float64)
@@ -196,7 +279,14 @@ def update_running_moments(running_mean, running_var, num_batches_tracked: int, 
 def update_running_stats_skip_nonfinite(running_mean, running_var, num_batches_tracked: int, batch_mean, batch_var,
                                         count: int, momentum: float | None = 0.1) -> RunningStats:
     """`update_running_stats`, except that a batch whose mean or unbiased variance is not all finite changes
-    nothing (not even num_batches_tracked): BatchNorm(skip_nonfinite=True)."""
+    nothing (not even num_batches_tracked): BatchNorm(skip_nonfinite=True).
+
+    Example:
+        >>> import numpy as np
+        >>> from batchnorm import reference as ref
+        >>> ref.update_running_stats_skip_nonfinite(np.zeros(1), np.ones(1), 5, np.array([np.nan]), np.ones(1), 4)
+        RunningStats(running_mean=array([0.]), running_var=array([1.]), num_batches_tracked=5)
+    """
     mean = np.asarray(batch_mean, dtype=np.float64)
     unbiased = np.asarray(batch_var, dtype=np.float64) * (count / (count - 1)) if count > 1 else np.full_like(mean, np.inf)
     if count > 0 and not (np.isfinite(mean).all() and np.isfinite(unbiased).all()):
@@ -208,7 +298,17 @@ def update_running_stats_skip_nonfinite(running_mean, running_var, num_batches_t
 
 # --- Batch Renormalization (Ioffe 2017, arXiv 1702.03275) ---------------------------------------------------
 class BatchRenormCache(NamedTuple):
-    """What the Batch Renorm training forward keeps for the backward pass."""
+    """What the Batch Renorm training forward keeps for the backward pass.
+
+    Example:
+        >>> import numpy as np
+        >>> from batchnorm import reference as ref
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.standard_normal((8, 3, 5))
+        >>> _, cache = ref.batch_renorm_train_forward(x, np.zeros(3), np.ones(3))
+        >>> cache.r.shape, cache.d.shape
+        ((3,), (3,))
+    """
 
     x_hat: np.ndarray  # (x - mu_B) / sigma_B, before r and d
     inv_std: np.ndarray  # 1 / sigma_B = 1 / sqrt(sigma2_B + eps)
@@ -222,7 +322,13 @@ class BatchRenormCache(NamedTuple):
 def batch_renorm_limits(step: int, rmax: float, dmax: float, warmup_steps: int, rmax_steps: int,
                         dmax_steps: int) -> tuple[float, float]:
     """The paper's schedule: (rmax_t, dmax_t) = (1, 0) up to step `warmup_steps` (steps count from 0), then
-    linear growth reaching rmax at step `rmax_steps` and dmax at step `dmax_steps`, constant from there on."""
+    linear growth reaching rmax at step `rmax_steps` and dmax at step `dmax_steps`, constant from there on.
+
+    Example:
+        >>> from batchnorm import reference as ref
+        >>> [ref.batch_renorm_limits(step, 3.0, 5.0, 10, 20, 30) for step in (0, 10, 15, 20, 40)]
+        [(1.0, 0.0), (1.0, 0.0), (2.0, 1.25), (3.0, 2.5), (3.0, 5.0)]
+    """
     def progress(end: int) -> float:
         if step >= end:
             return 1.0
@@ -243,6 +349,16 @@ def batch_renorm_train_forward(x, running_mean, running_var, weight=None, bias=N
 
     The running statistics are updated afterwards as BatchNorm's (`update_running_stats`).
     Returns (y, BatchRenormCache).
+
+    Example:
+        >>> import numpy as np
+        >>> from batchnorm import reference as ref
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.standard_normal((8, 3, 5))
+        >>> y_renorm, _ = ref.batch_renorm_train_forward(x, np.zeros(3), np.ones(3), rmax=1.0, dmax=0.0)
+        >>> y_bn, _ = ref.batch_norm_train_forward(x)
+        >>> bool(np.allclose(y_renorm, y_bn))       # rmax = 1, dmax = 0: plain batch norm
+        True
     """
     x = np.asarray(x, dtype=np.float64)
     mean, var, count = batch_statistics(x)
@@ -260,6 +376,16 @@ def batch_renorm_backward(grad_out, cache: BatchRenormCache, weight=None):
 
         dbeta = sum g,  dgamma = sum g * (x_hat * r + d),  g_hat = g * gamma * r,
         dx = (1 / (m sigma_B)) * (m g_hat - sum g_hat - x_hat * sum(g_hat * x_hat)).
+
+    Example:
+        >>> import numpy as np
+        >>> from batchnorm import reference as ref
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.standard_normal((8, 3, 5))
+        >>> y, cache = ref.batch_renorm_train_forward(x, np.zeros(3), np.ones(3))
+        >>> dx, dgamma, dbeta = ref.batch_renorm_backward(np.ones_like(y), cache)
+        >>> dx.shape, dbeta
+        ((8, 3, 5), array([40., 40., 40.]))
     """
     g = np.asarray(grad_out, dtype=np.float64)
     axes = _reduce_axes(g)
@@ -274,7 +400,17 @@ def batch_renorm_backward(grad_out, cache: BatchRenormCache, weight=None):
 
 # --- Ghost batch norm (Hoffer et al. 2017, arXiv 1705.08741) -----------------------------------------------
 class GhostBatchNormCache(NamedTuple):
-    """Chunk bounds and each chunk's BatchNormCache."""
+    """Chunk bounds and each chunk's BatchNormCache.
+
+    Example:
+        >>> import numpy as np
+        >>> from batchnorm import reference as ref
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.standard_normal((8, 3, 5))
+        >>> _, cache = ref.ghost_batch_norm_train_forward(x, virtual_batch_size=4)
+        >>> cache.bounds
+        [(0, 4), (4, 8)]
+    """
 
     bounds: list  # [(start, stop), ...] sample ranges
     caches: list  # BatchNormCache per chunk
@@ -282,7 +418,15 @@ class GhostBatchNormCache(NamedTuple):
 
 def ghost_batch_bounds(batch_size: int, virtual_batch_size: int | None, values_per_sample: int) -> list:
     """Ghost batches: full chunks of `virtual_batch_size` samples, then the remainder as a chunk of its own,
-    unless the remainder would hold one value per channel, in which case it joins the last full chunk."""
+    unless the remainder would hold one value per channel, in which case it joins the last full chunk.
+
+    Example:
+        >>> from batchnorm import reference as ref
+        >>> ref.ghost_batch_bounds(10, 4, values_per_sample=1)     # a remainder of 2 is its own chunk
+        [(0, 4), (4, 8), (8, 10)]
+        >>> ref.ghost_batch_bounds(9, 4, values_per_sample=1)      # a remainder of 1 joins the last chunk
+        [(0, 4), (4, 9)]
+    """
     if virtual_batch_size is None or batch_size <= virtual_batch_size:
         return [(0, batch_size)]
     full, remainder = divmod(batch_size, virtual_batch_size)
@@ -296,7 +440,17 @@ def ghost_batch_bounds(batch_size: int, virtual_batch_size: int | None, values_p
 
 def ghost_batch_norm_train_forward(x, virtual_batch_size: int | None, weight=None, bias=None, eps: float = 1e-5):
     """Ghost BN: each chunk of `ghost_batch_bounds` normalized with its own statistics (Algorithm 1 of the
-    paper, per chunk). Returns (y, GhostBatchNormCache)."""
+    paper, per chunk). Returns (y, GhostBatchNormCache).
+
+    Example:
+        >>> import numpy as np
+        >>> from batchnorm import reference as ref
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.standard_normal((8, 3, 5))
+        >>> y, _ = ref.ghost_batch_norm_train_forward(x, virtual_batch_size=4)
+        >>> bool(np.allclose(y[:4].mean(axis=(0, 2)), 0.0))    # each chunk is normalized on its own
+        True
+    """
     x = np.asarray(x, dtype=np.float64)
     values_per_sample = int(np.prod(x.shape[2:])) if x.ndim > 2 else 1
     bounds = ghost_batch_bounds(x.shape[0], virtual_batch_size, values_per_sample)
@@ -309,7 +463,18 @@ def ghost_batch_norm_train_forward(x, virtual_batch_size: int | None, weight=Non
 
 
 def ghost_batch_norm_backward(grad_out, cache: GhostBatchNormCache, weight=None):
-    """Backward of Ghost BN: each chunk's BatchNorm backward; gamma/beta gradients summed over chunks."""
+    """Backward of Ghost BN: each chunk's BatchNorm backward; gamma/beta gradients summed over chunks.
+
+    Example:
+        >>> import numpy as np
+        >>> from batchnorm import reference as ref
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.standard_normal((8, 3, 5))
+        >>> y, cache = ref.ghost_batch_norm_train_forward(x, virtual_batch_size=4)
+        >>> dx, dgamma, dbeta = ref.ghost_batch_norm_backward(np.ones_like(y), cache)
+        >>> bool(np.allclose(dx, 0.0)), dbeta
+        (True, array([40., 40., 40.]))
+    """
     g = np.asarray(grad_out, dtype=np.float64)
     dx = np.empty_like(g)
     dgamma = dbeta = 0.0
@@ -321,7 +486,17 @@ def ghost_batch_norm_backward(grad_out, cache: GhostBatchNormCache, weight=None)
 
 def ghost_running_moments(x, bounds) -> tuple[np.ndarray, np.ndarray, int]:
     """What Ghost BN averages into the running buffers: (mean of all values, pooled within-chunk unbiased
-    variance sum_k sum_i (x_ki - mu_k)^2 / (m - K), m) for K non-empty chunks; m/(m-1) var_B for K = 1."""
+    variance sum_k sum_i (x_ki - mu_k)^2 / (m - K), m) for K non-empty chunks; m/(m-1) var_B for K = 1.
+
+    Example:
+        >>> import numpy as np
+        >>> from batchnorm import reference as ref
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.standard_normal((8, 3, 5))
+        >>> mean, var, m = ref.ghost_running_moments(x, ref.ghost_batch_bounds(8, 4, 5))
+        >>> m, bool(np.allclose(mean, x.mean(axis=(0, 2))))
+        (40, True)
+    """
     x = np.asarray(x, dtype=np.float64)
     axes = _reduce_axes(x)
     total = int(np.prod([x.shape[a] for a in axes]))
@@ -340,7 +515,18 @@ def ghost_running_moments(x, bounds) -> tuple[np.ndarray, np.ndarray, int]:
 # --- Masked statistics (padded sequences) ---------------------------------------------------------------
 class MaskedBatchNormCache(NamedTuple):
     """What the masked training forward keeps: x_hat (0 at padded positions), the valid-position weights,
-    per-sample 1/sigma (of the sample's chunk, shape (N, C)), and each chunk's valid count per sample (N,)."""
+    per-sample 1/sigma (of the sample's chunk, shape (N, C)), and each chunk's valid count per sample (N,).
+
+    Example:
+        >>> import numpy as np
+        >>> from batchnorm import reference as ref
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.standard_normal((8, 3, 5))
+        >>> mask = np.arange(5) < np.array([5, 3, 2, 5, 1, 4, 5, 2])[:, None]
+        >>> _, cache = ref.masked_batch_norm_train_forward(x, mask)
+        >>> cache.count
+        array([27., 27., 27., 27., 27., 27., 27., 27.])
+    """
 
     x_hat: np.ndarray
     valid: np.ndarray  # 1.0 at valid positions, 0.0 at padded ones; shape (N, 1, L) or (N, 1)
@@ -358,6 +544,16 @@ def masked_batch_norm_train_forward(x, mask, weight=None, bias=None, eps: float 
 
     per ghost chunk when `virtual_batch_size` is given (a chunk without valid positions outputs 0).
     Returns (y, MaskedBatchNormCache).
+
+    Example:
+        >>> import numpy as np
+        >>> from batchnorm import reference as ref
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.standard_normal((8, 3, 5))
+        >>> mask = np.arange(5) < np.array([5, 3, 2, 5, 1, 4, 5, 2])[:, None]     # (N, L), True = valid
+        >>> y, _ = ref.masked_batch_norm_train_forward(x, mask)
+        >>> float(abs(y[1, :, 3:]).max())             # padded positions output 0
+        0.0
     """
     x = np.asarray(x, dtype=np.float64)
     valid = np.asarray(mask, dtype=np.float64)[:, None, ...]
@@ -387,6 +583,17 @@ def masked_batch_norm_backward(grad_out, cache: MaskedBatchNormCache, weight=Non
 
         g_v = g * valid,  dbeta = sum g_v,  dgamma = sum g_v x_hat,
         dx = valid * gamma / (m sigma) * (m g_v - sum_chunk g_v - x_hat sum_chunk(g_v x_hat)).
+
+    Example:
+        >>> import numpy as np
+        >>> from batchnorm import reference as ref
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.standard_normal((8, 3, 5))
+        >>> mask = np.arange(5) < np.array([5, 3, 2, 5, 1, 4, 5, 2])[:, None]
+        >>> y, cache = ref.masked_batch_norm_train_forward(x, mask)
+        >>> dx, dgamma, dbeta = ref.masked_batch_norm_backward(np.ones_like(y), cache)
+        >>> dbeta                                     # 27 valid positions per channel
+        array([27., 27., 27.])
     """
     g = np.asarray(grad_out, dtype=np.float64) * cache.valid
     axes = _reduce_axes(g)
@@ -404,7 +611,18 @@ def masked_batch_norm_backward(grad_out, cache: MaskedBatchNormCache, weight=Non
 
 
 def masked_running_moments(x, mask, bounds) -> tuple[np.ndarray, np.ndarray, int]:
-    """(mean of the valid values, pooled within-chunk unbiased variance over valid values, valid count)."""
+    """(mean of the valid values, pooled within-chunk unbiased variance over valid values, valid count).
+
+    Example:
+        >>> import numpy as np
+        >>> from batchnorm import reference as ref
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.standard_normal((8, 3, 5))
+        >>> mask = np.arange(5) < np.array([5, 3, 2, 5, 1, 4, 5, 2])[:, None]
+        >>> mean, var, m = ref.masked_running_moments(x, mask, [(0, 8)])
+        >>> m, bool(np.isclose(mean[0], x[:, 0][mask].mean()))
+        (27, True)
+    """
     x = np.asarray(x, dtype=np.float64)
     valid = np.asarray(mask, dtype=np.float64)[:, None, ...]
     axes = _reduce_axes(x)
@@ -428,11 +646,32 @@ def masked_running_moments(x, mask, bounds) -> tuple[np.ndarray, np.ndarray, int
 # --- Frozen statistics ----------------------------------------------------------------------------------
 def frozen_batch_norm_forward(x, running_mean, running_var, weight=None, bias=None, eps: float = 1e-5):
     """Frozen BN (FrozenBatchNorm*, BatchNorm(freeze_stats=True)) in training and inference: the inference
-    formula y = gamma (x - running_mean) / sqrt(running_var + eps) + beta; the buffers never change."""
+    formula y = gamma (x - running_mean) / sqrt(running_var + eps) + beta; the buffers never change.
+
+    Example:
+        >>> import numpy as np
+        >>> from batchnorm import reference as ref
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.standard_normal((8, 3, 5))
+        >>> y = ref.frozen_batch_norm_forward(x, np.full(3, 1.0), np.full(3, 4.0), eps=0.0)
+        >>> bool(np.allclose(y, (x - 1.0) / 2.0))
+        True
+    """
     return batch_norm_eval_forward(x, running_mean, running_var, weight, bias, eps)
 
 
 def frozen_batch_norm_backward(grad_out, x, running_mean, running_var, weight=None, eps: float = 1e-5):
     """Backward of frozen BN: statistics are constants, dx = gamma g / sqrt(running_var + eps).
-    Returns (dx, dgamma, dbeta); dgamma and dbeta apply only when the affine parameters are trainable."""
+    Returns (dx, dgamma, dbeta); dgamma and dbeta apply only when the affine parameters are trainable.
+
+    Example:
+        >>> import numpy as np
+        >>> from batchnorm import reference as ref
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.standard_normal((8, 3, 5))
+        >>> dx, dgamma, dbeta = ref.frozen_batch_norm_backward(np.ones_like(x), x, np.zeros(3), np.full(3, 4.0),
+        ...                                                    eps=0.0)
+        >>> float(dx.max()), dbeta
+        (0.5, array([40., 40., 40.]))
+    """
     return batch_norm_eval_backward(grad_out, x, running_mean, running_var, weight, eps)

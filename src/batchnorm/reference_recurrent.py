@@ -38,7 +38,31 @@ NORMS = ("ih", "hh", "cell")
 
 
 class LayerParams(NamedTuple):
-    """One layer's parameters (float64 arrays); bias and beta_cell may be None."""
+    """One layer's parameters (float64 arrays); bias and beta_cell may be None.
+
+    Attributes:
+        weight_ih: (4H, I).
+        weight_hh: (4H, H).
+        bias: (4H,) gate bias b, or None.
+        gamma_ih: (4H,).
+        gamma_hh: (4H,).
+        gamma_cell: (H,).
+        beta_cell: (H,), or None.
+
+    Example:
+        >>> import numpy as np
+        >>> from batchnorm import reference_recurrent as rr
+        >>> rng = np.random.default_rng(0)
+        >>> H, I, T = 4, 3, 6                  # hidden size, input size, time steps
+        >>> params = [rr.LayerParams(0.3 * rng.standard_normal((4 * H, I)), 0.3 * rng.standard_normal((4 * H, H)),
+        ...                          np.zeros(4 * H), np.full(4 * H, 0.1), np.full(4 * H, 0.1), np.full(H, 0.1),
+        ...                          np.zeros(H))]
+        >>> running = [{"ih": rr.initial_step_stats(T, 4 * H), "hh": rr.initial_step_stats(T, 4 * H),
+        ...             "cell": rr.initial_step_stats(T, H)}]
+        >>> x = rng.standard_normal((T, 5, I))  # (T, N, I), time-major
+        >>> params[0].weight_hh.shape
+        (16, 4)
+    """
 
     weight_ih: np.ndarray  # (4H, I)
     weight_hh: np.ndarray  # (4H, H)
@@ -50,7 +74,18 @@ class LayerParams(NamedTuple):
 
 
 class StepStats(NamedTuple):
-    """Running statistics of one normalization, one row per time-step slot."""
+    """Running statistics of one normalization, one row per time-step slot.
+
+    Attributes:
+        running_mean: (max_length, C).
+        running_var: (max_length, C), unbiased.
+        num_batches_tracked: (max_length,) int.
+
+    Example:
+        >>> from batchnorm import reference_recurrent as rr
+        >>> rr.initial_step_stats(3, 2).num_batches_tracked
+        array([0, 0, 0])
+    """
 
     running_mean: np.ndarray  # (max_length, C)
     running_var: np.ndarray  # (max_length, C), unbiased
@@ -58,8 +93,30 @@ class StepStats(NamedTuple):
 
 
 class Gradients(NamedTuple):
-    """Gradients of the loss: input (T, N, I), h0 and c0 (L, N, H), and per layer a dict named like
-    LayerParams' fields."""
+    """Gradients of the loss with respect to the input, the initial state and every parameter.
+
+    Attributes:
+        input: (T, N, I).
+        h0: (L, N, H).
+        c0: (L, N, H).
+        layers: per layer a dict named like `LayerParams`' fields.
+
+    Example:
+        >>> import numpy as np
+        >>> from batchnorm import reference_recurrent as rr
+        >>> rng = np.random.default_rng(0)
+        >>> H, I, T = 4, 3, 6                  # hidden size, input size, time steps
+        >>> params = [rr.LayerParams(0.3 * rng.standard_normal((4 * H, I)), 0.3 * rng.standard_normal((4 * H, H)),
+        ...                          np.zeros(4 * H), np.full(4 * H, 0.1), np.full(4 * H, 0.1), np.full(H, 0.1),
+        ...                          np.zeros(H))]
+        >>> running = [{"ih": rr.initial_step_stats(T, 4 * H), "hh": rr.initial_step_stats(T, 4 * H),
+        ...             "cell": rr.initial_step_stats(T, H)}]
+        >>> x = rng.standard_normal((T, 5, I))  # (T, N, I), time-major
+        >>> *_, cache = rr.lstm_forward(x, params, "batch", running=running)
+        >>> grads = rr.lstm_backward(cache, np.ones((T, 5, H)))
+        >>> grads.input.shape, grads.layers[0]["gamma_cell"].shape
+        ((6, 5, 3), (4,))
+    """
 
     input: np.ndarray
     h0: np.ndarray
@@ -68,7 +125,18 @@ class Gradients(NamedTuple):
 
 
 def initial_step_stats(max_length: int, features: int) -> StepStats:
-    """Fresh running statistics: mean 0, variance 1, no batches tracked, in every slot."""
+    """Fresh running statistics: mean 0, variance 1, no batches tracked, in every slot.
+
+    Args:
+        max_length: the number of time-step slots.
+        features: C, the number of normalized features.
+
+    Example:
+        >>> from batchnorm import reference_recurrent as rr
+        >>> stats = rr.initial_step_stats(3, 2)
+        >>> stats.running_mean.shape, float(stats.running_var.min())
+        ((3, 2), 1.0)
+    """
     return StepStats(np.zeros((max_length, features)), np.ones((max_length, features)),
                      np.zeros(max_length, dtype=np.int64))
 
@@ -132,17 +200,39 @@ def lstm_forward(x, params: list, norm: str = "batch", h0=None, c0=None, lengths
     """Forward pass of the stacked BN-LSTM (norm="batch") or LN-LSTM (norm="layer").
 
     Args:
-        x: (T, N, I) time-major input. params: list of LayerParams, one per layer.
-        h0, c0: (L, N, H) initial state, zeros if None. lengths: (N,) ints in [1, T], all T if None.
-        running: per layer a dict {"ih", "hh", "cell"} -> StepStats (batch norm only; not modified, the
-            updated copies are returned). training: batch statistics (True) or running ones (False).
-        momentum: 0.1 or None (cumulative average). eps: 1e-5.
-        dropout_masks: L-1 arrays (T, N, H) multiplied into the output of layer l before layer l+1.
+        x: (T, N, I) time-major input.
+        params: a list of `LayerParams`, one per layer.
+        norm: "batch"; or "layer".
+        h0: None (zeros); (L, N, H) initial hidden state.
+        c0: None (zeros); (L, N, H) initial cell state.
+        lengths: None (all T); (N,) ints in [1, T].
+        running: None; per layer a dict {"ih", "hh", "cell"} -> `StepStats` (needed by batch norm; not
+            modified, the updated copies are returned).
+        training: True; batch statistics (True) or running ones (False).
+        momentum: 0.1; or None (cumulative average).
+        eps: 1e-5; added to the variance inside the square root.
+        dropout_masks: None; L-1 arrays (T, N, H) multiplied into the output of layer l before layer l+1.
 
-    Returns (output (T, N, H) zero past each length, h_n (L, N, H), c_n (L, N, H), running after, cache).
+    Returns:
+        (output (T, N, H) zero past each length, h_n (L, N, H), c_n (L, N, H), running after, cache).
 
     Example:
-        >>> out, h_n, c_n, stats, cache = lstm_forward(x, params, "layer")
+        >>> import numpy as np
+        >>> from batchnorm import reference_recurrent as rr
+        >>> rng = np.random.default_rng(0)
+        >>> H, I, T = 4, 3, 6                  # hidden size, input size, time steps
+        >>> params = [rr.LayerParams(0.3 * rng.standard_normal((4 * H, I)), 0.3 * rng.standard_normal((4 * H, H)),
+        ...                          np.zeros(4 * H), np.full(4 * H, 0.1), np.full(4 * H, 0.1), np.full(H, 0.1),
+        ...                          np.zeros(H))]
+        >>> running = [{"ih": rr.initial_step_stats(T, 4 * H), "hh": rr.initial_step_stats(T, 4 * H),
+        ...             "cell": rr.initial_step_stats(T, H)}]
+        >>> x = rng.standard_normal((T, 5, I))  # (T, N, I), time-major
+        >>> out, h_n, c_n, after, cache = rr.lstm_forward(x, params, "batch", lengths=np.array([6, 6, 4, 3, 6]),
+        ...                                               running=running)
+        >>> out.shape, h_n.shape, float(abs(out[3:, 3]).max())     # zero past the length 3
+        ((6, 5, 4), (1, 5, 4), 0.0)
+        >>> after[0]["ih"].num_batches_tracked                  # one update per step slot
+        array([1, 1, 1, 1, 1, 1])
     """
     x = np.asarray(x, dtype=np.float64)
     steps, batch = x.shape[0], x.shape[1]
@@ -195,11 +285,29 @@ def lstm_backward(cache, grad_output, grad_h_n=None, grad_c_n=None) -> Gradients
     + sum(grad_c_n * c_n) with respect to the input, h0, c0 and every parameter.
 
     Args:
-        cache: from lstm_forward. grad_output: (T, N, H) (values past a length do not matter: those outputs
-        are constants). grad_h_n, grad_c_n: (L, N, H) or None (zero).
+        cache: from `lstm_forward`.
+        grad_output: (T, N, H); values past a length do not matter (those outputs are constants).
+        grad_h_n: None (zero); (L, N, H).
+        grad_c_n: None (zero); (L, N, H).
+
+    Returns:
+        The `Gradients`.
 
     Example:
-        >>> grads = lstm_backward(cache, np.ones_like(out))
+        >>> import numpy as np
+        >>> from batchnorm import reference_recurrent as rr
+        >>> rng = np.random.default_rng(0)
+        >>> H, I, T = 4, 3, 6                  # hidden size, input size, time steps
+        >>> params = [rr.LayerParams(0.3 * rng.standard_normal((4 * H, I)), 0.3 * rng.standard_normal((4 * H, H)),
+        ...                          np.zeros(4 * H), np.full(4 * H, 0.1), np.full(4 * H, 0.1), np.full(H, 0.1),
+        ...                          np.zeros(H))]
+        >>> running = [{"ih": rr.initial_step_stats(T, 4 * H), "hh": rr.initial_step_stats(T, 4 * H),
+        ...             "cell": rr.initial_step_stats(T, H)}]
+        >>> x = rng.standard_normal((T, 5, I))  # (T, N, I), time-major
+        >>> out, h_n, c_n, _, cache = rr.lstm_forward(x, params, "layer")
+        >>> grads = rr.lstm_backward(cache, np.ones_like(out))
+        >>> grads.h0.shape, sorted(grads.layers[0])[:3]
+        ((1, 5, 4), ['beta_cell', 'bias', 'gamma_cell'])
     """
     params, records, hidden = cache["params"], cache["records"], cache["hidden"]
     steps, batch, _ = cache["shape"]
