@@ -13,9 +13,17 @@ replaced, the link stays).
 This module imports nothing else from the package, so every layer may use it.
 
 Example:
-    >>> atomic_write("report.json", json.dumps(report))
-    >>> with atomic_open("table.csv", "w") as f: f.write("a,b\\n")
-    >>> with atomic_path("model.pt") as tmp: torch.save(state, tmp)       # writers that want a path
+    >>> import json, os, tempfile
+    >>> import torch
+    >>> from batchnorm._atomic import atomic_open, atomic_path, atomic_write
+    >>> folder = tempfile.mkdtemp()
+    >>> atomic_write(os.path.join(folder, "report.json"), json.dumps({"ok": True}))
+    >>> with atomic_open(os.path.join(folder, "table.csv"), "w") as f:
+    ...     _ = f.write("a,b\\n")
+    >>> with atomic_path(os.path.join(folder, "model.pt")) as tmp:   # for writers that want a path
+    ...     torch.save({"w": torch.ones(2)}, tmp)
+    >>> sorted(os.listdir(folder))
+    ['model.pt', 'report.json', 'table.csv']
 """
 
 from __future__ import annotations
@@ -104,7 +112,14 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", *, encoding: str | Non
         newline: None (text mode only, as in `open`).
 
     Example:
-        >>> with atomic_open("out.pt", "wb") as f: torch.save(state_dict, f)
+        >>> import os, tempfile
+        >>> import torch
+        >>> from batchnorm._atomic import atomic_open
+        >>> path = os.path.join(tempfile.mkdtemp(), "out.pt")
+        >>> with atomic_open(path, "wb") as f:
+        ...     torch.save(torch.nn.BatchNorm1d(4).state_dict(), f)
+        >>> sorted(torch.load(path))
+        ['bias', 'num_batches_tracked', 'running_mean', 'running_var', 'weight']
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open mode must be 'w' or 'wb', got {mode!r}")
@@ -131,7 +146,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     on a clean exit its content is fsync'ed and atomically replaces `path`.
 
     Example:
-        >>> with atomic_path("model.onnx") as tmp: torch.onnx.export(model, (x,), tmp)
+        >>> import os, tempfile
+        >>> from batchnorm._atomic import atomic_path
+        >>> path = os.path.join(tempfile.mkdtemp(), "data.bin")
+        >>> with atomic_path(path) as tmp:
+        ...     with open(tmp, "wb") as f:
+        ...         _ = f.write(b"payload")
+        >>> open(path, "rb").read()
+        b'payload'
     """
     target = _resolve(path)
     fd, temporary = _create_temporary(target)
