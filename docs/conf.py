@@ -25,6 +25,7 @@ extensions = [
     "myst_parser",
     "sphinx_gallery.gen_gallery",
     "lab_results",
+    "other_pages",
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
@@ -65,3 +66,14 @@ warnings.filterwarnings("ignore", message="Matplotlib is currently using agg")
 
 # `name` in a docstring links to that object when it exists and is shown as code otherwise.
 default_role = "py:obj"
+
+
+def _skip_namedtuple_fields(app, what, name, obj, skip, options):
+    """NamedTuple fields are described in their class's Attributes section; skip torch's generated aliases."""
+    if (getattr(obj, "__doc__", None) or "").startswith("Alias for field number"):
+        return True
+    return None
+
+
+def setup(app):
+    app.connect("autodoc-skip-member", _skip_namedtuple_fields)

@@ -32,6 +32,24 @@ def _mean(values) -> Optional[float]:
     return sum(values) / len(values) if values else None
 
 
+def _count(seeds) -> str:
+    """The number of seeds, given as a list of seeds or as a count."""
+    return str(len(seeds)) if isinstance(seeds, (list, tuple)) else _cell(seeds if seeds is not None else "")
+
+
+def _chosen_validation(arm: dict):
+    """Validation accuracy at the chosen rate: a list per rate of the grid, a dict keyed by rate, or a number."""
+    val, grid, chosen = arm.get("val_accuracy"), arm.get("lr_grid") or [], arm.get("lr_chosen")
+    if isinstance(val, dict):
+        return val.get(str(chosen), val.get(chosen))
+    if isinstance(val, (list, tuple)):
+        if chosen in grid and len(val) == len(grid):
+            return val[grid.index(chosen)]
+        numbers = [v for v in val if isinstance(v, (int, float))]
+        return max(numbers) if numbers else None
+    return val
+
+
 def render_markdown(results: Optional[dict]) -> str:
     """Markdown for the lab guide: one summary table of findings, then one table of arms per experiment."""
     if not results:
@@ -43,13 +61,16 @@ def render_markdown(results: Optional[dict]) -> str:
         for finding in exp.get("findings", []):
             effect = finding.get("effect") or {}
             ci = effect.get("ci95") or [None, None]
-            text = (f"{_cell(effect.get('name', ''))} = {_number(effect.get('estimate'))} "
-                    f"[{_number(ci[0])}, {_number(ci[1])}]")
-            if effect.get("threshold") is not None:
-                text += f" (threshold {_number(effect.get('threshold'))})"
-            lines.append(f"| {_cell(exp.get('id', ''))} {_cell(exp.get('title', ''))} | {_cell(finding.get('claim', ''))}"
+            text = "–"
+            if effect:
+                text = (f"{_cell(effect.get('name', ''))} = {_number(effect.get('estimate'))} "
+                        f"[{_number(ci[0])}, {_number(ci[1])}]")
+                if effect.get("threshold") is not None:
+                    text += f" (threshold {_number(effect.get('threshold'))})"
+            name = f"{_cell(exp.get('id', ''))} {_cell(exp.get('title', ''))}"
+            lines.append(f"| {name} | {_cell(finding.get('claim', ''))}"
                          f" | **{_cell(finding.get('verdict', ''))}** | {text} | {_cell(finding.get('criterion', ''))}"
-                         f" | {_cell(finding.get('seeds', ''))} |")
+                         f" | {_count(finding.get('seeds'))} |")
     out = [f"{len(experiments)} experiments.", "", *lines]
     for exp in experiments:
         out += ["", f"### {_cell(exp.get('id', ''))}: {_cell(exp.get('title', ''))}", ""]
@@ -59,13 +80,13 @@ def render_markdown(results: Optional[dict]) -> str:
         if not arms:
             out.append("No arms recorded.")
             continue
-        out += ["| arm | learning rates tried | chosen | validation accuracy | test accuracy (mean over seeds) | seeds |",
+        out += ["| arm | learning rates tried | chosen | validation accuracy | test accuracy (mean) | seeds |",
                 "| --- | --- | --- | --- | --- | --- |"]
         for arm in arms:
             tests = arm.get("test_accuracy") or []
             grid = ", ".join(_number(v) for v in arm.get("lr_grid") or [])
             out.append(f"| {_cell(arm.get('name', ''))} | {grid} | {_number(arm.get('lr_chosen'))} | "
-                       f"{_number(arm.get('val_accuracy'))} | {_number(_mean(tests))} | {len(tests)} |")
+                       f"{_number(_chosen_validation(arm))} | {_number(_mean(tests))} | {len(tests)} |")
     versions = results.get("versions")
     if versions:
         out += ["", "Versions: " + ", ".join(f"{_cell(k)} {_cell(v)}" for k, v in sorted(versions.items())) + "."]
