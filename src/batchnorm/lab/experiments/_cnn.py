@@ -48,9 +48,12 @@ def ink_clustered_batches(x: torch.Tensor, labels: torch.Tensor, batch_size: int
         bins: quantile bins per class (>= 2). generator: the random source.
 
     Example:
+        >>> import torch
+        >>> x, y = torch.rand(200, 1, 8, 8), torch.arange(200) % 10       # 20 samples of each of 10 classes
         >>> batches = ink_clustered_batches(x, y, 40, 4, torch.Generator().manual_seed(0))
-        >>> next(batches).shape
-        torch.Size([40])
+        >>> batch = next(batches)                                          # indices into x
+        >>> batch.shape, torch.bincount(y[batch]).tolist()                 # 4 samples of every class
+        (torch.Size([40]), [4, 4, 4, 4, 4, 4, 4, 4, 4, 4])
     """
     classes = torch.unique(labels)
     if batch_size % len(classes):
