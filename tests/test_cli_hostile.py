@@ -204,7 +204,10 @@ def test_data_the_model_cannot_use_exits_2_with_one_line(workdir, tmp_path, caps
     (["bench", "--repeats", "-1"], "batchnorm bench: error: --repeats must be at least 1, got -1"),
     (["fold", "hostile_factories:make_net", "--no-such-option"], "unrecognized arguments: --no-such-option"),
     (["recalibrate", "hostile_factories:make_net"], "the following arguments are required: --data, --out"),
-    (["doctor", "hostile_factories:make_net", "--batch-size", "many"], "argument --batch-size: invalid int value"),
+    (["doctor", "hostile_factories:make_net", "--batch-size", "many"],
+     "argument --batch-size: expected an integer >= 1, got 'many'"),
+    (["doctor", "hostile_factories:make_net", "--data", "data.pt", "--num-batches", "0"],
+     "argument --num-batches: expected an integer >= 1, got 0"),
 ])
 def test_bad_options_exit_2_with_one_line(workdir, capsys, args, message):
     code, err = _run(workdir, args, capsys)

@@ -47,8 +47,21 @@ def add_data_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--data", metavar="DATA", required=required,
                         help="a .pt file (a tensor of inputs, an (inputs, labels) pair or a dict with 'inputs' and "
                              "'labels'), a .npy/.npz file, or module:function returning an iterable of batches")
-    parser.add_argument("--batch-size", type=int, default=64, help="batch size when DATA is a file (default 64)")
-    parser.add_argument("--num-batches", type=int, default=None, help="use only this many batches (default: all)")
+    parser.add_argument("--batch-size", type=positive_int, default=64,
+                        help="batch size when DATA is a file (default 64)")
+    parser.add_argument("--num-batches", type=positive_int, default=None,
+                        help="use only this many batches (default: all)")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse reports the error in one line, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
 
 
 def run_safely(command: str, body, args) -> int:
