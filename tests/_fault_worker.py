@@ -8,15 +8,13 @@ Scenarios (2 ranks):
     mismatch     rank 0 has SyncBatchNorm(4), rank 1 SyncBatchNorm(5): both must fail with a clear error.
     stall        after one training step, rank 1 sleeps past the process group's timeout; rank 0 must fail once
                  the timeout expires.
-    recalibrate_no_batches  tools.recalibrate where rank 1 has no batches at all: both ranks must finish with
-                 the statistics of rank 0's data (checked here against NumPy; exit 0, or 5 on a mismatch).
-    recalibrate_nan  tools.recalibrate where rank 1's first batch holds a NaN: both ranks must raise ValueError.
-    recalibrate_sync_even  a SyncBatchNorm model, 2 batches per rank: the statistics of both ranks' data (exit 0).
-    recalibrate_sync_uneven  a SyncBatchNorm model, 2 batches on rank 0 and 1 on rank 1: both must raise
-                 ValueError before any forward (each forward of a SyncBatchNorm is a collective).
+    recalibrate  tools.recalibrate cases in one process group, one stderr line '<case>: <outcome>' each:
+                 no_batches (rank 1 has no batches: both ranks get rank 0's statistics), nan (rank 1's first batch
+                 holds a NaN: both raise ValueError), sync_even (SyncBatchNorm, 2 batches per rank: statistics of
+                 both ranks' data), sync_uneven (SyncBatchNorm, 2 and 1 batches: both raise before any forward).
 Exit codes: 17 when the forward raised the expected kind of error (RuntimeError or ValueError; its message is
-printed on stderr), 0 when it did not fail (a test failure, except for recalibrate_no_batches), 3 for the rank
-that dies on purpose.
+printed on stderr), 0 when it did not fail (a test failure, except for recalibrate), 3 for the rank that dies on
+purpose.
 """
 
 from __future__ import annotations
@@ -38,33 +36,35 @@ def _rank_data(rank: int) -> list:
     return [torch.randn(n, 3, 2, 2, generator=generator, dtype=torch.float64) * (1 + n) + n for n in (5, 3)]
 
 
-def recalibrate_scenario(scenario: str, rank: int) -> None:
+RECALIBRATE_CASES = ("no_batches", "nan", "sync_even", "sync_uneven")
+
+
+def recalibrate_case(case: str, rank: int) -> str:
+    """One tools.recalibrate case on this rank: 'ok', 'raised <type>: <message>' or 'wrong statistics ...'."""
     import numpy as np
 
     from batchnorm.tools import recalibrate
 
     data = _rank_data(rank)
-    if scenario == "recalibrate_no_batches" and rank == 1:
+    if case == "no_batches" and rank == 1:
         data = []
-    if scenario == "recalibrate_nan" and rank == 1:
+    if case == "nan" and rank == 1:
         data[0][1, 2, 0, 1] = float("nan")
-    if scenario == "recalibrate_sync_uneven" and rank == 1:
+    if case == "sync_uneven" and rank == 1:
         data = data[:1]
-    sync = scenario.startswith("recalibrate_sync")
+    sync = case.startswith("sync")
     model = torch.nn.Sequential(bnn.SyncBatchNorm(3).double() if sync else torch.nn.BatchNorm2d(3).double())
     try:
         recalibrate(model, data)
     except (RuntimeError, ValueError) as error:
-        print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
-        os._exit(17)
+        return f"raised {type(error).__name__}: {error}"
     expected = _rank_data(0) + (_rank_data(1) if sync else [])
     values = np.concatenate([np.moveaxis(x.numpy(), 1, 0).reshape(3, -1) for x in expected], axis=1)
     mean_error = np.abs(model[0].running_mean.numpy() - values.mean(1)).max()
     var_error = np.abs(model[0].running_var.numpy() / values.var(1, ddof=1) - 1).max()
     if mean_error > 1e-12 or var_error > 1e-12:
-        print(f"rank {rank}: statistics differ from rank 0's data: {mean_error}, {var_error}", file=sys.stderr)
-        os._exit(5)
-    os._exit(0)
+        return f"wrong statistics: mean error {mean_error}, variance error {var_error}"
+    return "ok"
 
 
 def main() -> None:
@@ -72,8 +72,10 @@ def main() -> None:
     rank = int(os.environ["RANK"])
     timeout = float(os.environ.get("FAULT_PG_TIMEOUT", "20"))
     torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout))
-    if scenario.startswith("recalibrate"):
-        recalibrate_scenario(scenario, rank)
+    if scenario == "recalibrate":
+        for case in RECALIBRATE_CASES:
+            print(f"{case}: {recalibrate_case(case, rank)}", file=sys.stderr, flush=True)
+        os._exit(0)
     channels = 5 if (scenario == "mismatch" and rank == 1) else 4
     layer = bnn.SyncBatchNorm(channels).double()
     x = torch.randn(6, channels, 3, 3, dtype=torch.float64, requires_grad=True)

@@ -106,7 +106,7 @@ def _subprocess(root: Path, args: list[str], file_size_limit: int | None = None,
 
 
 # ------------------------------------------------------------------------------------------ atomic outputs
-def test_recalibrate_onto_its_own_weights_with_a_write_cut_partway_keeps_the_checkpoint(workdir, tmp_path):
+def test_recalibrate_onto_its_own_weights_with_a_write_cut_partway_keeps_the_checkpoint(workdir, tmp_path, capsys):
     precious = tmp_path / "precious.pt"
     precious.write_bytes((workdir / "weights.pt").read_bytes())
     before = precious.read_bytes()
@@ -118,9 +118,9 @@ def test_recalibrate_onto_its_own_weights_with_a_write_cut_partway_keeps_the_che
     assert precious.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["precious.pt"]          # no temporary file left
     # without the limit the same command replaces the file with a loadable, recalibrated state_dict
-    done = _subprocess(workdir, ["recalibrate", "hostile_factories:make_net", "--weights", str(precious), "--data",
-                                 "data.pt", "--out", str(precious)])
-    assert done.returncode == 0, done.stderr
+    code, err = _run(workdir, ["recalibrate", "hostile_factories:make_net", "--weights", str(precious), "--data",
+                               "data.pt", "--out", str(precious)], capsys)
+    assert code == 0, err
     state = torch.load(precious, weights_only=True)
     assert not torch.equal(state["1.running_mean"], torch.zeros(8))
 
@@ -220,8 +220,9 @@ def test_bench_json_path_is_checked_before_measuring(workdir, tmp_path, capsys):
     assert code == 2 and "does not exist" in _one_line(err)
 
 
-def test_a_malicious_pickle_is_refused_in_one_line_without_torch_warning(workdir, tmp_path):
+def test_a_malicious_pickle_is_refused_in_one_line_without_torch_warning(workdir, tmp_path, capsys):
     import pickle
+    import warnings
     marker = tmp_path / "PWNED"
 
     class Exploit:
@@ -229,10 +230,14 @@ def test_a_malicious_pickle_is_refused_in_one_line_without_torch_warning(workdir
             return (os.system, (f"touch {marker}",))
 
     (tmp_path / "evil.pt").write_bytes(pickle.dumps(Exploit(), protocol=4))
-    done = _subprocess(workdir, ["fold", "hostile_factories:make_net", "--weights", str(tmp_path / "evil.pt")])
-    assert done.returncode == 2
-    line = _one_line(done.stderr)                     # torch's "Detected pickle protocol" warning is silenced
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, err = _run(workdir, ["fold", "hostile_factories:make_net", "--weights", str(tmp_path / "evil.pt")],
+                         capsys)
+    assert code == 2
+    line = _one_line(err)
     assert "could not be read with torch.load(weights_only=True)" in line and not marker.exists()
+    assert not [w for w in caught if "pickle protocol" in str(w.message)], "torch's warning was not silenced"
 
 
 # ------------------------------------------------------------------------------------ non-finite statistics
@@ -307,7 +312,7 @@ BAD_ENVIRONMENT = [
 ]
 
 
-def test_invalid_environment_variables_are_named_with_their_accepted_range():
+def test_invalid_environment_variables_are_named_with_their_accepted_range(workdir):
     """Each bad value makes `import batchnorm.nn` fail with the variable, its value and the accepted range; one
     process re-imports the configuration module once per value (a process per value would cost seconds each)."""
     script = textwrap.dedent(f"""
@@ -324,14 +329,28 @@ def test_invalid_environment_variables_are_named_with_their_accepted_range():
                 results.append(f"{{type(error).__name__}}: {{error}}")
             del os.environ[name]
         print("\\n".join(results))
+        # the command: exit 2 and one line on stderr
+        import contextlib, io
+        os.environ["BATCHNORM_POOL_MB"] = "-5"
+        for module in [m for m in sys.modules if m.startswith("batchnorm")]:
+            del sys.modules[module]
+        from batchnorm.cli import main
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr):
+            code = main(["doctor", "hostile_factories:make_net"])
+        print(f"exit {{code}}")
+        print(stderr.getvalue(), end="")
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=workdir)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
-    assert len(lines) == len(BAD_ENVIRONMENT), done.stdout
+    assert len(lines) == len(BAD_ENVIRONMENT) + 2, done.stdout
     for (name, value, accepted), line in zip(BAD_ENVIRONMENT, lines):
         assert line.startswith(f"ConfigurationError: environment variable {name}={value!r} is invalid"), line
         assert accepted in line, line
+    assert lines[-2] == "exit 2", done.stdout
+    assert lines[-1].startswith("batchnorm doctor: error: ") and "BATCHNORM_POOL_MB='-5'" in lines[-1], lines[-1]
 
 
 def test_environment_variables_parse_in_one_place(monkeypatch):
@@ -347,11 +366,3 @@ def test_environment_variables_parse_in_one_place(monkeypatch):
     readers = [p.relative_to(source) for p in source.rglob("*.py")
                if "os.environ.get(\"BATCHNORM" in p.read_text() or "getenv(\"BATCHNORM" in p.read_text()]
     assert readers == [], f"BATCHNORM_* variables read outside kernels/config.py: {readers}"
-
-
-def test_an_invalid_environment_variable_makes_the_command_exit_2_with_one_line(workdir):
-    env = dict(os.environ, BATCHNORM_POOL_MB="-5")
-    done = _subprocess(workdir, ["doctor", "hostile_factories:make_net"], env=env)
-    assert done.returncode == 2, done.stderr
-    line = _one_line(done.stderr)
-    assert line.startswith("batchnorm doctor: error: ") and "BATCHNORM_POOL_MB='-5'" in line
