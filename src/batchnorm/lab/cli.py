@@ -53,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.threads < 1:
         return _refuse(f"--threads must be >= 1, got {args.threads}")
-    jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
+    from .jobs import default_workers
+
+    jobs = args.jobs if args.jobs is not None else default_workers()
     if jobs < 1:
         return _refuse(f"--jobs must be >= 1 (worker processes), got {args.jobs}")
     if args.seed_base < 0:
