@@ -3,8 +3,7 @@ ResNet, LSTM / BN-LSTM / LN-LSTM classifiers and a tiny transformer encoder.
 
 Normalization choices (`NORMS`): 'none', 'batch' (this project's BatchNorm), 'torch_batch' (torch's),
 'renorm' (Batch Renorm), 'ghost' (ghost BN, `virtual_batch_size=`), 'group', 'layer', 'instance', 'noisy_batch'
-(BN followed by Santurkar et al.'s noise). Layers being built elsewhere in the project are imported when used;
-if one is missing, `LayerMissing` says which, and the experiment reports it instead of faking it.
+(BN followed by Santurkar et al.'s noise). Every layer comes from `batchnorm.nn` (or torch for the comparisons).
 
 Example:
     >>> model = MLP(64, norm="batch")
@@ -19,38 +18,10 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["NORMS", "LayerMissing", "norm_layer", "available", "MLP", "CNN", "ResNet", "RecurrentClassifier",
+__all__ = ["NORMS", "norm_layer", "MLP", "CNN", "ResNet", "RecurrentClassifier",
            "TinyTransformer", "NoisyShift", "gaussian_init"]
 
 NORMS = ("none", "batch", "torch_batch", "renorm", "ghost", "group", "layer", "instance", "noisy_batch")
-
-
-class LayerMissing(RuntimeError):
-    """A layer or tool the experiment needs is not (yet) in the package."""
-
-
-def _import(module: str, name: str, issue: str):
-    """`module.name`, also looked up in the submodules where it is defined before it is exported."""
-    import importlib
-
-    for candidate in (module, *_DEFINED_IN.get(name, ())):
-        try:
-            return getattr(importlib.import_module(candidate), name)
-        except (ImportError, AttributeError) as error:
-            reason = error
-    raise LayerMissing(f"{module}.{name} is not available yet ({issue}): {reason}") from None
-
-
-_DEFINED_IN = {"BNLSTM": ("batchnorm.nn.recurrent",), "LNLSTM": ("batchnorm.nn.recurrent",)}
-
-
-def available(norm: str) -> str | None:
-    """None if `norm` can be built now, else the reason it cannot (which layer is missing)."""
-    try:
-        norm_layer(norm, 4, "2d", virtual_batch_size=2)
-    except LayerMissing as error:
-        return str(error)
-    return None
 
 
 class NoisyShift(nn.Module):
@@ -117,14 +88,14 @@ def norm_layer(norm: str, num_features: int, kind: str = "1d", *, groups: int = 
     elif norm == "torch_batch":
         layer = getattr(nn, "BatchNorm" + suffix)(num_features, momentum=momentum)
     elif norm == "renorm":
-        layer = _import("batchnorm.nn", "BatchRenorm" + suffix, "issue 5")(num_features, **renorm_options)
+        from .. import nn as bnn
+
+        layer = getattr(bnn, "BatchRenorm" + suffix)(num_features, **renorm_options)
     elif norm == "ghost":
-        cls = _import("batchnorm.nn", "BatchNorm" + suffix, "issue 5")
-        try:
-            layer = cls(num_features, momentum=momentum, virtual_batch_size=virtual_batch_size)
-        except TypeError as error:
-            raise LayerMissing(f"batchnorm.nn.BatchNorm{suffix}(virtual_batch_size=...) is not available yet "
-                               f"(issue 5): {error}") from None
+        from .. import nn as bnn
+
+        layer = getattr(bnn, "BatchNorm" + suffix)(num_features, momentum=momentum,
+                                                   virtual_batch_size=virtual_batch_size)
     elif norm == "layer":
         layer = nn.LayerNorm(num_features) if kind == "seq" else nn.GroupNorm(1, num_features)
         return layer
@@ -279,7 +250,7 @@ class ResNet(nn.Module):
         return self.net(x)
 
 
-RECURRENT_KINDS = {"lstm": None, "bnlstm": ("BNLSTM", "issue 8"), "lnlstm": ("LNLSTM", "issue 8")}
+RECURRENT_KINDS = ("lstm", "bnlstm", "lnlstm")
 
 
 class RecurrentClassifier(nn.Module):
@@ -298,15 +269,14 @@ class RecurrentClassifier(nn.Module):
         super().__init__()
         if kind not in RECURRENT_KINDS:
             raise ValueError(f"kind must be one of {', '.join(RECURRENT_KINDS)}, got {kind!r}")
+        from .. import nn as bnn
+
         if kind == "lstm":
             self.rnn = nn.LSTM(input_size, hidden_size, batch_first=True)
+        elif kind == "bnlstm":
+            self.rnn = bnn.BNLSTM(input_size, hidden_size, batch_first=True, max_length=max_length)
         else:
-            name, issue = RECURRENT_KINDS[kind]
-            cls = _import("batchnorm.nn", name, issue)
-            kwargs = dict(batch_first=True)
-            if kind == "bnlstm":
-                kwargs["max_length"] = max_length
-            self.rnn = cls(input_size, hidden_size, **kwargs)
+            self.rnn = bnn.LNLSTM(input_size, hidden_size, batch_first=True)
         self.head = nn.Linear(hidden_size, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

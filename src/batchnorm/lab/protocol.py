@@ -26,8 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 __all__ = ["VERDICTS", "LR_GRID", "Effect", "Finding", "Arm", "Plot", "Table", "Result", "seeds", "mean_ci",
-           "diff_ci", "ratio_ci", "judge", "fmt_ci", "tune_and_run", "check_grid",
-           "Stat", "stat", "verdict", "not_run"]
+           "diff_ci", "ratio_ci", "judge", "fmt_ci", "tune_and_run", "check_grid"]
 
 VERDICTS = ("holds", "partly holds", "inconclusive", "does not hold", "not run")
 
@@ -180,47 +179,6 @@ def fmt_ci(estimate: float, ci95, unit: str = "", digits: int = 1) -> str:
 
     lo, hi = ci95
     return f"{number(estimate)} [{number(lo)}, {number(hi)}]" + (f" {unit}" if unit else "")
-
-
-@dataclass
-class Stat:
-    """Mean and standard deviation over seeds (ddof=0), and the per-seed values."""
-
-    mean: float
-    std: float
-    values: list[float]
-
-    def __str__(self) -> str:
-        return self.format()
-
-    def format(self, digits: int = 3, percent: bool = False) -> str:
-        if percent:
-            return f"{100 * self.mean:.1f} +- {100 * self.std:.1f}%"
-        return f"{self.mean:.{digits}g} +- {self.std:.{digits - 1}g}" if abs(self.mean) >= 1e3 or (
-            0 < abs(self.mean) < 1e-2) else f"{self.mean:.{digits}f} +- {self.std:.{digits}f}"
-
-
-def stat(values) -> Stat:
-    """Mean +- std (population std) of a list of per-seed numbers; non-finite values give NaN mean.
-
-    Example:
-        >>> str(stat([0.9, 0.92]))
-        '0.910 +- 0.010'
-    """
-    array = np.asarray(list(values), dtype=float)
-    if array.size == 0:
-        raise ValueError("stat needs at least one value (one per seed), got none")
-    with np.errstate(invalid="ignore"):  # inf values (e.g. 'never reached') give an inf mean and a NaN std
-        return Stat(float(array.mean()), float(array.std()), [float(v) for v in array])
-
-
-def verdict(strong: bool, weak: bool | None = None) -> str:
-    """'holds' if the criterion's strong part is met; 'partly holds' if only its weak part; else 'does not hold'."""
-    if strong:
-        return "holds"
-    if weak:
-        return "partly holds"
-    return "does not hold"
 
 
 @dataclass
@@ -394,10 +352,3 @@ class Result:
         data["tables"] = [Table(**t) for t in data.get("tables", [])]
         data["plots"] = [Plot(**p) for p in data.get("plots", [])]
         return cls(**data)
-
-
-def not_run(experiment: str, title: str, claims: list[tuple[str, str, str]], reason: str) -> Result:
-    """A Result for an experiment that could not run; claims: (claim, anchor, criterion) of every finding."""
-    return Result(experiment, title,
-                  [Finding(c, a, k, f"not run: {reason}", verdict="not run") for c, a, k in claims],
-                  notes=[f"Not run: {reason}."])
