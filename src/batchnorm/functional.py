@@ -67,7 +67,8 @@ def check_running_not_differentiable(running_mean: Optional[Tensor], running_var
                                      where: str = "batch_norm") -> None:
     """Raise BatchNormArgumentError, as torch does, for running buffers that require grad while grad mode is on
     (batch norm is not differentiable with respect to them, and training updates them in place)."""
-    if not torch.is_grad_enabled():
+    if not ((running_mean is not None and running_mean.requires_grad)
+            or (running_var is not None and running_var.requires_grad)) or not torch.is_grad_enabled():
         return
     for name, t in (("running_mean", running_mean), ("running_var", running_var)):
         if t is not None and t.requires_grad:
@@ -88,6 +89,11 @@ def needs_torch_math(x) -> bool:
     """
     if torch.compiler.is_compiling():
         return torch.compiler.is_exporting()
+    return _eager_context_needs_torch(x)
+
+
+def _eager_context_needs_torch(x) -> bool:
+    """`needs_torch_math` outside torch.compile: a few C-level flags, about 0.3 us per call."""
     return (type(x) is not Tensor or torch._C._get_tracing_state() is not None
             or torch._C._are_functorch_transforms_active() or _forward_ad._current_level >= 0
             or torch._C._len_torch_dispatch_stack() > 0)
@@ -103,7 +109,9 @@ def uses_own_kernels(x: Tensor) -> bool:
         >>> uses_own_kernels(torch.randn(2, 3)), uses_own_kernels(torch.randn(2, 3).half())
         (True, False)
     """
-    return x.device.type == "cpu" and x.dtype in _OWN_DTYPES and not needs_torch_math(x)
+    if torch.compiler.is_compiling():
+        return x.device.type == "cpu" and x.dtype in _OWN_DTYPES and not torch.compiler.is_exporting()
+    return type(x) is Tensor and x.is_cpu and x.dtype in _OWN_DTYPES and not _eager_context_needs_torch(x)
 
 
 def check_per_channel_sizes(input: Tensor, **per_channel: Optional[Tensor]) -> None:
@@ -445,9 +453,8 @@ def _check_statistics_arguments(input: Tensor, running_mean: Optional[Tensor], r
 # It computes exactly what `batch_stats` + `normalize` + `normalize_backward` compute; those custom ops remain
 # the path for torch.compile (and every variant that builds on them).
 def _eager_eligible(input: Tensor, *per_channel: Optional[Tensor]) -> bool:
-    """True when the fused eager path applies: not compiling/tracing, plain tensors, dense per-channel vectors."""
-    if torch.compiler.is_compiling():  # (tracing, functorch and the like never get here: `uses_own_kernels`)
-        return False
+    """True when the fused eager path applies to an input that `uses_own_kernels` outside torch.compile (tracing,
+    functorch and the like never get here): plain tensors, dense per-channel vectors."""
     if torch.overrides.has_torch_function((input,) + per_channel) or input.dim() < 2:
         return False
     channels, dtype = input.shape[1], input.dtype
@@ -604,11 +611,14 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     """
     activation_param = 0.0 if activation == "identity" else _checked_activation("batch_norm", activation,
                                                                                  activation_param)
-    if not uses_own_kernels(input):
+    compiling = torch.compiler.is_compiling()
+    if not (uses_own_kernels(input) if compiling else
+            type(input) is Tensor and input.is_cpu and input.dtype in _OWN_DTYPES
+            and not _eager_context_needs_torch(input)):  # `uses_own_kernels`, inlined on the per-call path
         y = torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
         return torch_activation(y, activation, activation_param)
     check_running_not_differentiable(running_mean, running_var)
-    if _eager_eligible(input, weight, bias, running_mean, running_var):
+    if not compiling and _eager_eligible(input, weight, bias, running_mean, running_var):
         return _eager_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps,
                                  activation, activation_param)
     check_per_channel_sizes(input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
