@@ -239,6 +239,11 @@ CATALOGUE = [
       ("num_groups", "positive integer", "num_groups=None")),
     E("tools.convert", "tools.convert(nn.BatchNorm2d(6), to='groupnorm', num_groups=4)", ValueError,
       ("num_groups", "divide the channels", "num_groups=4", "6 channels")),
+    E("tools.fuse_activations", "tools.fuse_activations(42)", TypeError, ("model", "torch.nn.Module", "int")),
+    E("tools.fuse_activations", "class Branchy(nn.Module):\n    def forward(self, x):\n"
+                                "        return x if x.sum() > 0 else -x\n"
+                                "tools.fuse_activations(Branchy())", ValueError,
+      ("torch.fx can trace", "Branchy", "convert(model, to='batchnorm')")),
     E("tools.doctor", "tools.doctor('resnet50')", TypeError, ("model", "torch.nn.Module", "str")),
     E("tools.doctor", "tools.doctor(nn.BatchNorm2d(3), [])", ValueError, ("data", "no batches")),
 ]

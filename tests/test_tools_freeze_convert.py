@@ -157,7 +157,7 @@ def test_convert_leaves_variants_with_a_warning_and_validates_arguments():
         converted = convert(model, to="torch")
     assert type(converted[1]) is bnn.BatchNormAct2d and type(converted[2]) is nn.BatchNorm2d
     assert any("left 1 layer(s)" in str(w.message) and "BatchNormAct2d" in str(w.message) for w in caught)
-    with pytest.raises(ValueError, match="convert got to='keras'; expected one of batchnorm, torch, sync, frozen"):
+    with pytest.raises(ValueError, match="convert got to='keras'; expected one of batchnorm, fused, torch, sync, frozen"):
         convert(model, to="keras")
     with pytest.raises(TypeError, match="convert expected model to be a torch.nn.Module"):
         convert([model], to="torch")

@@ -39,6 +39,7 @@ _MODULE_ACTIVATIONS = {
     nn.SiLU: lambda m: ("silu", None),
     nn.GELU: lambda m: ("gelu_tanh" if m.approximate == "tanh" else "gelu", None),
 }
+_DIMS = {nn.BatchNorm1d: "1d", nn.BatchNorm2d: "2d", nn.BatchNorm3d: "3d"}
 _RELU_FUNCTIONS = (torch.relu, torch.relu_, nn.functional.relu)
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 
@@ -97,7 +98,7 @@ def _fused_layer(bn: _BatchNorm, with_add: bool, activation: str, param: float |
     """Our BatchNormAct / BatchNormAddAct with the settings, parameters, buffers and flags of `bn`."""
     import batchnorm.nn as ours
 
-    dims = {1: "1d", 2: "2d", 3: "3d"}[_dims(bn)]
+    dims = next(suffix for base, suffix in _DIMS.items() if isinstance(bn, base))  # _plain made sure it is one
     cls = getattr(ours, ("BatchNormAddAct" if with_add else "BatchNormAct") + dims)
     state = [t for t in (*bn.parameters(recurse=False), *bn.buffers(recurse=False)) if t.is_floating_point()]
     factory = {"device": state[0].device, "dtype": state[0].dtype} if state else {}
@@ -108,13 +109,6 @@ def _fused_layer(bn: _BatchNorm, with_add: bool, activation: str, param: float |
         parameter.requires_grad_(getattr(bn, name).requires_grad)
     layer.train(bn.training)
     return layer
-
-
-def _dims(bn: _BatchNorm) -> int:
-    for dims, name in ((1, "BatchNorm1d"), (2, "BatchNorm2d"), (3, "BatchNorm3d")):
-        if isinstance(bn, getattr(nn, name)):
-            return dims
-    raise ValueError(f"{type(bn).__name__} is not a BatchNorm1d/2d/3d")
 
 
 def _plain(module: nn.Module) -> bool:
