@@ -701,6 +701,9 @@ LIMITATIONS = [
     "layer with a data-dependent training path (variant keywords, BatchRenorm in training).",
     "`fuse_modules` fuses (Conv, BN[, ReLU]) and (Linear, BN) in eval mode; QAT fusion in training mode and "
     "(BN, ReLU) pairs build torch's intrinsic modules, which accept only torch's BatchNorm class.",
+    "FX graph-mode quantization (`prepare_fx`/`convert_fx`) runs, but its fusion patterns match torch's "
+    "BatchNorm class only, so our BN stays a float module after a quantized conv instead of being folded into "
+    "it; `batchnorm.tools.convert(model, to='torch')` first gives torch's fused result.",
     "Masked BatchNorm1d (`forward(x, mask)`) under FakeTensorMode or on the meta device: the valid positions are "
     "selected by boolean indexing, a data-dependent shape.",
     "Stricter than torch: constructors refuse eps <= 0, non-finite eps and momentum outside [0, 1] "
