@@ -65,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     try:
+        from .data import load
+
+        load(args.data)   # a dataset that cannot be read is refused before any experiment starts
         results = run_all(args.experiments, args.scale, args.data, args.seeds, args.out, args.force,
                           seed_base=args.seed_base, jobs=jobs)
     except ValueError as error:

@@ -26,6 +26,7 @@ import gzip
 import os
 import pickle
 import struct
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -333,15 +334,25 @@ def as_sequence(x: torch.Tensor) -> torch.Tensor:
 def _read_idx(path: str) -> np.ndarray:
     """One IDX file (optionally gzipped): magic 0x00000800 + type code, dims as big-endian uint32, then data."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        raise ValueError(f"{path} could not be read as a gzip-compressed IDX file ({type(error).__name__}: "
+                         f"{error}); give the file uncompressed, or a complete .gz") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise ValueError(f"{path} is not an IDX file: it must start with two zero bytes")
     dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
     if raw[2] not in dtypes:
         raise ValueError(f"{path} has an unknown IDX type code 0x{raw[2]:02x}")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise ValueError(f"{path} is truncated: its header declares {ndim} dimensions ({4 + 4 * ndim} bytes) but the "
+                         f"file holds {len(raw)} bytes")
     dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
+    itemsize = np.dtype(dtypes[raw[2]]).itemsize
+    if (len(raw) - 4 - 4 * ndim) % itemsize:
+        raise ValueError(f"{path} is truncated: its data is not a whole number of {itemsize}-byte values")
     data = np.frombuffer(raw, dtype=dtypes[raw[2]], offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
         raise ValueError(f"{path} declares shape {dims} but holds {data.size} values")
