@@ -51,22 +51,63 @@ class BatchNormArgumentError(ValueError, RuntimeError):
     """An argument that torch's batch norm refuses with a RuntimeError.
 
     Both a ValueError (this package's convention) and a RuntimeError (what torch raises for the same mistake),
-    so `except RuntimeError` written for torch's BatchNorm catches it too."""
+    so `except RuntimeError` written for torch's BatchNorm catches it too.
+
+    Example:
+        >>> import torch
+        >>> from batchnorm.functional import BatchNormArgumentError, batch_norm
+        >>> try:
+        ...     batch_norm(torch.randn(4, 3), torch.zeros(5), torch.ones(5))
+        ... except RuntimeError as error:               # what torch's users catch
+        ...     print(isinstance(error, BatchNormArgumentError), isinstance(error, ValueError))
+        True True
+    """
 
 
 class ArgumentShapeError(BatchNormArgumentError):
-    """A weight, bias, running buffer or input whose size does not match the number of channels."""
+    """A weight, bias, running buffer or input whose size does not match the number of channels.
+
+    Example:
+        >>> import torch
+        >>> from batchnorm.functional import ArgumentShapeError, check_per_channel_sizes
+        >>> try:
+        ...     check_per_channel_sizes(torch.randn(4, 3), weight=torch.ones(2))
+        ... except ArgumentShapeError as error:
+        ...     print(str(error)[:54])
+        batch_norm expected weight to contain 3 elements (one
+    """
 
 
 class UnsupportedDtypeError(TypeError, NotImplementedError):
     """An input dtype batch norm does not compute in (integer, bool, complex): a TypeError, and the
-    NotImplementedError torch raises for it."""
+    NotImplementedError torch raises for it.
+
+    Example:
+        >>> import torch
+        >>> from batchnorm.functional import UnsupportedDtypeError
+        >>> from batchnorm.nn import BatchNorm1d
+        >>> try:
+        ...     BatchNorm1d(3)(torch.ones(4, 3, dtype=torch.int64))
+        ... except UnsupportedDtypeError as error:
+        ...     print(isinstance(error, TypeError), isinstance(error, NotImplementedError))
+        True True
+    """
 
 
 def check_running_not_differentiable(running_mean: Optional[Tensor], running_var: Optional[Tensor],
                                      where: str = "batch_norm") -> None:
     """Raise BatchNormArgumentError, as torch does, for running buffers that require grad while grad mode is on
-    (batch norm is not differentiable with respect to them, and training updates them in place)."""
+    (batch norm is not differentiable with respect to them, and training updates them in place).
+
+    Example:
+        >>> import torch
+        >>> from batchnorm.functional import check_running_not_differentiable
+        >>> check_running_not_differentiable(torch.zeros(3), torch.ones(3))       # plain buffers: fine
+        >>> check_running_not_differentiable(torch.zeros(3, requires_grad=True), None)
+        Traceback (most recent call last):
+        ...
+        batchnorm.functional.BatchNormArgumentError: ...
+    """
     if not ((running_mean is not None and running_mean.requires_grad)
             or (running_var is not None and running_var.requires_grad)) or not torch.is_grad_enabled():
         return
@@ -86,6 +127,14 @@ def needs_torch_math(x) -> bool:
     (`torch.autograd.forward_ad`), an active TorchDispatchMode (FakeTensorMode, make_fx, FlopCounterMode), and
     `torch.export` (also behind `torch.onnx.export(dynamo=True)`), so exported programs hold standard aten ops
     and load with `import torch` alone. Under `torch.compile` the layers keep this package's custom ops.
+
+    Example:
+        >>> import torch
+        >>> from batchnorm.functional import needs_torch_math
+        >>> needs_torch_math(torch.randn(2, 3))
+        False
+        >>> torch.func.vmap(lambda row: torch.tensor(needs_torch_math(row)))(torch.randn(2, 3))
+        tensor([True, True])
     """
     if torch.compiler.is_compiling():
         return torch.compiler.is_exporting()
@@ -116,7 +165,17 @@ def uses_own_kernels(x: Tensor) -> bool:
 
 def check_per_channel_sizes(input: Tensor, **per_channel: Optional[Tensor]) -> None:
     """Raise ArgumentShapeError when a per-channel tensor (weight, bias, running_mean, running_var) does not hold
-    one value per channel of input (dimension 1), as torch checks it, before any kernel runs."""
+    one value per channel of input (dimension 1), as torch checks it, before any kernel runs.
+
+    Example:
+        >>> import torch
+        >>> from batchnorm.functional import check_per_channel_sizes
+        >>> check_per_channel_sizes(torch.randn(4, 3), weight=torch.ones(3), bias=None)      # fine
+        >>> check_per_channel_sizes(torch.randn(4, 3), running_mean=torch.zeros(4))
+        Traceback (most recent call last):
+        ...
+        batchnorm.functional.ArgumentShapeError: batch_norm expected running_mean to contain 3 elements ...
+    """
     channels = input.shape[1] if input.dim() > 1 else (input.shape[0] if input.dim() == 1 else 1)
     for name, t in per_channel.items():
         if t is not None and t.numel() != channels:
@@ -229,7 +288,16 @@ def torch_transform(x: Tensor, mean: Optional[Tensor], var: Optional[Tensor], we
                     d: Optional[Tensor] = None, activation: str = "identity", activation_param: float = 0.0,
                     residual: Optional[Tensor] = None) -> Tensor:
     """act(((x - mean) / sqrt(var + eps) * r + d) * weight + bias [+ residual]) in differentiable torch ops; with
-    `batch_stats` mean and (biased) var are computed from x here, else the given per-channel constants are used."""
+    `batch_stats` mean and (biased) var are computed from x here, else the given per-channel constants are used.
+
+    Example:
+        >>> import torch
+        >>> from batchnorm.functional import torch_transform
+        >>> x = torch.randn(8, 3, 4, 4)
+        >>> y = torch_transform(x, None, None, None, None, 1e-5, True, activation="relu")
+        >>> torch.allclose(y, torch.relu(torch.nn.functional.batch_norm(x, None, None, training=True)), atol=1e-6)
+        True
+    """
     shape = (1, -1) + (1,) * (x.dim() - 2)
     if batch_stats:
         var_, mean_ = torch.var_mean(x, dim=[0] + list(range(2, x.dim())), correction=0, keepdim=True)
