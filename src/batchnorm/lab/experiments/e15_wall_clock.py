@@ -19,7 +19,10 @@ from ..train import seed_everything, shuffled_batches, train
 ID = "E15"
 TITLE = "Wall-clock time: our BN kernels vs torch's BN vs no BN"
 
-ARMS = {"BN (ours)": "batch", "BN (torch)": "torch_batch", "no BN": "none"}
+ARMS = {"BN (ours)": "batch", "BN (torch)": "torch_batch", "no BN": "none"}  # all timed
+# trained to the target: torch's BN computes the same function as ours (same steps to a target), so only its
+# time per step is measured
+TRAINED = ("BN (ours)", "no BN")
 
 
 @dataclass
@@ -28,10 +31,10 @@ class Config:
     seeds: int = 5  # seeds per arm for the reported numbers
     seed_base: int = 0  # first seed (--seed-base)
     tune_seeds: int = 2  # seeds the learning rate is chosen on (final validation accuracy)
-    lr_grid: tuple = (0.01, 0.03, 0.1, 0.3)  # SGD learning rates (momentum 0.9) tried for every arm (30x)
-    steps: int = 400  # SGD steps per run: the budget within which every run must reach the target
+    lr_grid: tuple = (0.03, 0.1, 0.3, 1.0)  # SGD learning rates (momentum 0.9) tried for every arm (33x)
+    steps: int = 300  # SGD steps per run: the budget within which every run must reach the target
     batch_size: int = 64  # mini-batch size
-    eval_every: int = 10  # steps between validation evaluations (excluded from the time)
+    eval_every: int = 20  # steps between validation evaluations (excluded from the time)
     channels: tuple = (16, 32)  # CNN channels
     timing_rounds: int = 40  # rounds of interleaved timing (ours / torch / no BN)
     timing_steps: int = 10  # training steps per round and network
@@ -86,9 +89,10 @@ def run(cfg: Config) -> Result:
     seed_list = seeds(cfg)
     common = dict(data=cfg.data, steps=cfg.steps, batch_size=cfg.batch_size, eval_every=cfg.eval_every,
                   channels=list(cfg.channels))
-    arms = tune_and_run(train_cnn, {name: dict(common, norm=norm) for name, norm in ARMS.items()},
+    arms = tune_and_run(train_cnn, {name: dict(common, norm=ARMS[name]) for name in TRAINED},
                         grid=list(cfg.lr_grid), seeds=seed_list, tune_seeds=cfg.tune_seeds)
     lrs = {name: arm.lr_chosen for name, arm in arms.items()}
+    lrs["BN (torch)"] = lrs["BN (ours)"]
     [times] = run_jobs(step_times, [dict(data=cfg.data, batch_size=cfg.batch_size, channels=list(cfg.channels),
                                          rounds=cfg.timing_rounds, steps_per_round=cfg.timing_steps, lrs=lrs)])
     per_step = {name: float(np.median(v)) for name, v in times.items()}
@@ -120,7 +124,7 @@ def run(cfg: Config) -> Result:
                 f"t interval of the mean log ratio; holds if it lies above 2 (the anchor's ~2x in steps survives "
                 f"the cost per step), partly holds if only above 1 (faster, by less than 2x)",
                 f"ratio {fmt_ci(speedup.estimate, speedup.ci95, 'x', digits=2)}; to {100 * target:.0f}%: {secs('BN (ours)')}, "
-                f"{secs('BN (torch)')}, {secs('no BN')}", speedup, seeds=seed_list, weaker=faster),
+                f"{secs('no BN')}", speedup, seeds=seed_list, weaker=faster),
         Finding("This project's BN kernels train as fast as torch's BN",
                 "DESIGN.md: judged by ratios measured in the same run (absolute times do not survive a noisy "
                 "machine).",
@@ -133,19 +137,21 @@ def run(cfg: Config) -> Result:
     ]
     rows = [[name, f"{lrs[name]:g}", f"{1e3 * per_step[name]:.2f}", fmt_ci(*mean_ci(steps_needed[name]), digits=0),
              fmt_ci(*mean_ci(seconds[name]), digits=2), fmt_ci(*mean_ci(arms[name].test_accuracy, scale=100), "%")]
-            for name in ARMS]
+            for name in TRAINED]
+    rows.append(["BN (torch)", "-", f"{1e3 * per_step['BN (torch)']:.2f}", "as ours", "-", "-"])
     curves = {name: {"x": arm.runs[0]["steps"],
                      "y": (100 * np.mean([r["val_curve"] for r in arm.runs], 0)).tolist()}
               for name, arm in arms.items() if len({len(r["val_curve"]) for r in arm.runs}) == 1}
     plots = [Plot(f"Seconds to {100 * target:.0f}% validation accuracy (each arm at its tuned rate)", "arm", "seconds",
-                  {"time to target": {"x": list(ARMS), "y": [mean_ci(seconds[n])[0] for n in ARMS],
-                                      "points": [seconds[n] for n in ARMS]}}, kind="bar"),
+                  {"time to target": {"x": list(TRAINED), "y": [mean_ci(seconds[n])[0] for n in TRAINED],
+                                      "points": [seconds[n] for n in TRAINED]}}, kind="bar"),
              Plot("Validation accuracy over training (mean over seeds)", "step", "validation accuracy (%)", curves)]
     notes = [f"CNN {tuple(cfg.channels)} on {cfg.data}, batch {cfg.batch_size}, SGD momentum 0.9, {cfg.steps} steps; "
              f"each arm's rate from {list(cfg.lr_grid)} by final validation accuracy on the first {cfg.tune_seeds} "
              f"seeds. Time to target = steps to the target (validation every {cfg.eval_every} steps) x the arm's "
-             f"median seconds per step measured in one process with the arms interleaved round by round, so a busy "
-             f"machine slows all arms alike. The target is set from the runs themselves (the best validation "
+             f"median seconds per step measured in one process with the three networks interleaved round by round, so "
+             f"a busy machine slows all alike. Torch's BN is timed but not trained to the target: it computes the same "
+             f"function as ours (the tests check that both train to the same accuracies), so it needs the same steps. The target is set from the runs themselves (the best validation "
              f"accuracy the weakest run reaches), never from the test set. Absolute times depend on the machine."]
     return Result(ID, TITLE, findings,
                   [Table("Numbers", ["arm", "lr", "ms / step", "steps to target", "seconds to target",
