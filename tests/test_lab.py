@@ -410,8 +410,8 @@ def test_report_has_summary_columns_sections_images_and_results_json(tmp_path, f
         assert f"<th>{column}</th>" in page
     finding = results[0].findings[0]
     lo, hi = finding.effect.ci95
-    assert f"{report.fmt(finding.effect.estimate)} [{report.fmt(lo)}, {report.fmt(hi)}]" in page
-    assert "&gt; 0.500" in page and "3 (7&ndash;9)" in page
+    assert report.fmt_interval(finding.effect.estimate, lo, hi) in page
+    assert "&gt; 0.5<" in page and "3 (7&ndash;9)" in page
     assert "<code>bash bin/lab E99 --force --seed-base 7</code>" in page
     assert '<a href="results.json">' in page or "href='results.json'" in page
     assert 'href="https://arxiv.org/abs/1502.03167"' in page and 'href="https://arxiv.org/abs/2105.07576"' in page
@@ -436,6 +436,9 @@ def test_fmt_numbers_for_people():
     assert report.fmt(583.3333333333334) == "583" and report.fmt(float("inf")) == "not reached"
     assert report.fmt(float("nan")) == "n/a" and report.fmt(0.91234) == "0.912" and report.fmt(12.345) == "12.3"
     assert report.fmt(3) == "3" and report.fmt(0.0001234) == "0.000123"
+    assert report.fmt_interval(-0.101, -1.13, 0.925) == "-0.10 [-1.13, 0.93]"
+    assert report.fmt_interval(583.33, 500.1, 666.6) == "583 [500, 667]"
+    assert report.fmt_interval(0.0123, 0.004, 0.0206) == "0.012 [0.004, 0.021]"
 
 
 def test_cli_list_bad_experiment_and_bad_options(capsys, tmp_path):

@@ -68,7 +68,7 @@ def test_report_renders_in_chromium_with_every_image(tmp_path, monkeypatch):
     cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(1))
     assert cells[0] == "fake claim" and "holds" in cells[1]
     assert re.search(r"\d \[[-\d.]+, [-\d.]+\]", cells[2]), cells[2]
-    assert cells[3] == "&gt; 0.500" and cells[4].startswith("3 (0") and "bash bin/lab E99 --force" in cells[5]
+    assert cells[3] == "&gt; 0.5" and cells[4].startswith("3 (0") and "bash bin/lab E99 --force" in cells[5]
     assert '<a href="results.json">results.json</a>' in dom
 
     # and the check itself can fail: a missing image is reported

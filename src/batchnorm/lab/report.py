@@ -20,7 +20,7 @@ import re
 
 from .protocol import Plot, Result
 
-__all__ = ["write_report", "draw_plot", "results_json", "fmt", "link_papers", "PAPERS"]
+__all__ = ["write_report", "draw_plot", "results_json", "fmt", "fmt_interval", "link_papers", "PAPERS"]
 
 _COLORS = {"holds": "#1b7f3b", "partly holds": "#b07d00", "does not hold": "#b3261e", "inconclusive": "#5a5a9a",
            "not run": "#666666"}
@@ -90,15 +90,30 @@ def _as_dict(obj) -> dict | None:
     return dict(obj)
 
 
+def fmt_interval(estimate: float, lo: float, hi: float) -> str:
+    """An estimate and its interval with one number of decimals for all three, set by the largest of them.
+
+    Example:
+        >>> fmt_interval(-0.101, -1.13, 0.925), fmt_interval(87.04, 86.2, 87.8)
+        ('-0.10 [-1.13, 0.93]', '87.0 [86.2, 87.8]')
+    """
+    values = [v for v in (estimate, lo, hi) if isinstance(v, (int, float)) and math.isfinite(v)]
+    if len(values) < 3:
+        return f"{fmt(estimate)} [{fmt(lo)}, {fmt(hi)}]"
+    size = max(abs(v) for v in values)
+    decimals = 0 if size >= 100 else 1 if size >= 10 else 2 if size >= 0.1 else 3
+    return f"{estimate:.{decimals}f} [{lo:.{decimals}f}, {hi:.{decimals}f}]"
+
+
 def _effect_cells(effect: dict | None) -> tuple[str, str]:
     """(estimate [lo, hi], threshold with its direction) as HTML."""
     if not effect:
         return "&ndash;", "&ndash;"
     lo, hi = effect["ci95"]
-    cell = (f"{fmt(effect['estimate'])} [{fmt(lo)}, {fmt(hi)}]"
+    cell = (f"{fmt_interval(effect['estimate'], lo, hi)}"
             f"<br><span class='effect-name'>{html.escape(effect['name'])}</span>")
     sign = "&lt;" if effect.get("direction", "above") == "below" else "&gt;"
-    return cell, f"{sign} {fmt(effect['threshold'])}"
+    return cell, f"{sign} {effect['threshold']:g}"
 
 
 def _seeds_cell(seeds) -> str:
