@@ -30,7 +30,9 @@ class Config:
     seeds: int = 5  # seeds per setting for the reported numbers
     seed_base: int = 0  # first seed (the runner sets it from --seed-base)
     tune_seeds: int = 2  # the first seeds choose each (network, gain)'s learning rate
-    lr_grid: tuple = (0.01, 0.03, 0.1, 0.3, 1.0)  # SGD rates (momentum 0.9) every setting is tuned over
+    lr_grid: tuple = (0.01, 0.03, 0.1, 0.3, 1.0)  # SGD rates (momentum 0.9) every setting is tuned over, except:
+    bn_small_gain_lr_grid: tuple = (0.001, 0.003, 0.01, 0.03, 0.1)  # BN at gains < 1: smaller rates
+    bn_large_gain_lr_grid: tuple = (0.03, 0.1, 0.3, 1.0, 3.0)  # BN at gains > 4: larger rates
     steps: int = 300  # SGD steps per run
     batch_size: int = 32  # mini-batch size
     depth: int = 8  # hidden layers
@@ -57,13 +59,23 @@ def _name(net: str, gain: float) -> str:
     return f"{net}, gain {gain:g}"
 
 
+def _grid(cfg: Config, net: str, gain: float) -> tuple:
+    """The learning-rate grid of one setting: BN's best rate falls with a small gain and rises with a large one
+    (its effective step on the weight direction scales like lr / ||w||^2), so its grid follows."""
+    if net == "BN" and gain <= 1:
+        return cfg.bn_small_gain_lr_grid
+    if net == "BN" and gain > 4:
+        return cfg.bn_large_gain_lr_grid
+    return cfg.lr_grid
+
+
 def run(cfg: Config) -> Result:
     run_seeds = seeds(cfg)
     dataset = load(cfg.data)
     chance = 100.0 / dataset.num_classes
     arms = tune_and_run(job, {_name(net, g): dict(norm=norm, gain=g) for net, norm in NORMS.items()
                               for g in cfg.gains},
-                        grid=cfg.lr_grid, seeds=run_seeds, tune_seeds=cfg.tune_seeds, data=cfg.data, steps=cfg.steps,
+                        grid={_name(net, g): _grid(cfg, net, g) for net in NORMS for g in cfg.gains}, seeds=run_seeds, tune_seeds=cfg.tune_seeds, data=cfg.data, steps=cfg.steps,
                         batch_size=cfg.batch_size, depth=cfg.depth, width=cfg.width)
     acc = {(net, g): np.array(arms[_name(net, g)].test_accuracy) for net in NORMS for g in cfg.gains}
     # sensitivity per seed (seeds are shared across gains): best - worst test accuracy over the gains, in points
@@ -108,7 +120,8 @@ def run(cfg: Config) -> Result:
              f"{cfg.data}. Gain 4 is the scale suited to a sigmoid (its slope at 0 is 1/4, so N(0, 16/fan_in) keeps "
              f"the backward signal's variance, as Glorot & Bengio's 4x rule for the logistic function); gain 1 "
              f"shrinks the gradient by about 4x per layer. Each (network, gain) chooses its learning rate from "
-             f"{list(cfg.lr_grid)} by validation accuracy on the first {cfg.tune_seeds} seeds."]
+             f"{list(cfg.lr_grid)} (BN at gains <= 1 from {list(cfg.bn_small_gain_lr_grid)}, at gains > 4 from "
+             f"{list(cfg.bn_large_gain_lr_grid)}) by validation accuracy on the first {cfg.tune_seeds} seeds."]
     numbers = {"final accuracy": {_name(net, g): float(acc[(net, g)].mean()) for net in NORMS for g in cfg.gains},
                "spread": {net: float(v.mean()) for net, v in spread.items()},
                "best gain": best_gain}

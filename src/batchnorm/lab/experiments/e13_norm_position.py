@@ -26,7 +26,8 @@ class Config:
     seeds: int = 5  # seeds per arm for the reported numbers
     seed_base: int = 0  # first seed (the runner sets it from --seed-base)
     tune_seeds: int = 2  # the first seeds choose each arm's learning rate (validation accuracy)
-    lr_grid: tuple = (0.003, 0.01, 0.03, 0.1, 0.3)  # SGD rates (momentum 0.9) each arm is tuned over
+    cnn_lr_grid: tuple = (0.01, 0.03, 0.1, 0.3, 1.0)  # SGD rates (momentum 0.9) each CNN arm is tuned over
+    mlp_lr_grid: tuple = (0.001, 0.003, 0.01, 0.03, 0.1)  # the same for each MLP arm
     steps: int = 400  # SGD steps per run
     batch_size: int = 32  # mini-batch size
     channels: tuple = (16, 32)  # CNN channels
@@ -54,8 +55,9 @@ def job(arch: str, position: str, lr: float, seed: int, data: str, steps: int, b
 
 def run(cfg: Config) -> Result:
     run_seeds = seeds(cfg)
+    grids = {"CNN": cfg.cnn_lr_grid, "MLP": cfg.mlp_lr_grid}
     arms = tune_and_run(job, {f"{a}, BN {p} ReLU": dict(arch=a, position=p) for a in ARCHITECTURES for p in POSITIONS},
-                        grid=cfg.lr_grid, seeds=run_seeds, tune_seeds=cfg.tune_seeds, data=cfg.data, steps=cfg.steps,
+                        grid={f"{a}, BN {p} ReLU": grids[a] for a in ARCHITECTURES for p in POSITIONS}, seeds=run_seeds, tune_seeds=cfg.tune_seeds, data=cfg.data, steps=cfg.steps,
                         batch_size=cfg.batch_size, channels=list(cfg.channels), hidden=list(cfg.hidden))
     acc = {(a, p): arms[f"{a}, BN {p} ReLU"].test_accuracy for a in ARCHITECTURES for p in POSITIONS}
     findings, numbers = [], {}
@@ -78,8 +80,8 @@ def run(cfg: Config) -> Result:
             for a in ARCHITECTURES]
     notes = [f"ReLU networks on {cfg.data}: CNN {cfg.channels}, MLP {cfg.hidden}; SGD momentum 0.9, batch "
              f"{cfg.batch_size}, {cfg.steps} steps. 'before': Conv/Linear (no bias) -> BN -> ReLU; 'after': "
-             f"Conv/Linear (with bias) -> ReLU -> BN. Each of the four arms chooses its learning rate from "
-             f"{list(cfg.lr_grid)} by validation accuracy on the first {cfg.tune_seeds} seeds; all {cfg.seeds} seeds "
+             f"Conv/Linear (with bias) -> ReLU -> BN. Each of the four arms chooses its learning rate (CNN from "
+             f"{list(cfg.cnn_lr_grid)}, MLP from {list(cfg.mlp_lr_grid)}) by validation accuracy on the first {cfg.tune_seeds} seeds; all {cfg.seeds} seeds "
              f"then run at that rate and are tested once. Intervals: Student t over the paired seed differences."]
     return Result(ID, TITLE, findings, [Table("Test accuracy (mean [95% CI])", ["model", "BN before ReLU",
                                                                                 "BN after ReLU"], rows)],
