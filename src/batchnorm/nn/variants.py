@@ -1,7 +1,7 @@
 """Batch-norm variants that differ from BatchNorm only in where the statistics come from.
 
 Every layer here is the shared transform `torch.ops.batchnorm.normalize` (and its backward) fed by a different
-statistics source (see `../shared/DESIGN.md`, "One core, many layers"):
+statistics source (see the design page of the documentation, "The layers"):
 
   * Ghost batch norm (`virtual_batch_size=` on our BatchNorm): each chunk of samples has its own statistics;
   * masked statistics (`BatchNorm1d.forward(x, mask)`): valid positions only, padded positions output 0;
