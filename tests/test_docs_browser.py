@@ -1,7 +1,8 @@
 """The documentation site in a real browser. The test builds the site once into a temporary copy of docs/
 (`sphinx-build -W`, the gallery's scripts not executed: `bash bin/docs`, which CI runs after the tests, executes
 them), checks that no internal link of any page points to a missing file or anchor, then opens index.html and the
-batchnorm.nn reference in headless Chromium (Debian's `chromium`; CI installs it) and checks what they show."""
+batchnorm.nn reference in headless Chromium (Debian's `chromium`; CI installs it) and checks what they show:
+title, navigation, a class signature and typeset formulas."""
 
 from __future__ import annotations
 
@@ -133,3 +134,4 @@ def test_index_and_reference_render_in_chromium(site, tmp_path):
     text = re.sub(r"<[^>]+>", "", signature.group(1))
     assert "BatchRenorm2d" in text and "rmax" in text and "3.0" in text and "warmup_steps" in text
     assert "Parameters" in reference and "Example" in reference
+    assert "<mjx-container" in reference, "the formulas were not typeset (MathJax is served from _static)"
