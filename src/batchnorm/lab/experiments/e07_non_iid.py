@@ -22,7 +22,7 @@ class Config:
     seed_base: int = 0  # first seed (the runner's --seed-base)
     epochs: float = 10.0  # passes over the training set (same for every arm)
     batch_size: int = 40  # mini-batch size: a multiple of the 10 classes (4 samples of each class per batch)
-    bins: int = 4  # ink quantile bins per class; a non-i.i.d. batch comes from one bin
+    bins: int = 8  # ink quantile bins per class; a non-i.i.d. batch comes from one bin (~12 images per class)
     lr_grid: tuple = (0.01, 0.03, 0.1, 0.3)  # learning rates tried per arm (SGD, momentum 0.9)
     tune_seeds: int = 2  # seeds that choose each arm's rate (on validation)
     channels: tuple = (16, 32)  # CNN channels
@@ -32,7 +32,7 @@ class Config:
 
 
 QUICK = dict(seeds=2, tune_seeds=1, epochs=1.0)
-FULL = dict(seeds=10, epochs=30.0, bins=8)
+FULL = dict(seeds=10, epochs=30.0, bins=16)
 
 
 def run(cfg: Config) -> Result:
