@@ -19,13 +19,22 @@ from ..models import CNN
 from ..protocol import Plot, Table, mean_ci
 from ..train import evaluate, seed_everything, shuffled_batches, train
 
-__all__ = ["cnn_job", "steps_for", "ink_clustered_batches", "arm_rows", "accuracy_plot"]
+__all__ = ["cnn_job", "steps_for", "ink_clustered_batches", "arm_rows", "accuracy_plot", "domain_pair"]
 
 
 @functools.lru_cache(maxsize=8)
 def cached_data(name: str) -> Dataset:
     """`load(name)`, once per process."""
     return load(name)
+
+
+def domain_pair(data: str) -> tuple[str, str]:
+    """(source, target) of the real digit-domain shift for `--data data`: scikit-learn's digits -> MNIST in the
+    digits' 8x8 format ('mnist5k-8x8'); with 'mnist5k' or 'mnist5k-8x8' the other way round. Other datasets have
+    no real partner, so the digits pair is used for them too."""
+    if data in ("mnist5k", "mnist5k-8x8"):
+        return "mnist5k-8x8", "digits"
+    return "digits", "mnist5k-8x8"
 
 
 def steps_for(epochs: float, train_size: int, batch_size: int) -> int:
