@@ -175,3 +175,12 @@ def test_e14_modes_share_the_pretrained_network_and_subset():
                   finetune_steps=5, target_size=30, batch_size=10, channels=(8, 16))
     runs = [finetune_job(mode=mode, **common) for mode in ("trainable", "frozen", "recalibrated")]
     assert len({run["before"] for run in runs}) == 1 and len({run["before recalibrated"] for run in runs}) == 1
+
+
+def test_real_shift_direction_follows_the_data_choice():
+    from batchnorm.lab.experiments._cnn import domain_pair
+
+    assert domain_pair("digits") == ("digits", "mnist5k-8x8")
+    assert domain_pair("mnist5k") == domain_pair("mnist5k-8x8") == ("mnist5k-8x8", "digits")
+    source, target = (load(name) for name in domain_pair("mnist5k"))
+    assert source.sample_shape == target.sample_shape == (1, 8, 8)
