@@ -131,3 +131,19 @@ def test_every_layer_propagates_shapes_on_fake_and_meta_tensors(name, mode):
             layer = make()
             y = layer(fake_mode.from_tensor(x_real), *[fake_mode.from_tensor(t) for t in extra])
     assert y.shape == expected.shape and y.dtype == expected.dtype
+
+
+@pytest.mark.parametrize("make, extra", [
+    (lambda: bnn.BatchNorm2d(3, virtual_batch_size=2), {}),
+    (lambda: bnn.BatchRenorm2d(3), {}),
+    (lambda: bnn.BatchNorm1d(3), {"mask": True}),
+])
+def test_variants_refuse_running_buffers_that_require_grad_as_torch_does(make, extra):
+    layer = make()
+    layer.running_var.requires_grad_(True)
+    x = torch.randn(4, 3, 5) if extra else torch.randn(4, 3, 2, 2)
+    before = [b.detach().clone() for b in layer.buffers()]
+    kwargs = {"mask": torch.rand(4, 5) > 0.3} if extra else {}
+    with pytest.raises(RuntimeError, match="not differentiable with respect to running_var.*requires_grad_\\(False\\)"):
+        layer(x, **kwargs)
+    assert all(torch.equal(a, b.detach()) for a, b in zip(before, layer.buffers()))   # nothing updated

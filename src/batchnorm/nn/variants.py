@@ -258,6 +258,7 @@ def batch_norm_forward(module, input: Tensor, mask: Optional[Tensor] = None) -> 
     activation maps 0 to 0, so padded positions stay 0).
     """
     name = type(module).__name__
+    functional.check_running_not_differentiable(module.running_mean, module.running_var, name)
     if mask is not None:
         mask = _check_mask(mask, input, name)
     if (module.training and getattr(module, "freeze_stats", False)) or not module._uses_batch_stats():
@@ -377,6 +378,7 @@ class _BatchRenorm(BatchNormMixin):
                                 f"becomes a leaf call_module node), or use torch.compile")
             return self._traced_forward(input)
         self._check_input_dim(input)
+        functional.check_running_not_differentiable(self.running_mean, self.running_var, type(self).__name__)
         if not self.training or self.freeze_stats:
             return _running_forward(self, input)
         name = type(self).__name__
