@@ -122,6 +122,10 @@ def run(cfg: Config) -> Result:
              f"shrinks the gradient by about 4x per layer. Each (network, gain) chooses its learning rate from "
              f"{list(cfg.lr_grid)} (BN at gains <= 1 from {list(cfg.bn_small_gain_lr_grid)}, at gains > 4 from "
              f"{list(cfg.bn_large_gain_lr_grid)}) by validation accuracy on the first {cfg.tune_seeds} seeds."]
+    flat = [name for name, arm in arms.items() if np.nanmax(arm.val_accuracy) < (chance + 5) / 100]
+    if flat:
+        notes.append(f"{', '.join(flat)}: validation accuracy within 5 points of chance at every rate of the grid "
+                     f"(the network does not train at any of them; the smallest rate is then reported).")
     numbers = {"final accuracy": {_name(net, g): float(acc[(net, g)].mean()) for net in NORMS for g in cfg.gains},
                "spread": {net: float(v.mean()) for net, v in spread.items()},
                "best gain": best_gain}
