@@ -26,7 +26,7 @@ class Config:
     seeds: int = 5  # seeds per arm for the reported numbers
     seed_base: int = 0  # first seed (the runner sets it from --seed-base)
     tune_seeds: int = 2  # the first seeds choose each arm's learning rate (validation accuracy)
-    cnn_lr_grid: tuple = (0.01, 0.03, 0.1, 0.3, 1.0)  # SGD rates (momentum 0.9) each CNN arm is tuned over
+    cnn_lr_grid: tuple = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # SGD rates (momentum 0.9) each CNN arm is tuned over
     mlp_lr_grid: tuple = (0.001, 0.003, 0.01, 0.03, 0.1)  # the same for each MLP arm
     steps: int = 400  # SGD steps per run
     batch_size: int = 32  # mini-batch size
