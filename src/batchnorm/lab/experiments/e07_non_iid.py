@@ -23,7 +23,7 @@ class Config:
     epochs: float = 10.0  # passes over the training set (same for every arm)
     batch_size: int = 40  # mini-batch size: a multiple of the 10 classes (4 samples of each class per batch)
     bins: int = 8  # ink quantile bins per class; a non-i.i.d. batch comes from one bin (~12 images per class)
-    lr_grid: tuple = (0.01, 0.03, 0.1, 0.3)  # learning rates tried per arm (SGD, momentum 0.9)
+    lr_grid: tuple = (0.01, 0.03, 0.1, 0.3, 1.0)  # learning rates tried per arm (SGD, momentum 0.9)
     tune_seeds: int = 2  # seeds that choose each arm's rate (on validation)
     channels: tuple = (16, 32)  # CNN channels
     groups: int = 4  # Group Norm groups
