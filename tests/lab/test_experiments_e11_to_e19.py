@@ -9,24 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from batchnorm.lab import runner
 from batchnorm.lab.experiments import EXPERIMENTS, load_experiment
 from batchnorm.lab.models_deep import DeepMLP, ResidualMLP
 from batchnorm.lab.protocol import VERDICTS, Result, judge
-
-_cache: dict[str, Result] = {}
-
-
-def quick(experiment: str) -> Result:
-    """Run an experiment at the quick scale once per session, in this process, one thread (as the lab runs)."""
-    if experiment not in _cache:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            _cache[experiment], _ = runner.run_one(experiment, "quick", out=None)
-        finally:
-            torch.set_num_threads(threads)
-    return _cache[experiment]
+from lab_quick import quick
 
 
 def check_structure(result: Result, experiment: str, tuned: bool = True) -> None:

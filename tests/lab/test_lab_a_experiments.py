@@ -7,25 +7,10 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
-from batchnorm.lab import runner
 from batchnorm.lab.experiments import load_experiment
 from batchnorm.lab.protocol import VERDICTS, Result, judge
-
-_cache: dict[str, Result] = {}
-
-
-def quick(experiment: str) -> Result:
-    """Run an experiment at quick scale once per test session (in this process, one thread, as workers run)."""
-    if experiment not in _cache:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            _cache[experiment], _ = runner.run_one(experiment, "quick", out=None, jobs=1)
-        finally:
-            torch.set_num_threads(threads)
-    return _cache[experiment]
+from lab_quick import quick
 
 
 def check_structure(result: Result, experiment: str) -> None:

@@ -12,21 +12,7 @@ from batchnorm.lab import runner
 from batchnorm.lab.data import load
 from batchnorm.lab.experiments import load_experiment
 from batchnorm.lab.protocol import VERDICTS, Result, judge
-
-_cache: dict[str, Result] = {}
-
-
-def quick(experiment: str) -> Result:
-    """Run an experiment at the quick scale once per session, in this process, one thread (as the lab's workers)."""
-    if experiment not in _cache:
-        module = load_experiment(experiment)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            _cache[experiment] = module.run(runner.config_for(module, "quick"))
-        finally:
-            torch.set_num_threads(threads)
-    return _cache[experiment]
+from lab_quick import quick
 
 
 def check_structure(result: Result, experiment: str) -> None:
