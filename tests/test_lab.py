@@ -465,3 +465,15 @@ def test_cli_out_naming_a_file_is_refused_before_any_work(capsys, tmp_path, fake
     assert fake_experiment == [] and target.read_text() == "precious"
     assert main(["lab", "E99", "--out", str(target / "sub"), "--jobs", "1"]) == 2
     assert "cannot create the report directory" in capsys.readouterr().err and fake_experiment == []
+
+
+def test_plot_bands_of_accuracies_stay_in_the_attainable_range(tmp_path):
+    line = {"x": ["a", "b"], "y": [78.4, 50.0], "err": [47.4, 5.0], "points": [[99.0, 98.0, 10.0], [45.0, 55.0]]}
+    accuracy = protocol.Plot("t", "", "test accuracy (%)", {"test": line}, kind="bar")
+    low, high = report._band(accuracy, line)
+    assert low == pytest.approx([31.0, 45.0]) and high == pytest.approx([100.0, 55.0])
+    assert report._value_range(accuracy)[1] < 110  # the axis is not stretched by an impossible 125.8%
+    loss = protocol.Plot("t", "", "training loss", {"test": line}, kind="bar")
+    assert report._band(loss, line)[1] == pytest.approx([125.8, 55.0])  # unbounded quantities are not clipped
+    report.draw_plot(accuracy, str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

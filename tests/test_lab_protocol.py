@@ -11,8 +11,8 @@ from scipy import stats
 from batchnorm.lab import jobs
 from batchnorm.lab.data import load
 from batchnorm.lab.models import MLP
-from batchnorm.lab.protocol import (Effect, Finding, check_grid, diff_ci, fmt_ci, judge, mean_ci, ratio_ci, seeds,
-                                    tune_and_run)
+from batchnorm.lab.protocol import (Effect, Finding, accuracy_ci, check_grid, diff_ci, fmt_ci, judge, mean_ci,
+                                    ratio_ci, seeds, tune_and_run)
 from batchnorm.lab.train import seed_everything, train
 
 
@@ -46,6 +46,44 @@ def test_verdict_rule_reads_the_interval(ci, direction, expected):
     effect = Effect("difference (points)", sum(ci) / 2, ci, threshold=1.0, direction=direction)
     assert judge(effect) == expected
     assert Finding("claim", "anchor", "criterion", "evidence", effect, [0, 1]).verdict == expected
+
+
+@pytest.mark.parametrize("ci, expected", [
+    ((-0.5, 0.8), "holds"), ((-0.99, 0.99), "holds"),                       # inside (-1, 1)
+    ((0.5, 1.5), "inconclusive"), ((-1.5, -0.5), "inconclusive"),           # straddles +1 / -1
+    ((-1.5, 1.5), "inconclusive"),                                          # straddles both
+    ((1.2, 3.0), "does not hold"), ((-3.0, -1.2), "does not hold")])        # entirely beyond, either sign
+def test_equivalence_verdict_is_two_sided(ci, expected):
+    effect = Effect("difference (points)", sum(ci) / 2, ci, threshold=1.0, direction="within")
+    assert judge(effect) == expected
+    assert Finding("the same", "anchor", "criterion", "evidence", effect, [0, 1]).verdict == expected
+    # the one-sided 'below' reading would call an interval far below -1 a success; 'within' does not
+    assert judge(Effect("d", -2.0, (-3.0, -1.2), threshold=1.0, direction="below")) == "holds"
+    with pytest.raises(ValueError, match="threshold > 0"):
+        Effect("d", 0.0, (-0.5, 0.5), threshold=0.0, direction="within")
+    with pytest.raises(ValueError, match="direction must be one of above, below, within"):
+        Effect("d", 0.0, (-0.5, 0.5), threshold=1.0, direction="inside")
+
+
+def test_accuracy_intervals_are_clipped_to_the_attainable_range():
+    # one diverged seed among good ones: the t interval of the mean passes 100% unclipped (E19's SkipInit)
+    values = [0.99, 0.985, 0.99, 0.98, 0.10]
+    raw, (raw_lo, raw_hi) = mean_ci(values, scale=100)
+    estimate, (lo, hi) = accuracy_ci(values)
+    assert raw_hi > 100 and 0 < raw_lo
+    assert estimate == pytest.approx(raw) and (lo, hi) == (pytest.approx(raw_lo), 100.0)
+    assert fmt_ci(estimate, (lo, hi), "%") == "80.9 [31.7, 100.0] %"
+    # three seeds, one diverged: both ends pass the range
+    raw, (raw_lo, raw_hi) = mean_ci([0.99, 0.98, 0.10], scale=100)
+    assert raw_lo < 0 and raw_hi > 100 and accuracy_ci([0.99, 0.98, 0.10])[1] == (0.0, 100.0)
+    # an interval inside the range is unchanged
+    rng = np.random.default_rng()
+    values = rng.uniform(0.8, 0.9, 6)
+    assert accuracy_ci(values)[1] == pytest.approx(mean_ci(values, scale=100)[1])
+    # clipping is for display: a difference of accuracies keeps its whole interval
+    assert diff_ci([0.99, 0.98, 0.10], [0.97, 0.97, 0.96], scale=100)[1][0] < -100
+    with pytest.raises(ValueError, match="low < high"):
+        mean_ci([0.5, 0.6], bounds=(1, 0))
 
 
 def test_weaker_criterion_gives_partly_holds_and_verdicts_cannot_be_written_by_hand():

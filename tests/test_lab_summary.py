@@ -39,3 +39,12 @@ def test_cli_replaces_only_the_readme_block(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "batchnorm.lab.summary", str(tmp_path / "nope.json")],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "cannot read" in missing.stderr and len(missing.stderr.splitlines()) == 1
+
+
+def test_equivalence_thresholds_are_written_two_sided():
+    run = {"experiments": [{"id": "E18", "title": "t", "findings": [
+        {"claim": "the same", "verdict": "holds", "seeds": [0, 1],
+         "effect": {"name": "d (points)", "estimate": 0.1, "ci95": [-0.4, 0.6], "threshold": 1.0,
+                    "direction": "within"}}]}]}
+    row = markdown_table([run], ["seeds 0-1"]).splitlines()[2]
+    assert "| within ±1 | holds |" in row

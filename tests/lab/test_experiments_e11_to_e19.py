@@ -127,6 +127,15 @@ def test_e18_single_class_batches_break_train_mode():
     check_structure(r, "E18")
     assert r.numbers["mixed class"] > r.numbers["single class"] + 0.1
     assert set(r.numbers["train mode"]) == {"1", "8", "599"}
+    same = [f for f in r.findings if "the same accuracy" in f.claim]
+    assert len(same) == 1 and same[0].effect.direction == "within", "'the same' is a two-sided claim"
+
+
+def test_claims_of_sameness_are_judged_two_sided():
+    r = quick("E17")
+    does_too = [f for f in r.findings if "does too" in f.claim]
+    assert len(does_too) == 1 and does_too[0].effect.direction == "within"
+    assert "inside (-1, +1)" in does_too[0].criterion
 
 
 def test_e19_fixup_and_skipinit_start_as_identity_blocks():

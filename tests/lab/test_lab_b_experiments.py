@@ -125,6 +125,8 @@ def test_e9_structure():
     check_structure(r, "E9")
     assert r.numbers["matched levels"], "the quick scale reaches at least one loss level in both networks"
     assert r.numbers["ICS ratio"] > 0 and r.numbers["beta ratio"] > 0
+    noisy = [f for f in r.findings if "about as well" in f.claim]
+    assert len(noisy) == 1 and noisy[0].effect.direction == "within" and noisy[0].effect.threshold == 3.0
 
 
 def test_e10_tuning_never_sees_the_target():

@@ -9,6 +9,9 @@ hand:
 - holds: the whole interval lies beyond the threshold in the claimed direction;
 - does not hold: the whole interval lies short of the threshold (or on the opposite side);
 - inconclusive: the interval straddles the threshold;
+- for a claim of equivalence ("the same", "matches": |effect| < t, direction 'within'): holds when the whole
+  interval lies inside (-t, t), does not hold when it lies entirely outside it (all above t or all below -t),
+  inconclusive otherwise (a two-sided equivalence test in the spirit of TOST, with 95% intervals);
 - partly holds: the main effect does not hold or is inconclusive, but a stated weaker effect holds;
 - not run: the finding could not be measured (the evidence says why).
 
@@ -25,10 +28,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["VERDICTS", "LR_GRID", "Effect", "Finding", "Arm", "Plot", "Table", "Result", "seeds", "mean_ci",
-           "diff_ci", "ratio_ci", "judge", "fmt_ci", "tune_and_run", "check_grid"]
+__all__ = ["VERDICTS", "LR_GRID", "DIRECTIONS", "Effect", "Finding", "Arm", "Plot", "Table", "Result", "seeds",
+           "mean_ci", "accuracy_ci", "diff_ci", "ratio_ci", "judge", "fmt_ci", "tune_and_run", "check_grid"]
 
 VERDICTS = ("holds", "partly holds", "inconclusive", "does not hold", "not run")
+# What a claim says about its effect: exceeds the threshold, stays under it, or stays within +-threshold.
+DIRECTIONS = ("above", "below", "within")
 
 # The default learning-rate grid (SGD with momentum 0.9 on the lab's small models): 5 values spanning 100x.
 LR_GRID = (0.003, 0.01, 0.03, 0.1, 0.3)
@@ -69,16 +74,42 @@ def _t_interval(sample: np.ndarray) -> tuple[float, tuple[float, float]]:
     return mean, (mean - half, mean + half)
 
 
-def mean_ci(values, scale: float = 1.0) -> tuple[float, tuple[float, float]]:
+def mean_ci(values, scale: float = 1.0, bounds: tuple[float, float] | None = None
+            ) -> tuple[float, tuple[float, float]]:
     """Mean over seeds and its 95% Student-t interval, times `scale` (100 turns fractions into points).
+
+    Args:
+        values: one number per seed. scale: multiplies values (default 1).
+        bounds: (low, high), the range the quantity can attain (after scaling); the interval is clipped to it
+            (default None: not clipped). A t interval is symmetric, so a mean accuracy near 100% with one
+            diverged seed would otherwise reach past 100%.
 
     Example:
         >>> estimate, (lo, hi) = mean_ci([0.90, 0.92, 0.91], scale=100)
         >>> round(estimate, 1), round(lo, 1), round(hi, 1)
         (91.0, 88.5, 93.5)
+        >>> mean_ci([1.0, 1.0, 0.1], scale=100, bounds=(0, 100))[1][1]
+        100.0
     """
     estimate, (lo, hi) = _t_interval(_values(values, "values") * scale)
+    if bounds is not None:
+        low, high = (float(b) for b in bounds)
+        if not low < high:
+            raise ValueError(f"bounds must be (low, high) with low < high, got {bounds!r}")
+        lo, hi = min(max(lo, low), high), max(min(hi, high), low)
     return estimate, (lo, hi)
+
+
+def accuracy_ci(values) -> tuple[float, tuple[float, float]]:
+    """Mean accuracy in percent over seeds (values are fractions in [0, 1]) and its 95% Student-t interval,
+    clipped to the attainable range [0, 100] (see `mean_ci`); for display: verdicts are decided on differences.
+
+    Example:
+        >>> estimate, (lo, hi) = accuracy_ci([0.99, 0.98, 0.30])
+        >>> round(estimate, 1), round(lo, 1), hi
+        (75.7, 0.0, 100.0)
+    """
+    return mean_ci(values, scale=100, bounds=(0.0, 100.0))
 
 
 def diff_ci(a, b, paired: bool = True, scale: float = 1.0) -> tuple[float, tuple[float, float]]:
@@ -130,7 +161,8 @@ def ratio_ci(a, b, paired: bool = True) -> tuple[float, tuple[float, float]]:
 class Effect:
     """An effect measured over seeds and the threshold the claim sets for it.
 
-    direction 'above': the claim says the effect exceeds `threshold`; 'below': that it stays under it.
+    direction 'above': the claim says the effect exceeds `threshold`; 'below': that it stays under it; 'within':
+    that it stays within +-threshold (|effect| < threshold, a claim of equivalence: "the same", "matches").
     """
 
     name: str  # what is measured, with its unit: "BN - no BN, test accuracy (points)"
@@ -141,12 +173,15 @@ class Effect:
     method: str = "Student t over seeds"  # how the interval was computed
 
     def __post_init__(self):
-        if self.direction not in ("above", "below"):
-            raise ValueError(f"direction must be 'above' or 'below', got {self.direction!r}")
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {self.direction!r}")
         lo, hi = (float(v) for v in self.ci95)
         if not (math.isfinite(self.estimate) and lo <= self.estimate <= hi):
             raise ValueError(f"Effect {self.name!r} needs a finite estimate inside its interval, got "
                              f"{self.estimate} in [{lo}, {hi}]")
+        if self.direction == "within" and not float(self.threshold) > 0:
+            raise ValueError(f"Effect {self.name!r}: an equivalence claim (direction 'within') needs a threshold > 0 "
+                             f"(the margin t of |effect| < t), got {self.threshold}")
         self.estimate, self.ci95, self.threshold = float(self.estimate), [lo, hi], float(self.threshold)
 
 
@@ -158,8 +193,15 @@ def judge(effect: Effect) -> str:
         'inconclusive'
         >>> judge(Effect("difference (points)", 2.0, (1.5, 2.5), threshold=1.0))
         'holds'
+        >>> judge(Effect("difference (points)", -0.2, (-0.6, 0.2), threshold=1.0, direction="within"))
+        'holds'
     """
     lo, hi = effect.ci95
+    if effect.direction == "within":
+        t = effect.threshold
+        if -t < lo and hi < t:
+            return "holds"
+        return "does not hold" if lo > t or hi < -t else "inconclusive"
     if effect.direction == "above":
         return "holds" if lo > effect.threshold else "does not hold" if hi < effect.threshold else "inconclusive"
     return "holds" if hi < effect.threshold else "does not hold" if lo > effect.threshold else "inconclusive"

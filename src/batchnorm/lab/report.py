@@ -112,7 +112,10 @@ def _effect_cells(effect: dict | None) -> tuple[str, str]:
     lo, hi = effect["ci95"]
     cell = (f"{fmt_interval(effect['estimate'], lo, hi)}"
             f"<br><span class='effect-name'>{html.escape(effect['name'])}</span>")
-    sign = "&lt;" if effect.get("direction", "above") == "below" else "&gt;"
+    direction = effect.get("direction", "above")
+    if direction == "within":
+        return cell, f"within &plusmn;{effect['threshold']:g}"
+    sign = "&lt;" if direction == "below" else "&gt;"
     return cell, f"{sign} {effect['threshold']:g}"
 
 
@@ -145,14 +148,31 @@ def link_papers(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- plots
+def _attainable(plot: Plot) -> tuple[float, float]:
+    """The range the plotted quantity can take: 0-100 for an accuracy in percent, else unbounded."""
+    label = plot.ylabel.lower()
+    return (0.0, 100.0) if "accuracy" in label and "%" in label else (-math.inf, math.inf)
+
+
+def _band(plot: Plot, line: dict) -> tuple[list, list]:
+    """(low, high) of the 95% band of each mean, clipped to the attainable range (an accuracy's t interval can
+    pass 100% when one seed diverged)."""
+    floor, ceiling = _attainable(plot)
+    errors = line.get("err") or [0.0] * len(line["y"])
+    low, high = [], []
+    for y, e in zip(line["y"], errors):
+        e = e if isinstance(e, (int, float)) and math.isfinite(e) else 0.0
+        low.append(max(y - e, floor) if isinstance(y, (int, float)) else y)
+        high.append(min(y + e, ceiling) if isinstance(y, (int, float)) else y)
+    return low, high
+
+
 def _value_range(plot: Plot) -> tuple[float, float] | None:
     values = []
     for line in plot.lines.values():
-        errors = line.get("err") or [0.0] * len(line["y"])
-        for y, e in zip(line["y"], errors):
+        for y, lo, hi in zip(line["y"], *_band(plot, line)):
             if isinstance(y, (int, float)) and math.isfinite(y):
-                e = e if isinstance(e, (int, float)) and math.isfinite(e) else 0.0
-                values += [y - e, y + e]
+                values += [lo, hi]
         for seed_values in line.get("points") or []:
             values += [v for v in seed_values or [] if isinstance(v, (int, float)) and math.isfinite(v)]
     if not values:
@@ -192,7 +212,9 @@ def draw_plot(plot: Plot, path: str) -> None:
             line, color = plot.lines[label], colors[i % len(colors)]
             offset = (i - (len(labels) - 1) / 2) * width
             xs = [categories.index(str(x)) + offset for x in line["x"]]
-            ax.errorbar(xs, line["y"], yerr=line.get("err") or None, fmt="D", color=color, markersize=6,
+            low, high = _band(plot, line)
+            yerr = [[y - lo for y, lo in zip(line["y"], low)], [hi - y for y, hi in zip(line["y"], high)]]
+            ax.errorbar(xs, line["y"], yerr=yerr if line.get("err") else None, fmt="D", color=color, markersize=6,
                         capsize=3, label=label, zorder=3)
             for x, seed_values in zip(xs, line.get("points") or []):
                 seed_values = list(seed_values or [])
@@ -207,8 +229,7 @@ def draw_plot(plot: Plot, path: str) -> None:
             line, color = plot.lines[label], colors[i % len(colors)]
             ax.plot(line["x"], line["y"], line.get("style", "-"), color=color, label=label, linewidth=1.5)
             if line.get("err"):
-                low = [y - e for y, e in zip(line["y"], line["err"])]
-                high = [y + e for y, e in zip(line["y"], line["err"])]
+                low, high = _band(plot, line)
                 ax.fill_between(line["x"], low, high, color=color, alpha=0.18, linewidth=0)
             points = list(zip(line["x"], line.get("points") or []))
             for x, seed_values in points[::max(1, math.ceil(len(points) / 40))]:  # at most ~40 columns of dots
@@ -344,7 +365,10 @@ def write_report(results: list[Result], out: str) -> str:
              "run. Each finding states an effect with a 95% confidence interval over seeds (Student t) and a "
              "threshold taken from the claim: <b>holds</b> when the whole interval lies beyond the threshold in the "
              "claimed direction, <b>does not hold</b> when it lies entirely short of it, <b>inconclusive</b> when it "
-             "straddles it; <b>partly holds</b> when only a stated weaker criterion holds. Verdicts are computed by "
+             "straddles it; a claim of equivalence (&ldquo;the same&rdquo;: |effect| &lt; t) holds when the whole "
+             "interval lies inside (&minus;t, t) and does not hold when it lies entirely outside it; <b>partly "
+             "holds</b> when only a stated weaker criterion holds. Accuracy intervals are clipped to the attainable "
+             "range 0&ndash;100%. Verdicts are computed by "
              "the code, never written by hand. The models are small, so an effect's direction and rough size are "
              "tested, not ImageNet numbers. In the plots, dots are single seeds and bars or bands the 95% interval of "
              "the mean.</p>",

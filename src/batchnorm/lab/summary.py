@@ -38,9 +38,10 @@ def _effect_cell(finding: dict) -> tuple[str, str]:
     effect = finding.get("effect")
     if not effect:
         return "-", "-"
-    sign = "<" if effect.get("direction", "above") == "below" else ">"
+    direction = effect.get("direction", "above")
+    sign = "within ±" if direction == "within" else "<" if direction == "below" else ">"
     return (f"{effect['name']}: {fmt_ci(effect['estimate'], effect['ci95'])}",
-            f"{sign} {effect['threshold']:g}")
+            f"{sign}{effect['threshold']:g}" if direction == "within" else f"{sign} {effect['threshold']:g}")
 
 
 def markdown_table(runs: list[dict], labels: list[str]) -> str:

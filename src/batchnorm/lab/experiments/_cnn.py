@@ -16,7 +16,7 @@ import torch
 
 from ..data import Dataset, load
 from ..models import CNN
-from ..protocol import Plot, Table, mean_ci
+from ..protocol import Plot, Table, accuracy_ci, mean_ci
 from ..train import evaluate, seed_everything, shuffled_batches, train
 
 __all__ = ["cnn_job", "steps_for", "ink_clustered_batches", "arm_rows", "accuracy_plot", "domain_pair"]
@@ -127,8 +127,8 @@ def cnn_job(*, lr: float, seed: int, data: str, norm: str, batch_size: int, step
 
 
 def _pct(values: list[float]) -> str:
-    estimate, (lo, hi) = mean_ci(values, scale=100)
-    if not math.isfinite(lo):
+    estimate, (lo, hi) = accuracy_ci(values)
+    if len(values) < 2:
         return f"{estimate:.1f}%"
     return f"{estimate:.1f}% [{lo:.1f}, {hi:.1f}]"
 

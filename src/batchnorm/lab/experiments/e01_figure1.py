@@ -12,7 +12,7 @@ import torch
 
 from ..data import load
 from ..models import MLP
-from ..protocol import Effect, Finding, Plot, Result, Table, diff_ci, fmt_ci, mean_ci, ratio_ci, seeds, tune_and_run
+from ..protocol import accuracy_ci, Effect, Finding, Plot, Result, Table, diff_ci, fmt_ci, mean_ci, ratio_ci, seeds, tune_and_run
 from ..train import seed_everything, train
 from ._figures import curves_plot
 
@@ -101,8 +101,8 @@ def run(cfg: Config) -> Result:
                 "interval lies above 0 (ahead at every checkpoint). Weaker criterion (partly holds): the final "
                 "test-accuracy difference lies above 0",
                 f"smallest lead over checkpoints {fmt_ci(lead_estimate, lead_ci, 'points')}; final test accuracy "
-                f"BN - no BN {fmt_ci(final_estimate, final_ci, 'points')} (BN {fmt_ci(*mean_ci(bn.test_accuracy, 100), '%')}"
-                f" at lr {bn.lr_chosen:g}, no BN {fmt_ci(*mean_ci(plain.test_accuracy, 100), '%')} at lr "
+                f"BN - no BN {fmt_ci(final_estimate, final_ci, 'points')} (BN {fmt_ci(*accuracy_ci(bn.test_accuracy), '%')}"
+                f" at lr {bn.lr_chosen:g}, no BN {fmt_ci(*accuracy_ci(plain.test_accuracy), '%')} at lr "
                 f"{plain.lr_chosen:g})",
                 Effect("smallest BN - no BN lead over checkpoints, validation accuracy (points)", lead_estimate,
                        lead_ci, threshold=0.0), run_seeds,
@@ -130,7 +130,7 @@ def run(cfg: Config) -> Result:
                            for i, p in enumerate(PERCENTILES)}))
     table = Table("Final numbers (mean [95% CI] over seeds)",
                   ["network", "learning rate", "final test accuracy", "percentile movement"],
-                  [[name, f"{arm.lr_chosen:g}", fmt_ci(*mean_ci(arm.test_accuracy, 100), "%"),
+                  [[name, f"{arm.lr_chosen:g}", fmt_ci(*accuracy_ci(arm.test_accuracy), "%"),
                     fmt_ci(*mean_ci(movement[name]), digits=2)] for name, arm in arms.items()])
     notes = [f"The paper's network (3 x 100 sigmoid units, N(0, {cfg.init_std}^2) init, batch {cfg.batch_size}, "
              f"plain SGD) on {cfg.data}, {cfg.steps} steps. Each network chooses its learning rate (without BN from "

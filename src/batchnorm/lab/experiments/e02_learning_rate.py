@@ -13,7 +13,7 @@ import numpy as np
 from ..data import load
 from ..jobs import run_jobs
 from ..models import MLP
-from ..protocol import Effect, Finding, Result, Table, diff_ci, fmt_ci, mean_ci, ratio_ci, seeds, tune_and_run
+from ..protocol import accuracy_ci, Effect, Finding, Result, Table, diff_ci, fmt_ci, mean_ci, ratio_ci, seeds, tune_and_run
 from ..train import seed_everything, train
 from ._figures import curves_plot, points_plot
 
@@ -108,8 +108,8 @@ def run(cfg: Config) -> Result:
                 f"effect: BN - no BN test accuracy at x{top} the base rate ({cfg.base_lr * top:g}), in points, paired "
                 f"over seeds, after {cfg.steps} steps; holds if the 95% interval lies above 10 points (the plain "
                 f"network fails where BN trains)",
-                f"x{top}: BN {fmt_ci(*mean_ci(acc_top['BN'], 100), '%')} ({diverged_top['BN']} of {len(run_seeds)} "
-                f"diverged), no BN {fmt_ci(*mean_ci(acc_top['no BN'], 100), '%')} ({diverged_top['no BN']} diverged); "
+                f"x{top}: BN {fmt_ci(*accuracy_ci(acc_top['BN']), '%')} ({diverged_top['BN']} of {len(run_seeds)} "
+                f"diverged), no BN {fmt_ci(*accuracy_ci(acc_top['no BN']), '%')} ({diverged_top['no BN']} diverged); "
                 f"difference {fmt_ci(tol_estimate, tol_ci, 'points')}",
                 Effect(f"BN - no BN at x{top}, test accuracy (points)", tol_estimate, tol_ci, threshold=10.0),
                 run_seeds),
@@ -145,7 +145,7 @@ def run(cfg: Config) -> Result:
                                                                        100), "%"),
              f"{int(sum(r['diverged'] for r in fixed[(name, m)]))}/{len(run_seeds)}", steps_text(fixed_steps[(name, m)])]
             for name in NORMS for m in cfg.multipliers]
-    rows += [[f"{name}, fastest rate (lr {arm.lr_chosen:g})", fmt_ci(*mean_ci(arm.test_accuracy, 100), "%"),
+    rows += [[f"{name}, fastest rate (lr {arm.lr_chosen:g})", fmt_ci(*accuracy_ci(arm.test_accuracy), "%"),
               f"{int(sum(arm.values('diverged')))}/{len(run_seeds)}",
               steps_text([v if r else math.inf for v, r in zip(arm.values("steps_to_target"), arm.values("reached"))])]
              for name, arm in arms.items()]

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..data import load
 from ..models import MLP, gaussian_init
-from ..protocol import Effect, Finding, Result, Table, diff_ci, fmt_ci, mean_ci, seeds, tune_and_run
+from ..protocol import accuracy_ci, Effect, Finding, Result, Table, diff_ci, fmt_ci, mean_ci, seeds, tune_and_run
 from ..train import seed_everything, train
 from ._figures import points_plot
 
@@ -106,7 +106,7 @@ def run(cfg: Config) -> Result:
                 f"interval lies below chance + 15 points ({chance + 15:.0f}%: it does not train), does not hold if "
                 f"it lies above",
                 f"no BN at gain {best_gain['no BN']:g}: {fmt_ci(plain_estimate, plain_ci, '%')} (chance "
-                f"{chance:.0f}%); BN at gain {best_gain['BN']:g}: {fmt_ci(*mean_ci(bn_best, 100), '%')}; BN - no BN "
+                f"{chance:.0f}%); BN at gain {best_gain['BN']:g}: {fmt_ci(*accuracy_ci(bn_best), '%')}; BN - no BN "
                 f"at their best gains {fmt_ci(*best_diff, 'points')}",
                 Effect(f"no BN at its best gain ({best_gain['no BN']:g}), test accuracy (%)", plain_estimate, plain_ci,
                        threshold=chance + 15, direction="below"), run_seeds),
@@ -114,7 +114,7 @@ def run(cfg: Config) -> Result:
     plots = [points_plot(f"Test accuracy, {cfg.depth}-layer sigmoid MLP (each setting at its tuned rate)",
                          "test accuracy (%)", {net: {f"gain {g:g}": acc[(net, g)].tolist() for g in cfg.gains}
                                                for net in NORMS}, scale=100, xlabel="init std = gain / sqrt(fan_in)")]
-    rows = [[_name(net, g), f"{arms[_name(net, g)].lr_chosen:g}", fmt_ci(*mean_ci(acc[(net, g)], 100), "%")]
+    rows = [[_name(net, g), f"{arms[_name(net, g)].lr_chosen:g}", fmt_ci(*accuracy_ci(acc[(net, g)]), "%")]
             for net in NORMS for g in cfg.gains]
     notes = [f"{cfg.depth} x {cfg.width} sigmoid MLP, SGD momentum 0.9, batch {cfg.batch_size}, {cfg.steps} steps on "
              f"{cfg.data}. Gain 4 is the scale suited to a sigmoid (its slope at 0 is 1/4, so N(0, 16/fan_in) keeps "

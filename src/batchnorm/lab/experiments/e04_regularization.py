@@ -9,7 +9,7 @@ import numpy as np
 
 from ..data import load, subset
 from ..models import MLP
-from ..protocol import Effect, Finding, Result, Table, diff_ci, fmt_ci, mean_ci, seeds, tune_and_run
+from ..protocol import accuracy_ci, Effect, Finding, Result, Table, diff_ci, fmt_ci, mean_ci, seeds, tune_and_run
 from ..train import evaluate, seed_everything, train
 from ._figures import points_plot
 
@@ -77,8 +77,8 @@ def run(cfg: Config) -> Result:
                 "accuracy minus the plain network's lies above 0",
                 f"gap: plain {fmt_ci(*mean_ci(gap['plain'], 100), 'points')}, BN {fmt_ci(*mean_ci(gap['BN'], 100), 'points')}"
                 f"; reduction {fmt_ci(gap_estimate, gap_ci, 'points')}; test BN - plain {fmt_ci(test_estimate, test_ci, 'points')}"
-                f" (train accuracy plain {fmt_ci(*mean_ci(train_acc['plain'], 100), '%')}, BN "
-                f"{fmt_ci(*mean_ci(train_acc['BN'], 100), '%')})",
+                f" (train accuracy plain {fmt_ci(*accuracy_ci(train_acc['plain']), '%')}, BN "
+                f"{fmt_ci(*accuracy_ci(train_acc['BN']), '%')})",
                 Effect("plain gap - BN gap (points)", gap_estimate, gap_ci, threshold=1.0), run_seeds,
                 weaker=Effect("BN - plain, test accuracy (points)", test_estimate, test_ci, threshold=0.0)),
         Finding("BN reduces the need for dropout", ANCHOR_DROPOUT,
@@ -87,14 +87,14 @@ def run(cfg: Config) -> Result:
                 "holds if the 95% interval lies above 0 (dropout helps a BN network less)",
                 f"dropout's gain: plain {fmt_ci(*mean_ci(gain_plain, 100), 'points')}, BN "
                 f"{fmt_ci(*mean_ci(gain_bn, 100), 'points')}; difference {fmt_ci(need_estimate, need_ci, 'points')}; "
-                f"test: BN {fmt_ci(*mean_ci(test['BN'], 100), '%')}, dropout {fmt_ci(*mean_ci(test['dropout'], 100), '%')}",
+                f"test: BN {fmt_ci(*accuracy_ci(test['BN']), '%')}, dropout {fmt_ci(*accuracy_ci(test['dropout']), '%')}",
                 Effect("dropout's gain without BN - with BN (points)", need_estimate, need_ci, threshold=0.0),
                 run_seeds),
     ]
     plots = [points_plot("Train and test accuracy (each setting at its tuned rate)", "accuracy (%)",
                          {"train": {k: v.tolist() for k, v in train_acc.items()},
                           "test": {k: v.tolist() for k, v in test.items()}}, scale=100)]
-    rows = [[k, f"{arms[k].lr_chosen:g}", fmt_ci(*mean_ci(train_acc[k], 100), "%"), fmt_ci(*mean_ci(test[k], 100), "%"),
+    rows = [[k, f"{arms[k].lr_chosen:g}", fmt_ci(*accuracy_ci(train_acc[k]), "%"), fmt_ci(*accuracy_ci(test[k]), "%"),
              fmt_ci(*mean_ci(gap[k], 100), "points")] for k in arms]
     notes = [f"ReLU MLP {cfg.hidden} on {cfg.train_size} {cfg.data} training samples (a different draw per seed), SGD "
              f"momentum 0.9, batch {cfg.batch_size}, {cfg.steps} steps; dropout p = {cfg.dropout}; accuracies in eval "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..protocol import Effect, Finding, LR_GRID, Plot, Result, diff_ci, fmt_ci, mean_ci, seeds, tune_and_run
+from ..protocol import accuracy_ci, Effect, Finding, LR_GRID, Plot, Result, diff_ci, fmt_ci, mean_ci, seeds, tune_and_run
 from ._cnn import accuracy_plot, arm_rows, cached_data, cnn_job, steps_for
 
 ID = "E5"
@@ -82,7 +82,7 @@ def run(cfg: Config) -> Result:
                          *diff_ci(rn_small, bn_small, scale=100), threshold=1.0)
 
     def pct(name: str) -> str:
-        return fmt_ci(*mean_ci(acc[name], scale=100), "%")
+        return fmt_ci(*accuracy_ci(acc[name]), "%")
 
     findings = [
         Finding(f"BN degrades when its normalization batch is small (here {tiny} samples), even with the SGD batch "

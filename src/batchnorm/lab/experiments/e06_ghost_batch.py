@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..protocol import Effect, Finding, Result, diff_ci, fmt_ci, mean_ci, seeds, tune_and_run
+from ..protocol import accuracy_ci, Effect, Finding, Result, diff_ci, fmt_ci, mean_ci, seeds, tune_and_run
 from ._cnn import accuracy_plot, arm_rows, cached_data, cnn_job, steps_for
 
 ID = "E6"
@@ -65,7 +65,7 @@ def run(cfg: Config) -> Result:
     steps_only = diff_ci(test["steps"], test["large"], scale=100)
 
     def pct(key: str, kind: str = "test") -> str:
-        return fmt_ci(*mean_ci((test if kind == "test" else train)[key], scale=100), "%")
+        return fmt_ci(*accuracy_ci((test if kind == "test" else train)[key]), "%")
 
     findings = [
         Finding(f"Large batches generalize worse than small ones (batch {small} vs {large}, same epochs)",

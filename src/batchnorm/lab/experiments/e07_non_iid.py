@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..protocol import Effect, Finding, Result, diff_ci, fmt_ci, mean_ci, seeds, tune_and_run
+from ..protocol import accuracy_ci, Effect, Finding, Result, diff_ci, fmt_ci, mean_ci, seeds, tune_and_run
 from ._cnn import accuracy_plot, arm_rows, cached_data, cnn_job, steps_for
 
 ID = "E7"
@@ -71,7 +71,7 @@ def run(cfg: Config) -> Result:
                          threshold=2.0)
 
     def pct(name: str) -> str:
-        return fmt_ci(*mean_ci(acc[name], scale=100), "%")
+        return fmt_ci(*accuracy_ci(acc[name]), "%")
 
     findings = [
         Finding("BN loses accuracy when its mini-batches are not i.i.d.",

@@ -10,7 +10,7 @@ import numpy as np
 from ..data import load
 from ..jobs import run_jobs
 from ..models import CNN
-from ..protocol import Effect, Finding, Result, Table, check_grid, diff_ci, fmt_ci, mean_ci, seeds
+from ..protocol import accuracy_ci, Effect, Finding, Result, Table, check_grid, diff_ci, fmt_ci, mean_ci, seeds
 from ..train import evaluate, seed_everything, train
 from ._figures import points_plot
 
@@ -86,8 +86,8 @@ def run(cfg: Config) -> Result:
         f"{tuned:g}); effect: test accuracy with precise statistics - with the EMA, in points, paired over seeds (the "
         f"same trained network evaluated both ways); holds if the 95% interval lies above 1 point (on digits 6 of "
         f"the 599 test images: a difference worth a recalibration pass); weaker criterion (partly holds): above 0",
-        f"lr {high:g}: precise {fmt_ci(*mean_ci(values[('precise_test', high)], 100), '%')}, EMA "
-        f"{fmt_ci(*mean_ci(values[('test_accuracy', high)], 100), '%')}, difference {fmt_ci(estimate, ci, 'points')}; "
+        f"lr {high:g}: precise {fmt_ci(*accuracy_ci(values[('precise_test', high)]), '%')}, EMA "
+        f"{fmt_ci(*accuracy_ci(values[('test_accuracy', high)]), '%')}, difference {fmt_ci(estimate, ci, 'points')}; "
         f"at the tuned rate {tuned:g}: {fmt_ci(*gain[tuned], 'points')}; EMA error (first BN, in population stds) "
         f"{fmt_ci(*mean_ci(values[('ema_error', high)]), digits=2)} at lr {high:g}, "
         f"{fmt_ci(*mean_ci(values[('ema_error', tuned)]), digits=2)} at lr {tuned:g}",
@@ -97,8 +97,8 @@ def run(cfg: Config) -> Result:
                          {"EMA": {f"{lr:g}": values[("test_accuracy", lr)].tolist() for lr in grid},
                           "precise": {f"{lr:g}": values[("precise_test", lr)].tolist() for lr in grid}},
                          scale=100, xlabel="learning rate")]
-    rows = [[f"{lr:g}", fmt_ci(*mean_ci(values[("test_accuracy", lr)], 100), "%"),
-             fmt_ci(*mean_ci(values[("precise_test", lr)], 100), "%"), fmt_ci(*gain[lr], "points"),
+    rows = [[f"{lr:g}", fmt_ci(*accuracy_ci(values[("test_accuracy", lr)]), "%"),
+             fmt_ci(*accuracy_ci(values[("precise_test", lr)]), "%"), fmt_ci(*gain[lr], "points"),
              fmt_ci(*mean_ci(values[("ema_error", lr)]), digits=2)] for lr in grid]
     arms = [{"name": "BN CNN (EMA statistics)", "lr_grid": list(grid), "lr_chosen": tuned,
              "val_accuracy": [float(values[("val_accuracy", lr)].mean()) for lr in grid],

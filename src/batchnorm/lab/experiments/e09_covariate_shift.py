@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..models import MLP
-from ..protocol import (Effect, Finding, Plot, Result, diff_ci, fmt_ci, mean_ci, ratio_ci, seeds,
+from ..protocol import (accuracy_ci, Effect, Finding, Plot, Result, diff_ci, fmt_ci, mean_ci, ratio_ci, seeds,
                         tune_and_run)
 from ..train import seed_everything, train
 from ._cnn import accuracy_plot, arm_rows, cached_data
@@ -153,10 +153,10 @@ def run(cfg: Config) -> Result:
               if all(math.isfinite(run["ics"][i]) for arm in (bn, none) for run in arm.runs)]
     unreached = [cfg.loss_levels[i] for i in range(len(cfg.loss_levels)) if i not in levels]
     acc_noisy = diff_ci(noisy.test_accuracy, bn.test_accuracy, scale=100)
-    noisy_effect = Effect("noisy BN - BN, test accuracy (points)", *acc_noisy, threshold=-3.0)
+    noisy_effect = Effect("noisy BN - BN, test accuracy (points)", *acc_noisy, threshold=3.0, direction="within")
 
     def pct(arm) -> str:
-        return fmt_ci(*mean_ci(arm.test_accuracy, scale=100), "%")
+        return fmt_ci(*accuracy_ci(arm.test_accuracy), "%")
 
     level_text = ", ".join(f"{cfg.loss_levels[i]:g}" for i in levels)
     anchor_ics = ("Santurkar et al. 2018 (arXiv 1805.11604), Fig. 5: by Def. 2.1 (||G - G'||, cos(G, G')) BN networks "
@@ -166,8 +166,9 @@ def run(cfg: Config) -> Result:
     noisy_finding = Finding(
         "A network with BN followed by deliberate, changing distribution shift ('noisy BN') trains about as well as BN",
         "Santurkar et al. 2018 (arXiv 1805.11604), Fig. 2: noisy BN trains about as well as BN despite severe shift.",
-        "each at its own rate; holds if the 95% interval of noisy BN - BN (test accuracy, paired seeds) lies above "
-        "-3 points ('about as well': within 3 points), does not hold if below.",
+        "each at its own rate; 'about as well' is two-sided: holds if the 95% interval of noisy BN - BN (test "
+        "accuracy, paired seeds) lies inside (-3, +3) points, does not hold if it lies entirely outside, "
+        "inconclusive otherwise.",
         f"test: noisy BN {pct(noisy)}, BN {pct(bn)}, no BN {pct(none)}; noisy - BN "
         f"{fmt_ci(*acc_noisy, 'points')}", noisy_effect, run_seeds)
     if not levels:

@@ -13,7 +13,7 @@ import torch
 
 from ..data import Dataset, shifted, standardized
 from ..models import CNN
-from ..protocol import Effect, Finding, Result, Table, diff_ci, fmt_ci, mean_ci, seeds, tune_and_run
+from ..protocol import accuracy_ci, Effect, Finding, Result, Table, diff_ci, fmt_ci, mean_ci, seeds, tune_and_run
 from ..train import evaluate, seed_everything, train
 from ._cnn import accuracy_plot, arm_rows, cached_data, domain_pair
 
@@ -105,7 +105,7 @@ def run(cfg: Config) -> Result:
                    "no BN + per-domain standardization": std.values(setting)} for setting in (REAL, SYNTHETIC)}
 
     def pct(values: list[float]) -> str:
-        return fmt_ci(*mean_ci(values, scale=100), "%")
+        return fmt_ci(*accuracy_ci(values), "%")
 
     effects = {}
     for setting in (REAL, SYNTHETIC):

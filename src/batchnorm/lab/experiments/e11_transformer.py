@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..data import as_sequence, load
 from ..models import TinyTransformer
-from ..protocol import Effect, Finding, Plot, Result, Table, diff_ci, fmt_ci, mean_ci, seeds, tune_and_run
+from ..protocol import accuracy_ci, Effect, Finding, Plot, Result, Table, diff_ci, fmt_ci, mean_ci, seeds, tune_and_run
 from ..train import seed_everything, train
 
 ID = "E11"
@@ -58,7 +58,7 @@ def run(cfg: Config) -> Result:
     control = Effect("LN - no norm, test accuracy (points)", *diff_ci(ln, none, scale=100), threshold=1.0)
 
     def acc(name: str) -> str:
-        return f"{name} {fmt_ci(*mean_ci(test[name], scale=100), '%')} (lr {arms[name].lr_chosen:g})"
+        return f"{name} {fmt_ci(*accuracy_ci(test[name]), '%')} (lr {arms[name].lr_chosen:g})"
 
     evidence = "test accuracy: " + ", ".join(acc(name) for name in ARMS)
     findings = [
@@ -73,7 +73,7 @@ def run(cfg: Config) -> Result:
                 f"LN - no norm: {fmt_ci(control.estimate, control.ci95, 'points')}; {evidence}", control,
                 seeds=seed_list),
     ]
-    rows = [[name, f"{arm.lr_chosen:g}", fmt_ci(*mean_ci(arm.test_accuracy, scale=100), "%")]
+    rows = [[name, f"{arm.lr_chosen:g}", fmt_ci(*accuracy_ci(arm.test_accuracy), "%")]
             for name, arm in arms.items()]
     tokens = as_sequence(load(cfg.data).x_val[:1])
     notes = [f"Post-norm encoder ({cfg.layers} layers, d_model {cfg.d_model}, 2 heads, GELU feed-forward) on "

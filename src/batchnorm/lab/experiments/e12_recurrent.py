@@ -10,7 +10,7 @@ import numpy as np
 
 from ..data import load
 from ..models import RecurrentClassifier
-from ..protocol import Effect, Finding, Plot, Result, Table, diff_ci, fmt_ci, mean_ci, seeds, tune_and_run
+from ..protocol import accuracy_ci, Effect, Finding, Plot, Result, Table, diff_ci, fmt_ci, mean_ci, seeds, tune_and_run
 from ..train import seed_everything, train
 
 ID = "E12"
@@ -75,7 +75,7 @@ def run(cfg: Config) -> Result:
     test = {name: arm.test_accuracy for name, arm in arms.items()}
 
     def acc(name: str) -> str:
-        return f"{name} {fmt_ci(*mean_ci(test[name], scale=100), '%')} (lr {arms[name].lr_chosen:g})"
+        return f"{name} {fmt_ci(*accuracy_ci(test[name]), '%')} (lr {arms[name].lr_chosen:g})"
 
     accuracies = ", ".join(acc(name) for name in names)
     diverged = {name: sum(bool(r["diverged"]) for r in arm.runs) for name, arm in arms.items()}
@@ -100,7 +100,7 @@ def run(cfg: Config) -> Result:
     curves = {name: {"x": arm.runs[0]["steps"], "y": (100 * np.mean([r["val_curve"] for r in arm.runs], 0)).tolist(),
                      "points": (100 * np.asarray([r["val_curve"] for r in arm.runs])).T.tolist()}
               for name, arm in arms.items() if len({len(r["val_curve"]) for r in arm.runs}) == 1}
-    rows = [[name, f"{arm.lr_chosen:g}", fmt_ci(*mean_ci(arm.test_accuracy, scale=100), "%")]
+    rows = [[name, f"{arm.lr_chosen:g}", fmt_ci(*accuracy_ci(arm.test_accuracy), "%")]
             for name, arm in arms.items()]
     notes = [f"{cfg.data} read one pixel per time step ({length} steps of 1 value, row by row); hidden "
              f"{cfg.hidden_size}, Adam, batch {cfg.batch_size}, {cfg.steps} steps; the class is read from the last "

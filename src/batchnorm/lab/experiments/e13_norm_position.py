@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..data import load
 from ..models import CNN, MLP
-from ..protocol import Effect, Finding, Result, Table, diff_ci, fmt_ci, mean_ci, seeds, tune_and_run
+from ..protocol import accuracy_ci, Effect, Finding, Result, Table, diff_ci, fmt_ci, mean_ci, seeds, tune_and_run
 from ..train import seed_everything, train
 from ._figures import points_plot
 
@@ -76,7 +76,7 @@ def run(cfg: Config) -> Result:
             Effect(f"{a}: before - after, test accuracy (points)", estimate, ci, threshold=0.0), run_seeds))
     plots = [points_plot("Test accuracy by BN placement (each at its tuned rate)", "test accuracy (%)",
                          {p: {a: acc[(a, p)] for a in ARCHITECTURES} for p in POSITIONS}, scale=100)]
-    rows = [[a, fmt_ci(*mean_ci(acc[(a, "before")], 100), "%"), fmt_ci(*mean_ci(acc[(a, "after")], 100), "%")]
+    rows = [[a, fmt_ci(*accuracy_ci(acc[(a, "before")]), "%"), fmt_ci(*accuracy_ci(acc[(a, "after")]), "%")]
             for a in ARCHITECTURES]
     notes = [f"ReLU networks on {cfg.data}: CNN {cfg.channels}, MLP {cfg.hidden}; SGD momentum 0.9, batch "
              f"{cfg.batch_size}, {cfg.steps} steps. 'before': Conv/Linear (no bias) -> BN -> ReLU; 'after': "

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..data import subset
 from ..models import CNN
-from ..protocol import Effect, Finding, Result, Table, diff_ci, fmt_ci, mean_ci, seeds, tune_and_run
+from ..protocol import accuracy_ci, Effect, Finding, Result, Table, diff_ci, fmt_ci, mean_ci, seeds, tune_and_run
 from ..train import evaluate, seed_everything, train
 from ._cnn import accuracy_plot, arm_rows, cached_data, domain_pair
 
@@ -112,7 +112,7 @@ def run(cfg: Config) -> Result:
                         *diff_ci(acc["BN recalibrated + frozen"], acc["BN frozen"], scale=100), threshold=1.0)
 
     def pct(values: list[float]) -> str:
-        return fmt_ci(*mean_ci(values, scale=100), "%")
+        return fmt_ci(*accuracy_ci(values), "%")
 
     findings = [
         Finding(f"With little target data ({cfg.target_size} labelled images), freezing BN statistics fine-tunes "

@@ -13,7 +13,7 @@ import torch
 from ..data import load
 from ..jobs import run_jobs
 from ..models import CNN
-from ..protocol import Effect, Finding, Plot, Result, Table, fmt_ci, mean_ci, ratio_ci, seeds, tune_and_run
+from ..protocol import accuracy_ci, Effect, Finding, Plot, Result, Table, fmt_ci, mean_ci, ratio_ci, seeds, tune_and_run
 from ..train import seed_everything, shuffled_batches, train
 
 ID = "E15"
@@ -140,7 +140,7 @@ def run(cfg: Config) -> Result:
                 f"batch {cfg.batch_size}, one thread", kernel, seeds=seed_list, weaker=kernel_weak),
     ]
     rows = [[name, f"{lrs[name]:g}", f"{1e3 * per_step[name]:.2f}", fmt_ci(*mean_ci(steps_needed[name]), digits=0),
-             fmt_ci(*mean_ci(seconds[name]), digits=2), fmt_ci(*mean_ci(arms[name].test_accuracy, scale=100), "%")]
+             fmt_ci(*mean_ci(seconds[name]), digits=2), fmt_ci(*accuracy_ci(arms[name].test_accuracy), "%")]
             for name in TRAINED]
     rows.append(["BN (torch)", "-", f"{1e3 * per_step['BN (torch)']:.2f}", "as ours", "-", "-"])
     curves = {name: {"x": arm.runs[0]["steps"],

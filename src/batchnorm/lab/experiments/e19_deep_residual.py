@@ -9,7 +9,7 @@ import numpy as np
 
 from ..data import load
 from ..models_deep import ResidualMLP
-from ..protocol import Effect, Finding, Plot, Result, Table, diff_ci, fmt_ci, mean_ci, seeds, tune_and_run
+from ..protocol import accuracy_ci, Effect, Finding, Plot, Result, Table, diff_ci, fmt_ci, mean_ci, seeds, tune_and_run
 from ..train import seed_everything, train
 
 ID = "E19"
@@ -68,7 +68,7 @@ def run(cfg: Config) -> Result:
 
     def acc(name: str, b: int = deepest) -> str:
         arm = arms[f"{name}, {b} blocks"]
-        return f"{name} {fmt_ci(*mean_ci(arm.test_accuracy, scale=100), '%')} (lr {arm.lr_chosen:g})"
+        return f"{name} {fmt_ci(*accuracy_ci(arm.test_accuracy), '%')} (lr {arm.lr_chosen:g})"
 
     at_deepest = f"at {deepest} blocks: " + ", ".join(acc(name) for name in ARMS)
     matches = (f"each network at its own rate (chosen on validation); paired difference BN - {{}} in test accuracy "
@@ -95,7 +95,7 @@ def run(cfg: Config) -> Result:
                   {name: {"x": list(cfg.blocks), "y": [mean_ci(test[(name, b)], 100)[0] for b in cfg.blocks],
                           "points": [[100 * v for v in test[(name, b)]] for b in cfg.blocks]} for name in ARMS},
                   logx=True)]
-    rows = [[name, *[f"{fmt_ci(*mean_ci(test[(name, b)], scale=100), '%')} (lr {arms[f'{name}, {b} blocks'].lr_chosen:g})"
+    rows = [[name, *[f"{fmt_ci(*accuracy_ci(test[(name, b)]), '%')} (lr {arms[f'{name}, {b} blocks'].lr_chosen:g})"
                      for b in cfg.blocks]] for name in ARMS]
     top_lr = max(cfg.lr_grid)
     top_rows = [[name, *[f"{100 * arms[f'{name}, {b} blocks'].val_accuracy[-1]:.1f}%" for b in cfg.blocks]]
