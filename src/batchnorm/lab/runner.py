@@ -20,7 +20,7 @@ import sys
 import time
 
 from .._atomic import atomic_write
-from . import progress
+from . import progress, scales
 from .experiments import EXPERIMENTS, load_experiment
 from .protocol import VERDICTS, Result
 
@@ -36,10 +36,18 @@ _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .
 def config_for(module, scale: str = "default", data: str | None = None, seeds: int | None = None,
                seed_base: int | None = None):
     """The experiment's Config at `scale` ('quick': module.QUICK overrides, 'full': module.FULL, 'default': the
-    dataclass defaults), with `data`, `seeds` and `seed_base` (the first seed) overriding when given."""
+    dataclass defaults), with the dataset's own settings (`scales.DATA_SCALES`: at the default and full scales, and
+    at the quick scale those that change the model or the input) under them, and `data`, `seeds` and `seed_base`
+    (the first seed) overriding when given."""
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
-    overrides = dict({"quick": getattr(module, "QUICK", {}), "full": getattr(module, "FULL", {})}.get(scale, {}))
+    fields = {f.name for f in dataclasses.fields(module.Config)}
+    per_data = scales.settings(module.ID, data if data is not None else module.Config().data, scale)
+    unknown = sorted(set(per_data) - fields)
+    if unknown:
+        raise ValueError(f"scales.DATA_SCALES gives {module.ID} settings its Config does not have: {unknown}")
+    overrides = dict(per_data)
+    overrides.update({"quick": getattr(module, "QUICK", {}), "full": getattr(module, "FULL", {})}.get(scale, {}))
     if data is not None:
         overrides["data"] = data
     if seeds is not None:

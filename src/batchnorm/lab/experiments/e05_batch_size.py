@@ -39,6 +39,8 @@ FULL = dict(seeds=10, norm_batches=(2, 4, 8, 16), small_batch=4, epochs=20.0, sm
 def run(cfg: Config) -> Result:
     data = cached_data(cfg.data)
     n = len(data.y_train)
+    positions = int(data.x_train[0, 0].numel())
+    side = "x".join(str(v) for v in data.sample_shape[1:])
     large, small = cfg.batch_size, cfg.small_batch
     large_steps, small_steps = steps_for(cfg.epochs, n, large), steps_for(cfg.epochs, n, small)
     common = dict(data=cfg.data, channels=tuple(cfg.channels), groups=cfg.groups)
@@ -147,9 +149,10 @@ def run(cfg: Config) -> Result:
         f"norm collapsed).",
         f"Evaluation in eval mode (BN and Batch Renorm use their running statistics). Batch Renorm schedule: plain BN "
         f"for {renorm[0]} steps, rmax 3 at step {renorm[1]}, dmax 5 at step {renorm[2]}. Instance Norm normalizes "
-        f"each channel of each sample over its 8x8 (then 4x4) positions. BN in a CNN pools N x H x W values per "
-        f"channel, so on 8x8 images batch {small} still averages {small * 64} values in the first layer: run with "
-        f"--data mnist5k for 28x28 images.",
+        f"each channel of each sample over its positions ({positions} in the first layer, fewer after each "
+        f"stride). BN in a CNN pools N x H x W values per channel, so on {side} images batch {small} still averages "
+        f"{small * positions} values per channel in the first layer"
+        + (": run with --data mnist5k for 28x28 images." if positions < 28 * 28 else "."),
         f"The best alternative at batch {large} is chosen by validation accuracy ({best}); the test set is read once "
         f"per run.",
     ]
