@@ -477,3 +477,18 @@ def test_plot_bands_of_accuracies_stay_in_the_attainable_range(tmp_path):
     assert report._band(loss, line)[1] == pytest.approx([125.8, 55.0])  # unbounded quantities are not clipped
     report.draw_plot(accuracy, str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_arms_that_choose_an_edge_of_their_grid_are_flagged(tmp_path, fake_experiment):
+    assert protocol.grid_edge({"lr_grid": [0.01, 0.03, 0.1, 0.3], "lr_chosen": 0.01}) == "lowest"
+    assert protocol.grid_edge({"lr_grid": [0.01, 0.03, 0.1, 0.3], "lr_chosen": 0.03}) is None
+    stream = io.StringIO()
+    results = runner.run_all(["E99"], out=str(tmp_path), stream=stream)
+    assert protocol.grid_edge(results[0].arms[0]) is None  # the fake arm chooses 0.1 of [0.01, 0.1, 0.3, 1.0]
+    assert "Grid edges:" not in (tmp_path / "index.html").read_text() and "edge of the" not in stream.getvalue()
+    results[0].arms[0]["lr_chosen"] = 1.0
+    write_report(results, str(tmp_path))
+    (arm,) = json.loads((tmp_path / "results.json").read_text())["experiments"][0]["arms"]
+    assert arm["grid_edge"] == "highest"
+    page = (tmp_path / "index.html").read_text()
+    assert "Grid edges:</b> 1 tuned arm(s)" in page and "E99 arm (highest, 1)" in page and "(highest of the grid)" in page

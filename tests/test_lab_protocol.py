@@ -115,6 +115,28 @@ def tiny_job(lr: float, seed: int, norm: str, steps: int = 25) -> dict:
     return {"val_accuracy": history.final_val, "test_accuracy": history.test_accuracy, "lr": lr, "seed": seed}
 
 
+def burn(seconds: float) -> float:
+    """Spin the CPU for `seconds` of this process's CPU time; returns the CPU time spent."""
+    import time
+
+    start = time.process_time()
+    while time.process_time() - start < seconds:
+        pass
+    return time.process_time() - start
+
+
+def test_cpu_seconds_count_the_work_done_in_worker_processes():
+    jobs.set_workers(2)
+    try:
+        jobs.run_jobs(burn, [dict(seconds=0.01)] * 2)  # start the workers outside the measurement
+        before, main_before = jobs.cpu_seconds(), __import__("time").process_time()
+        spent = jobs.run_jobs(burn, [dict(seconds=0.3)] * 4)
+        worker_cpu = jobs.cpu_seconds() - before - (__import__("time").process_time() - main_before)
+    finally:
+        jobs.set_workers(1)
+    assert sum(spent) >= 1.2 and worker_cpu == pytest.approx(sum(spent), abs=0.05)
+
+
 def test_tuning_picks_each_arms_best_validation_rate_and_workers_change_nothing():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # workers run one thread; compare at the same thread count

@@ -48,3 +48,22 @@ def test_equivalence_thresholds_are_written_two_sided():
                     "direction": "within"}}]}]}
     row = markdown_table([run], ["seeds 0-1"]).splitlines()[2]
     assert "| within ±1 | holds |" in row
+
+
+def test_a_run_on_another_dataset_gets_its_own_effect_column_and_is_not_a_contradiction():
+    digits_a, digits_b = _run("holds", [0, 1, 2, 3, 4], 1.0), _run("inconclusive", [100, 101], 0.0)
+    mnist = _run("does not hold", [0, 1, 2, 3, 4], -3.0)
+    mnist["experiments"][0]["config"] = {"data": "mnist5k"}
+    table = markdown_table([digits_a, digits_b, mnist], ["s0", "s100", "mnist5k"], effects=(0, 2))
+    header, _, row = table.splitlines()
+    assert header.endswith("| verdict (s0) | verdict (s100) | effect (mnist5k) | verdict (mnist5k) |")
+    assert row.endswith("| holds | inconclusive | -2.0 [-3.0, -1.0] | does not hold |")
+    assert contradictions([digits_a, digits_b, mnist]) == []  # holds on digits, not on mnist5k: allowed
+    other = _run("does not hold", [0], -3.0)
+    assert contradictions([digits_a, digits_b, other]) == ["E3: BN | helps"]
+    try:
+        markdown_table([digits_a], ["s0"], effects=(0, 3))
+    except ValueError as error:
+        assert "effects must be indices of runs" in str(error)
+    else:
+        raise AssertionError("an effect column of a run that is not given must be refused")

@@ -64,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
         return _refuse(f"--seeds must be >= 1, got {args.seeds}")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
+    from .jobs import cpu_seconds
+
+    cpu_start = cpu_seconds()
     try:
         from .data import load
 
@@ -77,6 +80,6 @@ def run(args: argparse.Namespace) -> int:
         for f in r.findings:
             counts[f.verdict] = counts.get(f.verdict, 0) + 1
     print(f"batchnorm lab: {len(results)} experiments, {sum(counts.values())} findings ("
-          + ", ".join(f"{n} {v}" for v, n in counts.items()) + f") in {time.perf_counter() - start:.0f} s; "
+          + ", ".join(f"{n} {v}" for v, n in counts.items()) + f") in {time.perf_counter() - start:.0f} s wall-clock, {cpu_seconds() - cpu_start:.0f} s CPU; "
           f"report: {os.path.abspath(os.path.join(args.out, 'index.html'))}")
     return 0

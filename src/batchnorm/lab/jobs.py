@@ -17,16 +17,31 @@ from __future__ import annotations
 
 import atexit
 import os
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from typing import Any, Callable
 
 from . import progress
 
-__all__ = ["run_jobs", "set_workers", "workers", "default_workers"]
+__all__ = ["run_jobs", "set_workers", "workers", "default_workers", "cpu_seconds"]
 
 _workers = 1
 _executor: ProcessPoolExecutor | None = None
+_worker_cpu = 0.0  # CPU seconds the worker processes spent in the calls of run_jobs so far
+
+
+def cpu_seconds() -> float:
+    """CPU seconds used so far by this process and by the calls it ran in worker processes (time.process_time
+    of each call, measured in its worker): what a run costs, whatever else the machine is doing."""
+    return time.process_time() + _worker_cpu
+
+
+def _timed(function: Callable[..., Any], kwargs: dict) -> tuple[Any, float]:
+    """`function(**kwargs)` in a worker, with the CPU seconds it took there."""
+    start = time.process_time()
+    result = function(**kwargs)
+    return result, time.process_time() - start
 
 
 def default_workers() -> int:
@@ -92,8 +107,9 @@ def run_jobs(function: Callable[..., Any], calls: list[dict]) -> list[Any]:
         raise TypeError(f"function must be callable, got {type(function).__name__}")
     if _workers == 1 or len(calls) <= 1:
         return [function(**kwargs) for kwargs in progress.jobs(calls)]
+    global _worker_cpu
     executor = _executor_for_run()
-    futures = [executor.submit(function, **kwargs) for kwargs in calls]
+    futures = [executor.submit(_timed, function, kwargs) for kwargs in calls]
     pending = set(futures)
     try:
         for _ in progress.jobs(range(len(futures))):
@@ -106,4 +122,5 @@ def run_jobs(function: Callable[..., Any], calls: list[dict]) -> list[Any]:
         for future in pending:
             future.cancel()
         raise
-    return [f.result() for f in futures]
+    _worker_cpu += sum(f.result()[1] for f in futures)
+    return [f.result()[0] for f in futures]

@@ -29,7 +29,8 @@ from typing import Any, Callable
 import numpy as np
 
 __all__ = ["VERDICTS", "LR_GRID", "DIRECTIONS", "Effect", "Finding", "Arm", "Plot", "Table", "Result", "seeds",
-           "mean_ci", "accuracy_ci", "diff_ci", "ratio_ci", "judge", "fmt_ci", "tune_and_run", "check_grid"]
+           "mean_ci", "accuracy_ci", "diff_ci", "ratio_ci", "judge", "fmt_ci", "tune_and_run", "check_grid",
+           "grid_edge"]
 
 VERDICTS = ("holds", "partly holds", "inconclusive", "does not hold", "not run")
 # What a claim says about its effect: exceeds the threshold, stays under it, or stays within +-threshold.
@@ -267,6 +268,22 @@ def check_grid(grid, name: str = "grid") -> tuple[float, ...]:
     return values
 
 
+def grid_edge(arm: dict) -> str | None:
+    """'lowest' or 'highest' when a tuned arm chose the smallest or largest rate of its grid (its best rate may
+    lie outside the grid: a warning), else None.
+
+    Example:
+        >>> grid_edge({"lr_grid": [0.01, 0.03, 0.1, 0.3], "lr_chosen": 0.3})
+        'highest'
+    """
+    grid, chosen = list(arm.get("lr_grid") or []), arm.get("lr_chosen")
+    if len(grid) < 2 or chosen is None:
+        return None
+    if math.isclose(chosen, min(grid)):
+        return "lowest"
+    return "highest" if math.isclose(chosen, max(grid)) else None
+
+
 @dataclass
 class Arm:
     """One arm of a comparison after tuning: its grid, the validation score per rate, the chosen rate and
@@ -379,7 +396,8 @@ class Result:
     notes: list[str] = field(default_factory=list)  # setup, caveats, what the design cannot show
     arms: list[dict] = field(default_factory=list)  # Arm.to_json() of every tuned arm
     config: dict = field(default_factory=dict)  # filled by the runner
-    seconds: float = 0.0  # filled by the runner
+    seconds: float = 0.0  # filled by the runner: wall-clock time
+    cpu_seconds: float = 0.0  # filled by the runner: CPU time of this process and its worker processes
     versions: dict = field(default_factory=dict)  # filled by the runner
     numbers: dict = field(default_factory=dict)  # the key numbers behind the verdicts, for tests and tools
 

@@ -18,7 +18,7 @@ import math
 import os
 import re
 
-from .protocol import Plot, Result
+from .protocol import Plot, Result, grid_edge
 
 __all__ = ["write_report", "draw_plot", "results_json", "fmt", "fmt_interval", "link_papers", "PAPERS"]
 
@@ -298,10 +298,12 @@ def results_json(results: list[Result]) -> dict:
 
     experiments = []
     for r in results:
-        experiments.append({"id": r.experiment, "title": r.title, "seconds": r.seconds, "config": r.config,
+        experiments.append({"id": r.experiment, "title": r.title, "seconds": r.seconds,
+                            "cpu_seconds": getattr(r, "cpu_seconds", 0.0), "config": r.config,
                             "reproduce": reproduce_command(r.experiment, r.config),
                             "findings": [_finding_json(f) for f in r.findings],
-                            "arms": list(getattr(r, "arms", None) or []), "numbers": r.numbers,
+                            "arms": [dict(arm, grid_edge=grid_edge(arm)) for arm in getattr(r, "arms", None) or []],
+                            "numbers": r.numbers,
                             "versions": r.versions})
     latest = next((r.versions for r in reversed(results) if r.versions), {})
     return {"experiments": experiments, "versions": latest}
@@ -316,6 +318,16 @@ def _finite(value):
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value
+
+
+def _edge_warning(results: list[Result]) -> list[str]:
+    """A paragraph naming the tuned arms that chose the lowest or highest rate of their grid (none: nothing)."""
+    edges = [f"{r.experiment} {arm.get('name')} ({grid_edge(arm)}, {fmt(arm.get('lr_chosen'))})"
+             for r in results for arm in getattr(r, "arms", None) or [] if grid_edge(arm)]
+    if not edges:
+        return []
+    return [f"<p><b>Grid edges:</b> {len(edges)} tuned arm(s) chose the lowest or highest learning rate of their "
+            f"grid, so their best rate may lie outside it: " + html.escape("; ".join(edges)) + ".</p>"]
 
 
 def _arms_table(arms: list[dict]) -> str:
@@ -333,7 +345,8 @@ def _arms_table(arms: list[dict]) -> str:
         if arm.get("score"):
             scores += f" (score: {arm['score']})"
         rows.append([html.escape(str(arm.get("name", ""))), html.escape(scores),
-                     f"<b>{html.escape(fmt(arm.get('lr_chosen')))}</b>",
+                     f"<b>{html.escape(fmt(arm.get('lr_chosen')))}</b>"
+                     + (f" <span class='effect-name'>({grid_edge(arm)} of the grid)</span>" if grid_edge(arm) else ""),
                      f"{mean} <span class='effect-name'>({html.escape(', '.join(fmt(t) for t in tests))})</span>"])
     return _table(["arm", "validation score per learning rate", "chosen rate", "test accuracy: mean (per seed)"],
                   rows, raw_columns=(0, 1, 2, 3))
@@ -353,6 +366,7 @@ def write_report(results: list[Result], out: str) -> str:
                             effect, threshold, _seeds_cell(getattr(f, "seeds", None)),
                             f"<code>{html.escape(command)}</code>" if i == 0 else ""])
     total = sum(r.seconds for r in results if math.isfinite(r.seconds))
+    cpu = sum(getattr(r, "cpu_seconds", 0.0) or 0.0 for r in results)
     counts = {}
     for r in results:
         for f in r.findings:
@@ -373,8 +387,10 @@ def write_report(results: list[Result], out: str) -> str:
              "tested, not ImageNet numbers. In the plots, dots are single seeds and bars or bands the 95% interval of "
              "the mean.</p>",
              f"<p>Experiments: {len(results)}, findings: " + html.escape(", ".join(
-                 f"{n} {v}" for v, n in counts.items()) or "none") + f"; compute time {fmt(total)} s. "
+                 f"{n} {v}" for v, n in counts.items()) or "none") + f"; wall-clock time {fmt(total)} s, CPU time {fmt(cpu)} s "
+             "(this process and its workers). "
              "All numbers as JSON: <a href='results.json'>results.json</a>.</p>",
+             *_edge_warning(results),
              "<h2>Summary</h2>",
              _table(["exp.", "claim", "verdict", "effect [95% CI]", "threshold", "seeds", "reproduce"], summary,
                     raw_columns=(0, 1, 2, 3, 4, 5, 6), numeric_columns=(4, 5))]

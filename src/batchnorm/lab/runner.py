@@ -22,7 +22,7 @@ import time
 from .._atomic import atomic_write
 from . import progress, scales
 from .experiments import EXPERIMENTS, load_experiment
-from .protocol import VERDICTS, Result
+from .protocol import VERDICTS, Result, grid_edge
 
 __all__ = ["SCALES", "config_for", "cache_key", "package_digest", "run_one", "run_all", "versions",
            "write_atomic", "check_output_directory", "validate_entry", "reproduce_command"]
@@ -268,14 +268,17 @@ def run_one(experiment: str, scale: str = "default", data: str | None = None, se
                              f"running again\n")
     import torch
 
+    from . import jobs as lab_jobs
+
     threads = torch.get_num_threads()  # every experiment starts with the caller's thread count
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), lab_jobs.cpu_seconds()
     with progress.bar(f"{module.ID} {module.TITLE}", stream=stream):
         try:
             result = module.run(cfg)
         finally:
             torch.set_num_threads(threads)  # some library calls change it; keep experiments independent
     result.seconds = time.perf_counter() - start
+    result.cpu_seconds = lab_jobs.cpu_seconds() - cpu_start
     result.config = dataclasses.asdict(cfg)
     result.config["scale"] = scale
     result.versions = versions()
@@ -309,6 +312,9 @@ def run_all(experiments: list[str] | None = None, scale: str = "default", data: 
             stream.write(f"{e} {load_experiment(e).TITLE}: cached result ({result.seconds:.1f} s when run)\n")
         for finding in result.findings:
             stream.write(f"    {finding.verdict:>14}: {finding.claim}  [{finding.evidence}]\n")
+        edges = [f"{arm['name']} ({grid_edge(arm)}, {arm['lr_chosen']:g})" for arm in result.arms if grid_edge(arm)]
+        if edges:
+            stream.write(f"    warning: chose an edge of the learning-rate grid: {'; '.join(edges)}\n")
         stream.flush()
         results.append(result)
         write_report(results, out)

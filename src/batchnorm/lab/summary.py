@@ -2,8 +2,10 @@
 seed sets side by side), and the check that their verdicts never contradict each other.
 
 `python -m batchnorm.lab.summary RUN_A/results.json RUN_B/results.json` prints the table: one row per finding,
-the effect and its 95% interval from the first run, and one verdict column per run. With `--readme README.md`
-it replaces the block between `<!-- lab-summary:start -->` and `<!-- lab-summary:end -->` in that file.
+the effect and its 95% interval from the first run, and one verdict column per run (`--effects 0 2` adds the
+effect of run 2 too, e.g. a run on another dataset). With `--readme README.md` it replaces the block between
+`<!-- lab-summary:start -->` and `<!-- lab-summary:end -->` in that file. Contradictions are checked between runs
+on the same dataset.
 
 Example:
     >>> run = {"experiments": [{"id": "E1", "title": "t", "findings": [{"claim": "BN helps", "verdict": "holds",
@@ -44,30 +46,60 @@ def _effect_cell(finding: dict) -> tuple[str, str]:
             f"{sign}{effect['threshold']:g}" if direction == "within" else f"{sign} {effect['threshold']:g}")
 
 
-def markdown_table(runs: list[dict], labels: list[str]) -> str:
-    """One row per finding of the first run: claim, effect [95% CI] and threshold (first run), verdict per run."""
+def _numbers_cell(finding: dict | None, threshold: str) -> str:
+    """The effect of a further run as numbers only (its name is the first run's), with its threshold if it differs."""
+    effect = (finding or {}).get("effect")
+    if not effect:
+        return "-"
+    cell = fmt_ci(effect["estimate"], effect["ci95"])
+    own = _effect_cell(finding)[1]
+    return cell if own == threshold else f"{cell} ({own})"
+
+
+def markdown_table(runs: list[dict], labels: list[str], effects: tuple[int, ...] = (0,)) -> str:
+    """One row per finding of the first run: claim, effect [95% CI] and threshold (first run), verdict per run;
+    the runs listed in `effects` (indices, besides 0) get an effect column of their own before their verdict."""
     if len(runs) != len(labels) or not runs:
         raise ValueError(f"markdown_table needs one label per run, got {len(runs)} runs and {len(labels)} labels")
+    bad = [i for i in effects if not 0 <= i < len(runs)]
+    if bad:
+        raise ValueError(f"effects must be indices of runs (0..{len(runs) - 1}), got {bad}")
     tables = [_findings(run) for run in runs]
-    lines = ["| exp. | claim | effect [95% CI] | threshold | " + " | ".join(f"verdict ({l})" for l in labels) + " |",
-             "|---|---|---|---|" + "---|" * len(labels)]
+    header, rule = "| exp. | claim | effect [95% CI] | threshold | verdict (" + labels[0] + ") |", "|---|---|---|---|---|"
+    for i, label in enumerate(labels[1:], start=1):
+        if i in effects:
+            header, rule = header + f" effect ({label}) |", rule + "---|"
+        header, rule = header + f" verdict ({label}) |", rule + "---|"
+    lines = [header, rule]
     for key, finding in tables[0].items():
         effect, threshold = _effect_cell(finding)
-        verdicts = [t[key]["verdict"] if key in t else "not run" for t in tables]
         claim = finding["claim"].replace("|", "/")
-        lines.append(f"| {key[0]} | {claim} | {effect.replace('|', '/')} | {threshold} | " + " | ".join(verdicts)
-                     + " |")
+        cells = [key[0], claim, effect.replace("|", "/"), threshold, finding["verdict"]]
+        for i, table in enumerate(tables[1:], start=1):
+            if i in effects:
+                cells.append(_numbers_cell(table.get(key), threshold))
+            cells.append(table[key]["verdict"] if key in table else "not run")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def _dataset(run: dict) -> str:
+    """The dataset a run used (the config of its first experiment; digits if not recorded)."""
+    for experiment in run.get("experiments", []):
+        return str((experiment.get("config") or {}).get("data", "digits"))
+    return "digits"
+
+
 def contradictions(runs: list[dict]) -> list[str]:
-    """Findings that hold in one run and do not hold in another (the lab's stability rule forbids this)."""
-    tables = [_findings(run) for run in runs]
+    """Findings that hold in one run and do not hold in another run on the same dataset (the lab's stability
+    rule forbids this; runs on different datasets may differ)."""
     found = []
-    for key, finding in tables[0].items():
-        verdicts = {t[key]["verdict"] for t in tables if key in t}
-        if {"holds", "does not hold"} <= verdicts:
-            found.append(f"{key[0]}: {finding['claim']}")
+    for data in dict.fromkeys(_dataset(run) for run in runs):
+        tables = [_findings(run) for run in runs if _dataset(run) == data]
+        for key, finding in tables[0].items():
+            verdicts = {t[key]["verdict"] for t in tables if key in t}
+            if {"holds", "does not hold"} <= verdicts:
+                found.append(f"{key[0]}: {finding['claim']}" + ("" if data == "digits" else f" ({data})"))
     return found
 
 
@@ -84,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m batchnorm.lab.summary", description=__doc__.split("\n")[0])
     parser.add_argument("results", nargs="+", help="results.json of each run (the first gives the effects)")
     parser.add_argument("--labels", nargs="+", help="one column label per run (default: the seeds of each run)")
+    parser.add_argument("--effects", nargs="+", type=int, default=[0], metavar="I",
+                        help="runs (0-based, in the order given) whose effect gets a column (default: 0)")
     parser.add_argument("--readme", help="replace the lab-summary block of this Markdown file instead of printing")
     args = parser.parse_args(argv)
     runs = []
@@ -95,7 +129,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"batchnorm.lab.summary: cannot read {path}: {error}", file=sys.stderr)
             return 2
     labels = args.labels or [_seed_label(run) for run in runs]
-    table = markdown_table(runs, labels)
+    try:
+        table = markdown_table(runs, labels, tuple(args.effects))
+    except ValueError as error:
+        print(f"batchnorm.lab.summary: {error}", file=sys.stderr)
+        return 2
     for problem in contradictions(runs):
         print(f"batchnorm.lab.summary: contradicting verdicts: {problem}", file=sys.stderr)
     if args.readme:

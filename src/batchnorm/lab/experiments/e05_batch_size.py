@@ -23,8 +23,10 @@ class Config:
     # microbatches of 4)
     small_batch: int = 8  # part (b): the small SGD batch (Wu & He 2018's table goes 32, 16, 8, 4, 2)
     epochs: float = 8.0  # passes over the training set for every arm (steps = epochs x train size / batch)
-    large_grid: tuple = (0.03, 0.1, 0.3, 1.0)  # learning rates tried per arm at batch_size (SGD, momentum 0.9)
-    small_grid: tuple = (0.01, 0.03, 0.1, 0.3)  # learning rates tried per arm at small_batch
+    large_grid: tuple = (0.03, 0.1, 0.3, 1.0, 3.0)  # learning rates tried per arm at batch_size (SGD, momentum
+    # 0.9; BN chose 1.0, the old highest)
+    small_grid: tuple = (0.003, 0.01, 0.03, 0.1, 0.3)  # learning rates tried per arm at small_batch (GN chose
+    # 0.01, the old lowest)
     tune_seeds: int = 2  # seeds that choose each arm's rate (on validation)
     channels: tuple = (16, 32)  # CNN channels
     groups: int = 4  # Group Norm groups

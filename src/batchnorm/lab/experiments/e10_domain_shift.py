@@ -31,7 +31,7 @@ class Config:
     seed_base: int = 0  # first seed (the runner's --seed-base)
     steps: int = 400  # SGD steps on the source
     batch_size: int = 32  # mini-batch size
-    lr_grid: tuple = (0.01, 0.03, 0.1, 0.3, 1.0)  # learning rates tried per arm (SGD, momentum 0.9), chosen on the
+    lr_grid: tuple = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # learning rates tried per arm (SGD, momentum 0.9), chosen on the
     # source's validation split (target labels are never used for tuning)
     tune_seeds: int = 2  # seeds that choose each arm's rate
     channels: tuple = (16, 32)  # CNN channels

@@ -27,11 +27,11 @@ class Config:
     seeds: int = 5  # seeds per arm (each seed: its own pretraining run and its own labelled target subset)
     seed_base: int = 0  # first seed (the runner's --seed-base)
     pretrain_steps: int = 400  # SGD steps on the source
-    pretrain_grid: tuple = (0.01, 0.03, 0.1, 0.3)  # pretraining rates tried (chosen on source validation)
+    pretrain_grid: tuple = (0.01, 0.03, 0.1, 0.3, 1.0)  # pretraining rates tried (chosen on source validation)
     finetune_steps: int = 150  # SGD steps on the small target set
     target_size: int = 100  # labelled target training images
     batch_size: int = 16  # fine-tuning batch (pretraining uses 32)
-    finetune_grid: tuple = (0.001, 0.003, 0.01, 0.03, 0.1)  # fine-tuning rates tried per mode (chosen on target
+    finetune_grid: tuple = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)  # fine-tuning rates tried per mode (chosen on target
     # validation, never on its test set)
     tune_seeds: int = 2  # seeds that choose each rate
     channels: tuple = (16, 32)  # CNN channels
