@@ -16,9 +16,8 @@ import time
 import numpy as np
 import torch
 
-from batchnorm import kernels
-from batchnorm.kernels import config
-from batchnorm.kernels import numba_kernels as nk
+from batchnorm.kernels import config, dispatch
+from batchnorm.kernels.numba import batch_norm as nk
 
 
 def ratios_to_copy(cases: dict, calls: int = 5, rounds: int = 9) -> dict:
@@ -50,7 +49,7 @@ def main() -> None:
     dst = torch.empty_like(x)
     xv, dyv = x.numpy().reshape(n, c, -1), dy.numpy().reshape(n, c, -1)
     y, dx = np.empty_like(xv), np.empty_like(xv)
-    threads = kernels._threads(x.numel())
+    threads = dispatch.threads_for(x.numel())
     which = 1 if threads > 1 else 0  # the parallel or the serial twin, as the dispatcher would choose
     pairs = config.sample_blocks(n, c, threads)
     blocks = config.channel_blocks(n, c, xv.shape[2], xv.itemsize, threads)

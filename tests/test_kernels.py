@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from batchnorm import functional, kernels
 from batchnorm import reference as ref
-from batchnorm.kernels import config
+from batchnorm.kernels import config, dispatch
 
 # relative to the largest magnitude of the reference result
 TOLERANCE = {torch.float64: 1e-11, torch.float32: 2e-5}
@@ -345,10 +345,10 @@ def test_thread_count_follows_torch(monkeypatch):
     x = _input((8, 4, 6, 6), torch.float32, seed=15)
     try:
         torch.set_num_threads(1)
-        assert kernels._threads(x.numel()) == 1
+        assert dispatch.threads_for(x.numel()) == 1
         torch.set_num_threads(2)
         expected = min(2, numba.config.NUMBA_NUM_THREADS)
-        assert kernels._threads(x.numel()) == expected
+        assert dispatch.threads_for(x.numel()) == expected
         kernels.train_forward(x, None, None, EPS)
         assert numba.get_num_threads() == expected
         kernels.batch_stats(x)
@@ -403,7 +403,7 @@ def test_forked_child_runs_serial_kernels_after_parent_used_the_pool():
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        assert kernels._threads(x.numel()) == 2
+        assert dispatch.threads_for(x.numel()) == 2
         y_parent = kernels.train_forward(x, None, None, EPS)[0]  # runs in parallel: the pool is started
         _check_forked_child(x, y_parent)
     finally:
@@ -437,12 +437,12 @@ def _check_forked_child(x: torch.Tensor, y_parent: torch.Tensor) -> None:
 
 def test_routing_thresholds():
     """Small inputs stay serial; the fused channels-first sweep needs enough channels per thread."""
-    assert kernels._threads(config.PARALLEL_MIN_ELEMENTS - 1) == 1
-    assert kernels._threads(config.PARALLEL_MIN_ELEMENTS) == min(torch.get_num_threads(),
+    assert dispatch.threads_for(config.PARALLEL_MIN_ELEMENTS - 1) == 1
+    assert dispatch.threads_for(config.PARALLEL_MIN_ELEMENTS) == min(torch.get_num_threads(),
                                                                  numba.config.NUMBA_NUM_THREADS)
-    assert kernels._fused_channels_first(1, 1)
-    assert kernels._fused_channels_first(2, 2 * config.FUSED_MIN_CHANNELS_PER_THREAD)
-    assert not kernels._fused_channels_first(2, 2 * config.FUSED_MIN_CHANNELS_PER_THREAD - 1)
+    assert dispatch.fused_channels_first(1, 1)
+    assert dispatch.fused_channels_first(2, 2 * config.FUSED_MIN_CHANNELS_PER_THREAD)
+    assert not dispatch.fused_channels_first(2, 2 * config.FUSED_MIN_CHANNELS_PER_THREAD - 1)
 
 
 # -------------------------------------------------------------------------------- eager path (functional)
@@ -516,9 +516,9 @@ def test_per_channel_views_follow_their_tensors():
     layer.bias.data = torch.randn(4)
     check()
     weight = torch.rand(4)
-    assert np.array_equal(kernels._vector(weight, np.dtype(np.float32)), weight.numpy())
+    assert np.array_equal(dispatch.vector(weight, np.dtype(np.float32)), weight.numpy())
     weight.resize_(2)
-    assert kernels._vector(weight, np.dtype(np.float32)).shape == (2,)
+    assert dispatch.vector(weight, np.dtype(np.float32)).shape == (2,)
 
 
 def test_eager_path_bumps_running_buffer_versions_and_double_backward_is_torchs():
@@ -558,7 +558,7 @@ def test_channel_and_sample_blocks_do_not_change_results(variant, activation):
     """The channels-first kernels split the channels into blocks (fused kernels) or walk (sample, channel
     block) pairs (eval, primitives); every block count, even uneven ones, gives the float64 reference's
     results."""
-    from batchnorm.kernels import numba_kernels as nk
+    from batchnorm.kernels.numba import batch_norm as nk
     from batchnorm.kernels.activations import ACTIVATIONS
 
     generator = torch.Generator().manual_seed(21)
@@ -595,12 +595,12 @@ def test_new_outputs_have_the_kernel_layout_and_their_own_memory(shape, channels
     """NumPy-allocated outputs: x's shape and layout (as `empty_output_like`), and the kernels' view writes them."""
     x = _input(shape, torch.float32, channels_last, seed=30)
     rows = x.dim() == 2 or kernels.is_channels_last(x)
-    y, view = kernels._new_like(x, rows)
+    y, view = dispatch.new_like(x, rows)
     assert y.shape == x.shape and y.dtype == x.dtype
     assert y.stride() == kernels.empty_output_like(x).stride()
     if x.numel():
-        assert view.shape == kernels._array(x, rows).shape
-        view[...] = kernels._array(x, rows)
+        assert view.shape == dispatch.array(x, rows).shape
+        view[...] = dispatch.array(x, rows)
         assert torch.equal(y, x) and y.data_ptr() != x.data_ptr()
     else:
         assert view is None

@@ -1,26 +1,23 @@
-"""Numba kernels for BN + add + activation and for in-place activated BN (the output-based backward).
+"""Numba kernels for BN + add + activation (the residual join of a ResNet block).
 
 Activations are the codes of `activations.py`. The piecewise-linear family (identity, relu, leaky_relu) runs a
 branch-free loop in the input's dtype (vectorized like the plain kernels); the other activations a general loop
-in float64. (BN + activation alone runs on the kernels of `numba_kernels`.)
+in float64. (BN + activation alone runs on the kernels of `batch_norm`.)
 
 With z = (x - center_c) * scale_c + shift_c + residual, the kernels are, per layout (channels-first
-(N, C, S) and rows (R, C), as in `numba_kernels`):
+(N, C, S) and rows (R, C), as in `batch_norm`):
   affine_add_act   out = act(z)
   grad_add_act     g = dy * act'(z) (the residual's gradient, written out), sum(g)_c, sum(g * (x - center_c))_c
-  grad_sums_out    from the output y of an invertible activation: z = act^-1(y), g = dy * act'(z), and the sums
-                   of g and g * (z - center_c)   (in-place activated BN; no residual here)
-  grad_input_out   out = k_dy_c * g + k_x_c * (z - center_c) + k_0_c with g, z from y
 """
 
 import numba
 import numpy as np
 from numba import prange
 
-from .activations import act, act_grad, act_inverse, linear_act
-from .activations import slope as _slope
-from .config import NJIT_SERIAL
-from .numba_kernels import _compile, _sample_block, _sum_blocks, center_remainder
+from ..activations import act, act_grad, linear_act
+from ..activations import slope as _slope
+from ..config import NJIT_SERIAL
+from .batch_norm import _compile, _sample_block, _split_center, _sum_blocks, center_remainder
 
 
 @numba.njit(inline="always", **NJIT_SERIAL)
@@ -28,16 +25,6 @@ def _split(center, sample):
     """center (float64) as hi + lo in the dtype of `sample`: (x - hi) - lo keeps x - center's digits in float32."""
     hi = sample.dtype.type(center)
     return hi, sample.dtype.type(center_remainder(np.float64(center), np.float64(hi)))
-
-
-@numba.njit(inline="always", **NJIT_SERIAL)
-def _split_rows(center, sample):
-    """Per-channel hi, lo arrays of `_split` for the rows kernels."""
-    hi = center.astype(sample.dtype)
-    lo = np.empty_like(hi)
-    for c in range(hi.shape[0]):
-        lo[c] = center_remainder(center[c], np.float64(hi[c]))
-    return hi, lo
 
 
 # ----------------------------------------------------------------------------------------- channels-first
@@ -92,67 +79,11 @@ def _grad_add_act_cf(n_blocks, dy, x, center, scale, shift, residual, code, para
         sum_g[c], sum_g_xc[c] = _sum_blocks(p1, p2, c)
 
 
-def _grad_sums_out_cf(n_blocks, dy, y, center, code, param, sum_g, sum_g_zc):
-    n_batch, n_chan, n_space = y.shape
-    p1 = np.empty((n_batch, n_chan))
-    p2 = np.empty((n_batch, n_chan))
-    linear = code <= 2
-    slope = _slope(code, param)
-    inv_slope = 1.0 / slope if linear else 1.0
-    for i in prange(n_batch * n_blocks):  # (sample, block of channels) pairs
-        b, first, stop = _sample_block(i, n_blocks, n_chan)
-        for c in range(first, stop):
-            m = center[c]
-            a1 = 0.0
-            a2 = 0.0
-            if linear:
-                for s in range(n_space):
-                    v = np.float64(y[b, c, s])
-                    g = np.float64(dy[b, c, s])
-                    positive = v > 0.0
-                    g = g if positive else slope * g
-                    a1 += g
-                    a2 += g * ((v if positive else v * inv_slope) - m)
-            else:
-                for s in range(n_space):
-                    z, d = act_inverse(np.float64(y[b, c, s]), code, param)
-                    g = dy[b, c, s] * d
-                    a1 += g
-                    a2 += g * (z - m)
-            p1[b, c] = a1
-            p2[b, c] = a2
-    for c in prange(n_chan):
-        sum_g[c], sum_g_zc[c] = _sum_blocks(p1, p2, c)
-
-
-def _grad_input_out_cf(n_blocks, dy, y, center, code, param, k_dy, k_x, k_0, out):
-    n_batch, n_chan, n_space = y.shape
-    linear = code <= 2
-    for i in prange(n_batch * n_blocks):  # (sample, block of channels) pairs
-        b, first, stop = _sample_block(i, n_blocks, n_chan)
-        for c in range(first, stop):
-            if linear:
-                dt = y.dtype.type
-                m, a, q, r = dt(center[c]), dt(k_dy[c]), dt(k_x[c]), dt(k_0[c])
-                slope = dt(_slope(code, param))
-                inv_slope = dt(1.0 / _slope(code, param))
-                for s in range(n_space):
-                    v = y[b, c, s]
-                    positive = v > 0
-                    g = dy[b, c, s] if positive else slope * dy[b, c, s]
-                    out[b, c, s] = a * g + q * ((v if positive else v * inv_slope) - m) + r
-            else:
-                m, a, q, r = center[c], k_dy[c], k_x[c], k_0[c]
-                for s in range(n_space):
-                    z, d = act_inverse(np.float64(y[b, c, s]), code, param)
-                    out[b, c, s] = a * (dy[b, c, s] * d) + q * (z - m) + r
-
-
 # ---------------------------------------------------------------------------------------------------- rows
 def _affine_add_act_rows(n_blocks, x, center, scale, shift, residual, code, param, out):
     n_rows, n_chan = x.shape
     if code <= 2:
-        mh, ml = _split_rows(center, x)
+        mh, ml = _split_center(center, x)
         k, t = scale.astype(x.dtype), shift.astype(x.dtype)
         slope, zero = x.dtype.type(_slope(code, param)), x.dtype.type(0.0)
         for blk in prange(n_blocks):
@@ -173,7 +104,7 @@ def _grad_add_act_rows(n_blocks, dy, x, center, scale, shift, residual, code, pa
     p1 = np.zeros((n_blocks, n_chan))
     p2 = np.zeros((n_blocks, n_chan))
     slope = _slope(code, param)
-    mh, ml = _split_rows(center, x)
+    mh, ml = _split_center(center, x)
     k, t = scale.astype(x.dtype), shift.astype(x.dtype)
     if code <= 2:  # the sign test repeats the forward's arithmetic, in the input's dtype
         for blk in prange(n_blocks):
@@ -205,39 +136,7 @@ def _grad_add_act_rows(n_blocks, dy, x, center, scale, shift, residual, code, pa
         sum_g[c], sum_g_xc[c] = _sum_blocks(p1, p2, c)
 
 
-def _grad_sums_out_rows(n_blocks, dy, y, center, code, param, sum_g, sum_g_zc):
-    n_rows, n_chan = y.shape
-    p1 = np.zeros((n_blocks, n_chan))
-    p2 = np.zeros((n_blocks, n_chan))
-    for blk in prange(n_blocks):
-        a1 = np.zeros(n_chan)
-        a2 = np.zeros(n_chan)
-        for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
-            for c in range(n_chan):
-                z, d = act_inverse(np.float64(y[r, c]), code, param)
-                g = dy[r, c] * d
-                a1[c] += g
-                a2[c] += g * (z - center[c])
-        p1[blk] = a1
-        p2[blk] = a2
-    for c in range(n_chan):
-        sum_g[c], sum_g_zc[c] = _sum_blocks(p1, p2, c)
-
-
-def _grad_input_out_rows(n_blocks, dy, y, center, code, param, k_dy, k_x, k_0, out):
-    n_rows, n_chan = y.shape
-    for blk in prange(n_blocks):
-        for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
-            for c in range(n_chan):
-                z, d = act_inverse(np.float64(y[r, c]), code, param)
-                out[r, c] = k_dy[c] * (dy[r, c] * d) + k_x[c] * (z - center[c]) + k_0[c]
-
-
 affine_add_act_cf = _compile(_affine_add_act_cf)
 grad_add_act_cf = _compile(_grad_add_act_cf)
-grad_sums_out_cf = _compile(_grad_sums_out_cf)
-grad_input_out_cf = _compile(_grad_input_out_cf)
 affine_add_act_rows = _compile(_affine_add_act_rows)
 grad_add_act_rows = _compile(_grad_add_act_rows)
-grad_sums_out_rows = _compile(_grad_sums_out_rows)
-grad_input_out_rows = _compile(_grad_input_out_rows)

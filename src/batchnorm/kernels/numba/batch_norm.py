@@ -38,8 +38,8 @@ Every kernel takes `n_blocks` first: rows kernels the number of row blocks that
 run in parallel (each keeps C partial sums), the fused channels-first kernels the number of channel blocks,
 the other channels-first kernels the channel blocks per sample of their (sample, channel block) pairs.
 Each primitive is compiled twice from the same Python function: a parallel version (prange over rows or
-blocks) and a serial one for small inputs. Kernels take arrays and scalars only; the dispatcher in
-`batchnorm.kernels` chooses layout, dtype and variant.
+blocks) and a serial one for small inputs. Kernels take arrays and scalars only; the entry points in
+`batchnorm.kernels` (through `dispatch`) choose layout, dtype and variant.
 """
 
 import types
@@ -48,8 +48,8 @@ import numba
 import numpy as np
 from numba import prange
 
-from .activations import LINEAR_MAX_CODE, act, act_grad, linear_act, linear_grad, slope
-from .config import NJIT_ELEMENTWISE, NJIT_INLINE, NJIT_PARALLEL, NJIT_SERIAL, ROW_FOLD, SHIFT_ROWS
+from ..activations import LINEAR_MAX_CODE, act, act_grad, linear_act, linear_grad, slope
+from ..config import NJIT_ELEMENTWISE, NJIT_INLINE, NJIT_PARALLEL, NJIT_SERIAL, ROW_FOLD, SHIFT_ROWS
 
 
 @numba.njit(**NJIT_INLINE)
