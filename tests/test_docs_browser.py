@@ -93,8 +93,8 @@ def test_every_public_name_has_a_reference_entry(site):
     import batchnorm.distributed
     import batchnorm.functional
     import batchnorm.nn
-    import batchnorm.reference
-    import batchnorm.reference_recurrent
+    import batchnorm.testing.reference
+    import batchnorm.testing.reference_recurrent
     import batchnorm.tools
 
     pages = {"nn": batchnorm.nn, "functional": batchnorm.functional, "tools": batchnorm.tools,
@@ -104,7 +104,7 @@ def test_every_public_name_has_a_reference_entry(site):
         ids = _parse(site / "api" / f"{page}.html").ids
         missing += [f"{module.__name__}.{n}" for n in module.__all__ if f"{module.__name__}.{n}" not in ids]
     ids = _parse(site / "api" / "reference.html").ids
-    for module in (batchnorm.reference, batchnorm.reference_recurrent):
+    for module in (batchnorm.testing.reference, batchnorm.testing.reference_recurrent):
         missing += [f"{module.__name__}.{n}" for n in module.__all__ if f"{module.__name__}.{n}" not in ids]
     assert missing == []
 

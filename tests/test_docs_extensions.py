@@ -89,7 +89,7 @@ def test_every_public_name_has_an_example():
 
     missing = []
     for name in ("batchnorm.nn", "batchnorm.functional", "batchnorm.tools", "batchnorm.distributed",
-                 "batchnorm.reference", "batchnorm.reference_recurrent"):
+                 "batchnorm.testing.reference", "batchnorm.testing.reference_recurrent"):
         module = importlib.import_module(name)
         missing += [f"{name}.{n}" for n in module.__all__ if ">>> " not in (inspect.getdoc(getattr(module, n)) or "")]
     assert missing == []

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batchnorm import functional, kernels
-from batchnorm import reference as ref
+from batchnorm.testing import reference as ref
 from batchnorm.kernels import config, dispatch
 
 # relative to the largest magnitude of the reference result

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import batchnorm.nn as bnn
-from batchnorm import reference as ref
+from batchnorm.testing import reference as ref
 from batchnorm.functional import torch_activation
 
 EXAMPLES = 60          # hypothesis examples per layer family and per run

@@ -8,7 +8,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import batchnorm.nn as bnn
-from batchnorm import reference_recurrent as ref
+from batchnorm.testing import reference_recurrent as ref
 from batchnorm.nn.recurrent import BNLSTM, LNLSTM, StepwiseBatchNorm
 from cases import relative_error
 

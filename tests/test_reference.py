@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from batchnorm import reference
+from batchnorm.testing import reference
 from cases import relative_error
 
 SHAPES = [(9, 4), (5, 3, 7), (4, 3, 5, 6), (2, 3, 3, 4, 5)]

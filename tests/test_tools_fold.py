@@ -337,7 +337,7 @@ def test_batchnorm_in_training_mode_is_left_and_the_original_keeps_its_statistic
 
 
 def test_frozen_batchnorm_is_folded_even_in_training_mode():
-    from batchnorm.nn.variants import FrozenBatchNorm2d
+    from batchnorm.nn import FrozenBatchNorm2d
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), FrozenBatchNorm2d(4, affine_trainable=True))
     randomize_statistics(model).train()

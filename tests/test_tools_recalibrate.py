@@ -129,7 +129,7 @@ def test_labelled_batches_inplace_false_and_float32():
 
 
 def test_frozen_and_statistics_free_layers_are_left_and_reported():
-    from batchnorm.nn.variants import FrozenBatchNorm1d
+    from batchnorm.nn import FrozenBatchNorm1d
 
     frozen = FrozenBatchNorm1d(3)
     model = nn.Sequential(nn.BatchNorm1d(3, track_running_stats=False), frozen, nn.BatchNorm1d(3))

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import batchnorm.nn as bnn
-from batchnorm import reference
-from batchnorm.nn import variants
+from batchnorm.testing import reference
+from batchnorm.nn._statistics import ghost_chunk_bounds
+from batchnorm.nn.renorm import renorm_limits
 from cases import random_affine_, relative_error
 
 EXACT = 1e-12
@@ -70,16 +71,16 @@ def test_renorm_limits_follow_the_papers_schedule():
     expected = {0: (1.0, 0.0), 9: (1.0, 0.0), 10: (1.0, 0.0), 15: (1.5, 2.5), 20: (2.0, 5.0), 25: (2.5, 5.0),
                 30: (3.0, 5.0), 10_000: (3.0, 5.0)}
     for step, (rmax_t, dmax_t) in expected.items():
-        for limits in (variants.renorm_limits(step, **schedule), reference.batch_renorm_limits(step, **schedule)):
+        for limits in (renorm_limits(step, **schedule), reference.batch_renorm_limits(step, **schedule)):
             assert limits == pytest.approx((rmax_t, dmax_t), abs=1e-15), step
     switch = dict(rmax=2.0, dmax=1.0, warmup_steps=4, rmax_steps=4, dmax_steps=6)  # rmax switched on at step 4
     for step, limits in {3: (1.0, 0.0), 4: (2.0, 0.0), 5: (2.0, 0.5), 6: (2.0, 1.0)}.items():
-        assert variants.renorm_limits(step, **switch) == pytest.approx(limits, abs=1e-15), step
+        assert renorm_limits(step, **switch) == pytest.approx(limits, abs=1e-15), step
         assert reference.batch_renorm_limits(step, **switch) == pytest.approx(limits, abs=1e-15), step
     defaults = bnn.BatchRenorm2d(3)
     assert (defaults.rmax, defaults.dmax, defaults.warmup_steps, defaults.rmax_steps, defaults.dmax_steps,
             defaults.momentum) == (3.0, 5.0, 5000, 40000, 25000, 0.01)
-    assert variants.renorm_limits(22_500, 3.0, 5.0, 5000, 40000, 25000) == pytest.approx((2.0, 4.375))
+    assert renorm_limits(22_500, 3.0, 5.0, 5000, 40000, 25000) == pytest.approx((2.0, 4.375))
 
 
 @pytest.mark.parametrize("momentum", [0.3, None], ids=["momentum-0.3", "momentum-None"])
@@ -192,7 +193,7 @@ def test_renorm_state_dict_interchanges_with_batchnorm_and_eval_is_batchnorm():
     renorm = bnn.BatchRenorm2d(5, dtype=torch.float64)
     renorm.load_state_dict(torch_bn.state_dict())
     assert renorm.state_dict().keys() == torch_bn.state_dict().keys()
-    assert renorm.current_limits() == pytest.approx(variants.renorm_limits(6000, 3.0, 5.0, 5000, 40000, 25000))
+    assert renorm.current_limits() == pytest.approx(renorm_limits(6000, 3.0, 5.0, 5000, 40000, 25000))
     renorm.eval(), torch_bn.eval()
     x = torch.randn(3, 5, 4, 4, generator=generator, dtype=torch.float64)
     _close("eval output", renorm(x), torch_bn(x).detach())
@@ -260,10 +261,10 @@ def test_ghost_chunks_are_normalized_separately_and_bounds_agree_with_reference(
         assert chunk.mean(dim=1).abs().max() < 1e-12
         assert (chunk.var(dim=1, unbiased=False) - 1).abs().max() < 1e-3
     for batch, size, per_sample in [(9, 4, 1), (9, 4, 2), (8, 4, 1), (3, 4, 1), (17, 5, 1), (0, 4, 1), (5, 2, 1)]:
-        assert variants.ghost_chunk_bounds(batch, size, per_sample) == reference.ghost_batch_bounds(batch, size,
+        assert ghost_chunk_bounds(batch, size, per_sample) == reference.ghost_batch_bounds(batch, size,
                                                                                                    per_sample)
-    assert variants.ghost_chunk_bounds(9, 4, 1) == [(0, 4), (4, 9)]
-    assert variants.ghost_chunk_bounds(9, 4, 2) == [(0, 4), (4, 8), (8, 9)]
+    assert ghost_chunk_bounds(9, 4, 1) == [(0, 4), (4, 9)]
+    assert ghost_chunk_bounds(9, 4, 2) == [(0, 4), (4, 8), (8, 9)]
 
 
 def test_ghost_with_a_large_virtual_batch_is_torch_batchnorm():

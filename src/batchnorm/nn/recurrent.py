@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .. import functional
-from .batchnorm import check_eps_momentum
+from ._checks import check_eps_momentum
 
 __all__ = ["BNLSTM", "LNLSTM", "StepwiseBatchNorm"]
 

@@ -23,7 +23,9 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .. import distributed, functional, kernels
-from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormMixin, check_input_dtype
+from ._base import BatchNormBase
+from ._checks import check_input_dtype
+from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 
 __all__ = ["SyncBatchNorm", "convert_sync_batchnorm"]
 
@@ -161,7 +163,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
 # ------------------------------------------------------------------------------------------- modules
 _UNCHECKED = object()   # SyncBatchNorm._checked_group before the channel counts were compared across ranks
 
-class SyncBatchNorm(BatchNormMixin, _BatchNorm):
+class SyncBatchNorm(BatchNormBase, _BatchNorm):
     r"""Batch normalization with statistics over the global batch of a process group; drop-in for torch's.
 
     .. math:: y = \frac{x - \mathrm{E}_{global}[x]}{\sqrt{\mathrm{Var}_{global}[x] + \epsilon}} \gamma + \beta
@@ -332,8 +334,7 @@ def convert_sync_batchnorm(module: torch.nn.Module, process_group=None) -> torch
 
 def _uses_own_batch(module: torch.nn.Module) -> bool:
     """A batch norm left unconverted that still normalizes with each process's batch (not a frozen one)."""
-    return (isinstance(module, _BatchNorm) and not type(module).__name__.startswith("Frozen")
-            and not getattr(module, "freeze_stats", False))
+    return isinstance(module, _BatchNorm) and not getattr(module, "freeze_stats", False)
 
 
 def _convert(module: torch.nn.Module, process_group, name: str, left: list[str]) -> torch.nn.Module:

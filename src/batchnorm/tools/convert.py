@@ -29,12 +29,9 @@ def _ours_plain() -> dict:
 
 
 def _frozen_classes() -> dict:
-    """Our FrozenBatchNorm1d/2d/3d -> 1/2/3 (exported by batchnorm.nn, defined in batchnorm.nn.variants)."""
-    try:
-        from batchnorm.nn import variants as where
-    except ImportError:
-        where = _ours()
-    return {getattr(where, f"FrozenBatchNorm{d}d"): d for d in (1, 2, 3) if hasattr(where, f"FrozenBatchNorm{d}d")}
+    """Our FrozenBatchNorm1d/2d/3d -> 1/2/3."""
+    ours = _ours()
+    return {ours.FrozenBatchNorm1d: 1, ours.FrozenBatchNorm2d: 2, ours.FrozenBatchNorm3d: 3}
 
 
 def _frozen_dims(module: nn.Module) -> int | None:
@@ -223,12 +220,7 @@ def convert(model: nn.Module, to: str, *, num_groups: int | None = None, process
         return fuse_activations(convert(model, to="batchnorm"))[0]
     model = copy.deepcopy(model)
     if to == "sync":
-        try:
-            from batchnorm.nn import convert_sync_batchnorm
-        except ImportError as error:
-            raise RuntimeError("convert(to='sync') needs batchnorm.nn.convert_sync_batchnorm, which this "
-                               "installation does not have") from error
-        return convert_sync_batchnorm(model, process_group)
+        return _ours().convert_sync_batchnorm(model, process_group)
     if is_batchnorm(model):
         new, reason = _convert_one(model, "", to, num_groups, affine_trainable)
         if new is None:

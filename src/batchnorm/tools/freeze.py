@@ -7,6 +7,7 @@ import warnings
 
 from torch import nn
 
+from ..nn import BatchNormBase
 from ._common import is_batchnorm, replace_everywhere
 from .convert import ORIGINAL_ATTRIBUTE, _convert_one, _frozen_dims
 
@@ -14,8 +15,8 @@ __all__ = ["freeze", "unfreeze"]
 
 
 def _supports_freeze_stats(module: nn.Module) -> bool:
-    """True when the layer has this package's `freeze_stats` switch (issue 5: ours and their variants)."""
-    return type(module).__module__.startswith("batchnorm.") and hasattr(module, "freeze_stats")
+    """True when the layer has this package's `freeze_stats` switch (our BatchNorm and the layers built on it)."""
+    return isinstance(module, BatchNormBase) and hasattr(module, "freeze_stats")
 
 
 def _set_affine_trainable(module: nn.Module, trainable: bool) -> None:

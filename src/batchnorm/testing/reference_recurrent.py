@@ -10,7 +10,7 @@ module's sorted/packed one. One layer, gates in torch's order (i, f, g, o):
 
 N = "batch" (Cooijmans et al. 2016, arXiv 1603.09025): per-feature statistics over the active sequences;
 step t uses slot s = min(t, max_length - 1) of the running statistics (max_length = their first dimension).
-Training: batch statistics, and the slot is updated as in `batchnorm.reference.update_running_stats`; a step
+Training: batch statistics, and the slot is updated as in `reference.update_running_stats`; a step
 with a single active sequence is normalized with its slot's running statistics and updates nothing.
 Eval: every step uses its slot's running statistics.
 N = "layer" (Ba et al. 2016, arXiv 1607.06450): statistics over the features of each sequence.
@@ -20,7 +20,7 @@ Backward through time (g = dL/d output of the step, carried dh, dc):
     dc_t = dc_carry + N_cell'(dn_t),   d(pre_f) = dc_t c_{t-1} sigma'(f),   d(pre_i) = dc_t tanh(g) sigma'(i),
     d(pre_g) = dc_t sigma(i) (1 - tanh(g)^2),   dc_{t-1} = dc_t sigma(f),
     dh_{t-1} = N_hh'(d pre) W_hh,   dx_t = N_ih'(d pre) W_ih
-with the batch-norm backward of `batchnorm.reference` and the layer-norm backward
+with the batch-norm backward of `reference` and the layer-norm backward
     dz = inv_std / F * (F dxhat - sum(dxhat) - xhat sum(dxhat xhat)),  dxhat = dy gamma, F features.
 """
 
@@ -51,7 +51,7 @@ class LayerParams(NamedTuple):
 
     Example:
         >>> import numpy as np
-        >>> from batchnorm import reference_recurrent as rr
+        >>> from batchnorm.testing import reference_recurrent as rr
         >>> rng = np.random.default_rng(0)
         >>> H, I, T = 4, 3, 6                  # hidden size, input size, time steps
         >>> params = [rr.LayerParams(0.3 * rng.standard_normal((4 * H, I)), 0.3 * rng.standard_normal((4 * H, H)),
@@ -82,7 +82,7 @@ class StepStats(NamedTuple):
         num_batches_tracked: (max_length,) int.
 
     Example:
-        >>> from batchnorm import reference_recurrent as rr
+        >>> from batchnorm.testing import reference_recurrent as rr
         >>> rr.initial_step_stats(3, 2).num_batches_tracked
         array([0, 0, 0])
     """
@@ -103,7 +103,7 @@ class Gradients(NamedTuple):
 
     Example:
         >>> import numpy as np
-        >>> from batchnorm import reference_recurrent as rr
+        >>> from batchnorm.testing import reference_recurrent as rr
         >>> rng = np.random.default_rng(0)
         >>> H, I, T = 4, 3, 6                  # hidden size, input size, time steps
         >>> params = [rr.LayerParams(0.3 * rng.standard_normal((4 * H, I)), 0.3 * rng.standard_normal((4 * H, H)),
@@ -132,7 +132,7 @@ def initial_step_stats(max_length: int, features: int) -> StepStats:
         features: C, the number of normalized features.
 
     Example:
-        >>> from batchnorm import reference_recurrent as rr
+        >>> from batchnorm.testing import reference_recurrent as rr
         >>> stats = rr.initial_step_stats(3, 2)
         >>> stats.running_mean.shape, float(stats.running_var.min())
         ((3, 2), 1.0)
@@ -218,7 +218,7 @@ def lstm_forward(x, params: list, norm: str = "batch", h0=None, c0=None, lengths
 
     Example:
         >>> import numpy as np
-        >>> from batchnorm import reference_recurrent as rr
+        >>> from batchnorm.testing import reference_recurrent as rr
         >>> rng = np.random.default_rng(0)
         >>> H, I, T = 4, 3, 6                  # hidden size, input size, time steps
         >>> params = [rr.LayerParams(0.3 * rng.standard_normal((4 * H, I)), 0.3 * rng.standard_normal((4 * H, H)),
@@ -295,7 +295,7 @@ def lstm_backward(cache, grad_output, grad_h_n=None, grad_c_n=None) -> Gradients
 
     Example:
         >>> import numpy as np
-        >>> from batchnorm import reference_recurrent as rr
+        >>> from batchnorm.testing import reference_recurrent as rr
         >>> rng = np.random.default_rng(0)
         >>> H, I, T = 4, 3, 6                  # hidden size, input size, time steps
         >>> params = [rr.LayerParams(0.3 * rng.standard_normal((4 * H, I)), 0.3 * rng.standard_normal((4 * H, H)),
