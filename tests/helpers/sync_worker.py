@@ -1,7 +1,7 @@
-"""Worker process for tests/test_sync.py: one rank of a gloo process group on 127.0.0.1 running one scenario.
+"""Worker process for tests/nn/test_sync.py: one rank of a gloo process group on 127.0.0.1 running one scenario.
 
 Usage (the test launches one process per rank, with RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the env):
-    python tests/_sync_worker.py SCENARIO OUTDIR
+    python tests/helpers/sync_worker.py SCENARIO OUTDIR
 Scenarios:
     job     3 ranks, two parts in one launch (each process start with torch, DDP and Numba costs seconds):
             exact: local batches 8, 5, 0 of a global 13-sample batch: SyncBatchNorm under DDP, several layer

@@ -1,7 +1,7 @@
-"""Worker process for tests/test_faults.py: one rank of a gloo group on 127.0.0.1 running one distributed fault.
+"""Worker process for tests/robustness/test_faults.py: one rank of a gloo group on 127.0.0.1 running one distributed fault.
 
 Usage (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, FAULT_PG_TIMEOUT in the environment):
-    python tests/_fault_worker.py SCENARIO
+    python tests/helpers/fault_worker.py SCENARIO
 Scenarios (2 ranks):
     die_forward  after one training step, rank 1 exits (code 3) before the second forward; rank 0's forward must
                  fail with a clear error.

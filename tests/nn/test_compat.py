@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import batchnorm.nn as bnn
-from cases import relative_error
-from compat_cases import CASES, render_markdown
+from helpers.cases import relative_error
+from helpers.compat_cases import CASES, render_markdown
 
 DROP_IN_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10, torch.bfloat16: 2e-2}
 
@@ -75,10 +75,10 @@ def test_own_outcome(case):
     assert str(error), f"{case.name}: the error needs a message"
 
 def test_docs_page_matches_cases():
-    path = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "compatibility.md")
+    path = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "docs", "compatibility.md")
     with open(path) as f:
         assert f.read() == render_markdown(), ("docs/compatibility.md is stale: regenerate it with "
-                                               "`python tests/compat_cases.py > docs/compatibility.md`")
+                                               "`python tests/helpers/compat_cases.py > docs/compatibility.md`")
 
 
 def test_scripted_layer_checks_rank():

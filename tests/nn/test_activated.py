@@ -7,7 +7,7 @@ import torch
 
 import batchnorm.nn as bnn
 from batchnorm import functional
-from cases import relative_error, random_affine_
+from helpers.cases import relative_error, random_affine_
 
 ACTIVATIONS = [("identity", None), ("relu", None), ("leaky_relu", 0.2), ("elu", 0.7), ("silu", None),
                ("gelu", None), ("gelu_tanh", None)]

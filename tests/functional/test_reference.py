@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from batchnorm.testing import reference
-from cases import relative_error
+from helpers.cases import relative_error
 
 SHAPES = [(9, 4), (5, 3, 7), (4, 3, 5, 6), (2, 3, 3, 4, 5)]
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -18,11 +16,10 @@ import batchnorm.nn as bnn
 from batchnorm import distributed
 from batchnorm.nn import sync
 
-sys.path.insert(0, str(Path(__file__).parent))
-import _sync_worker as worker  # noqa: E402
-from cases import relative_error  # noqa: E402
+from helpers import sync_worker as worker
+from helpers.cases import relative_error
+from helpers.ranks import free_port, launch_ranks
 
-WORKER = Path(__file__).parent / "_sync_worker.py"
 LAUNCH_TIMEOUT = 120.0   # seconds for a whole multi-process scenario (start-up included) before it is killed
 
 
@@ -216,36 +213,10 @@ def test_state_dict_interchanges_with_torch():
 
 
 # --------------------------------------------------------------------------- spawned gloo ranks (the real thing)
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(scenario: str, world: int, outdir: Path, pg_timeout: float = 30.0):
     """Run the worker on `world` ranks; returns ([(returncode, stderr)], seconds). Kills everything on timeout."""
-    port = _free_port()
-    procs = []
-    start = time.monotonic()
-    for rank in range(world):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo",
-                   OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", SYNC_TEST_PG_TIMEOUT=str(pg_timeout))
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), scenario, str(outdir)], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-    results = []
-    try:
-        for proc in procs:
-            remaining = LAUNCH_TIMEOUT - (time.monotonic() - start)
-            _, stderr = proc.communicate(timeout=max(remaining, 0.1))
-            results.append((proc.returncode, stderr))
-    except subprocess.TimeoutExpired:
-        for proc in procs:
-            proc.kill()
-        for proc in procs:
-            proc.communicate()
-        pytest.fail(f"scenario {scenario!r} on {world} ranks did not finish within {LAUNCH_TIMEOUT} s (hang)")
-    return results, time.monotonic() - start
+    return launch_ranks("sync_worker.py", [scenario, str(outdir)], world, LAUNCH_TIMEOUT,
+                        {"SYNC_TEST_PG_TIMEOUT": str(pg_timeout)})
 
 
 def _run_ok(scenario: str, world: int, outdir: Path) -> list[dict]:
@@ -390,10 +361,10 @@ def test_a_rank_that_dies_mid_step_makes_the_others_fail_clearly(tmp_path):
 @pytest.mark.slow
 def test_torchrun_example_matches_one_process():
     """examples/ddp_train.py: 2 processes x 8 samples (torchrun) print what 1 process x 16 samples prints."""
-    example = Path(__file__).parent.parent / "examples" / "ddp_train.py"
+    example = Path(__file__).resolve().parents[2] / "examples" / "ddp_train.py"
     torchrun = Path(sys.executable).parent / "torchrun"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    two = subprocess.run([str(torchrun), "--nproc_per_node=2", f"--master_port={_free_port()}", str(example),
+    two = subprocess.run([str(torchrun), "--nproc_per_node=2", f"--master_port={free_port()}", str(example),
                           "--epochs", "1"], env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
     one = subprocess.run([sys.executable, str(example), "--epochs", "1", "--batch-per-process", "16"], env=env,
                          capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)

@@ -10,7 +10,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 import batchnorm.nn as bnn
 from batchnorm.testing import reference_recurrent as ref
 from batchnorm.nn.recurrent import BNLSTM, LNLSTM, StepwiseBatchNorm
-from cases import relative_error
+from helpers.cases import relative_error
 
 TOLERANCE = 1e-10
 NORM_OF = {BNLSTM: "batch", LNLSTM: "layer"}

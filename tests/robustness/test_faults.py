@@ -6,7 +6,7 @@ file (`os.system("touch MARKER")` through `__reduce__`), (b) a truncated copy of
 Each must end with exit code 2 (ValueError for the library reader), a one-line message naming the file, and
 the marker must never exist.
 
-Distributed faults (tests/_fault_worker.py, gloo on 127.0.0.1, every launch killed after LAUNCH_TIMEOUT s): a
+Distributed faults (tests/helpers/fault_worker.py, gloo on 127.0.0.1, every launch killed after LAUNCH_TIMEOUT s): a
 rank that dies before the forward's collective, a rank whose layer has a different channel count, and a rank
 that stalls past the process group's timeout. The surviving ranks must raise an error that says what failed,
 well before the launch timeout (never a hang).
@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ import pytest
 import torch
 
 from batchnorm.cli import main
+from helpers.ranks import launch_ranks
 
 FACTORY = textwrap.dedent('''
     """Model factory for the fault tests."""
@@ -231,39 +230,12 @@ def test_lab_cifar_reader_reads_real_batches_and_refuses_malicious_or_corrupt_on
 
 
 # ------------------------------------------------------------------------------------ distributed faults
-WORKER = Path(__file__).parent / "_fault_worker.py"
 LAUNCH_TIMEOUT = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _launch(scenario: str, world: int, pg_timeout: float) -> tuple[list[tuple[int, str]], float]:
     """Run the fault worker on `world` ranks; ([(returncode, stderr)], seconds). Kills everything on timeout."""
-    port = _free_port()
-    start = time.monotonic()
-    procs = []
-    for rank in range(world):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1",
-                   FAULT_PG_TIMEOUT=str(pg_timeout))
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), scenario], env=env, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, text=True))
-    results = []
-    try:
-        for proc in procs:
-            _, stderr = proc.communicate(timeout=max(LAUNCH_TIMEOUT - (time.monotonic() - start), 0.1))
-            results.append((proc.returncode, stderr))
-    except subprocess.TimeoutExpired:
-        for proc in procs:
-            proc.kill()
-        for proc in procs:
-            proc.communicate()
-        pytest.fail(f"scenario {scenario!r} on {world} ranks did not finish within {LAUNCH_TIMEOUT} s (hang)")
-    return results, time.monotonic() - start
+    return launch_ranks("fault_worker.py", [scenario], world, LAUNCH_TIMEOUT, {"FAULT_PG_TIMEOUT": str(pg_timeout)})
 
 
 @pytest.mark.timeout(90)

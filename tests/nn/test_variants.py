@@ -14,7 +14,7 @@ import batchnorm.nn as bnn
 from batchnorm.testing import reference
 from batchnorm.nn._statistics import ghost_chunk_bounds
 from batchnorm.nn.renorm import renorm_limits
-from cases import random_affine_, relative_error
+from helpers.cases import random_affine_, relative_error
 
 EXACT = 1e-12
 RENORM = {1: bnn.BatchRenorm1d, 2: bnn.BatchRenorm2d, 3: bnn.BatchRenorm3d}

@@ -9,7 +9,7 @@ import torch
 
 import batchnorm.nn as bnn
 from batchnorm import functional
-from cases import LAYER_CASES, relative_error, random_affine_
+from helpers.cases import LAYER_CASES, relative_error, random_affine_
 
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5}
 
