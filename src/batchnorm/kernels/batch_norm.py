@@ -26,6 +26,7 @@ import torch
 
 from . import config
 from .activations import code
+from .algebra import float64_vector, input_grad_coefficients, inv_std, scale_shift, unbiased_variance, update_running
 from .dispatch import (ABSENT, NUMPY_DTYPE, array, call, channel_blocks, dense, dense_rows, fused_channels_first,
                        launch, new_like, new_output_like, output_for, threads_for, vector, view)
 from .numba import batch_norm as nk
@@ -92,20 +93,6 @@ def grad_input(dy: torch.Tensor, x: torch.Tensor, center: np.ndarray, k_dy: np.n
     return out
 
 
-def _float64_vector(t, channels: int, fill: float) -> np.ndarray:
-    """A per-channel tensor or array as float64 NumPy (`fill` when None)."""
-    if t is None:
-        return np.full(channels, fill)
-    return np.asarray(t.detach().numpy() if isinstance(t, torch.Tensor) else t, dtype=np.float64)
-
-
-def _scale_shift(weight, bias, var: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel weight / sqrt(var + eps) and bias as float64: the same IEEE operations as the fused kernels'
-    `_scale_value`, so that every path computes the same z."""
-    channels = var.shape[0]
-    return _float64_vector(weight, channels, 1.0) / np.sqrt(var + eps), _float64_vector(bias, channels, 0.0)
-
-
 def train_forward(x: torch.Tensor, weight, bias, eps: float, momentum: float = 0.0, running_mean=None,
                   running_var=None, activation: str = "identity", param: float = 0.0,
                   out: torch.Tensor | None = None,
@@ -142,15 +129,8 @@ def train_forward(x: torch.Tensor, weight, bias, eps: float, momentum: float = 0
               rv, act, float(param), yv, mean, var)
         return y, mean, var
     mean, var = batch_stats(x)
-    count = numel // channels
-    if running_mean is not None:
-        rm *= 1.0 - momentum
-        rm += (momentum * mean).astype(rm.dtype)
-    if running_var is not None:
-        unbiased = var * (count / (count - 1)) if count > 1 else np.full(channels, np.inf)
-        rv *= 1.0 - momentum
-        rv += (momentum * unbiased).astype(rv.dtype)
-    scale, shift = _scale_shift(w if w.size else None, b if b.size else None, var, eps)
+    update_running(running_mean, running_var, mean, unbiased_variance(var, numel // channels), momentum)
+    scale, shift = scale_shift(var, w if w.size else None, b if b.size else None, eps)
     return affine(x, mean, scale, shift, activation, param, out=y), mean, var
 
 
@@ -217,16 +197,14 @@ def train_backward(dy: torch.Tensor, x: torch.Tensor, mean: np.ndarray, var: np.
     if fused:
         call(nk.train_backward_cf, threads, channel_blocks(xv, threads), *args)
         return dx, dweight, dbias
-    scale, shift = _scale_shift(weight, bias, var, eps)
+    scale, shift = scale_shift(var, weight, bias, eps)
     sum_dy, sum_dy_xc = grad_sums(dy, x, mean, scale, shift, activation, param)
-    inv_std = 1.0 / np.sqrt(var + eps)
+    inverse = inv_std(var, eps)
     dbias.copy_(torch.from_numpy(sum_dy))
     if dweight is not None:
-        dweight.copy_(torch.from_numpy(sum_dy_xc * inv_std))
+        dweight.copy_(torch.from_numpy(sum_dy_xc * inverse))
     if need_dx:
-        k_dy = _float64_vector(weight, channels, 1.0) * inv_std
-        count = numel // channels
-        k_x = -k_dy * inv_std * inv_std * sum_dy_xc / count if batch_stats else np.zeros(channels)
-        k_0 = -k_dy * sum_dy / count if batch_stats else np.zeros(channels)
+        gamma = float64_vector(weight, channels, 1.0)
+        k_dy, k_x, k_0 = input_grad_coefficients(sum_dy, sum_dy_xc, inverse, gamma, numel // channels, batch_stats)
         dx = grad_input(dy, x, mean, k_dy, k_x, k_0, scale, shift, activation, param)
     return dx, dweight, dbias

@@ -52,6 +52,7 @@ class _ActivationMixin:
 
     _invertible_only = False
     _default_activation = "relu"
+    _scriptable_activation = True  # `torch.jit.script` compiles BN + activation (scripting.py)
 
     def __init__(self, num_features: int, *args, activation: Optional[str] = None,
                  activation_param: Optional[float] = None, **kwargs) -> None:
@@ -69,6 +70,8 @@ class _ActivationMixin:
 
 class _AddActMixin(_ActivationMixin):
     """forward(x, residual) = act(BN(x) + residual), fused unless a statistics variant is in use."""
+
+    _scriptable_activation = False
 
     def forward(self, input: Tensor, residual: Tensor) -> Tensor:
         if isinstance(input, torch.fx.Proxy):
@@ -96,6 +99,7 @@ class _InPlaceMixin(_ActivationMixin):
 
     _invertible_only = True
     _default_activation = "leaky_relu"
+    _scriptable_activation = False
 
     def __init__(self, num_features: int, *args, min_abs_weight: float = 1e-5, **kwargs) -> None:
         super().__init__(num_features, *args, **kwargs)

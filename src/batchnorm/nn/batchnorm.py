@@ -64,6 +64,7 @@ class BatchNorm1d(BatchNormBase, torch.nn.BatchNorm1d):
     """
 
     _input_shapes = {2: "(N, C)", 3: "(N, C, L)"}
+    _scripted_as = torch.nn.BatchNorm1d  # what `torch.jit.script` compiles (not for subclasses)
 
     def forward(self, input: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         """Normalize input (N, C) or (N, C, L); `mask` (N,) or (N, L), bool, True at valid positions.
@@ -126,6 +127,7 @@ class BatchNorm2d(BatchNormBase, torch.nn.BatchNorm2d):
     """
 
     _input_shapes = {4: "(N, C, H, W)"}
+    _scripted_as = torch.nn.BatchNorm2d  # what `torch.jit.script` compiles (not for subclasses)
 
 
 class BatchNorm3d(BatchNormBase, torch.nn.BatchNorm3d):
@@ -178,6 +180,7 @@ class BatchNorm3d(BatchNormBase, torch.nn.BatchNorm3d):
     """
 
     _input_shapes = {5: "(N, C, D, H, W)"}
+    _scripted_as = torch.nn.BatchNorm3d  # what `torch.jit.script` compiles (not for subclasses)
 
 
 def _register_with_torch_fuser() -> None:

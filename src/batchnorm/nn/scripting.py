@@ -87,24 +87,21 @@ def _share_state(target: torch.nn.Module, source: torch.nn.Module) -> torch.nn.M
 
 def scriptable_equivalent(module: torch.nn.Module) -> torch.nn.Module:
     """The torch module `torch.jit.script` compiles for `module` (see the module docstring)."""
-    from .activated import _ActivationMixin, _AddActMixin, _InPlaceMixin
-    from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
-
     name = type(module).__name__
     variants = [f"{key}={getattr(module, key)!r}" for key, default in
                 (("virtual_batch_size", None), ("freeze_stats", False), ("skip_nonfinite", False))
                 if getattr(module, key, default) != default]
-    plain = {BatchNorm1d: torch.nn.BatchNorm1d, BatchNorm2d: torch.nn.BatchNorm2d, BatchNorm3d: torch.nn.BatchNorm3d}
-    fused = isinstance(module, _ActivationMixin) and not isinstance(module, (_AddActMixin, _InPlaceMixin))
-    if variants or not (type(module) in plain or fused):
+    torch_class = vars(type(module)).get("_scripted_as")  # set by BatchNorm1d/2d/3d themselves, not subclasses
+    fused = getattr(module, "_scriptable_activation", False)  # BatchNormAct (not BatchNormAddAct, InPlaceABN)
+    if variants or not (torch_class is not None or fused):
         what = f"with {', '.join(variants)}" if variants else "(it runs on this package's kernels)"
         raise TypeError(f"torch.jit.script cannot compile {name} {what}: script-compatible are BatchNorm1d/2d/3d "
                         f"and BatchNormAct1d/2d/3d without variant keywords. Use torch.jit.trace, torch.export or "
                         f"torch.compile (they record torch's ops for this layer)")
     factory = {"device": "meta"}
     args = (module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
-    if type(module) in plain:
-        return _share_state(plain[type(module)](*args, **factory), module)
+    if torch_class is not None:
+        return _share_state(torch_class(*args, **factory), module)
     equivalent = ScriptableBatchNormAct(*args, **factory)
     equivalent.activation, equivalent.activation_param = module.activation, float(module.activation_param)
     equivalent.min_dim, equivalent.max_dim = _DIMS[name[-2:]]
