@@ -126,41 +126,12 @@ class _InPlaceMixin(_ActivationMixin):
 class BatchNormAct1d(_ActivationMixin, BatchNorm1d):
     r"""Batch norm followed by an activation, fused into one pass forward and backward, over (N, C) or (N, C, L).
 
-    .. math::
-        y = \mathrm{act}\left(\frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta\right)
-
-    Statistics exactly as in `BatchNorm1d` (batch in training, running in evaluation, and its variant keywords).
-    The backward recomputes the pre-activation from x, so only x is saved, as for a plain batch norm, and the
-    activation costs no extra pass over memory. A ``state_dict`` of a plain BatchNorm1d (ours or torch's) loads
-    unchanged.
-
-    Args:
-        num_features: C, the number of channels.
-        eps: 1e-5; added to the variance inside the square root.
-        momentum: 0.1; weight of the new batch in the running averages (None: cumulative average).
-        affine: True; learnable per-channel gamma (``weight``) and beta (``bias``).
-        track_running_stats: True; keep ``running_mean``, ``running_var`` and ``num_batches_tracked`` (False:
-            batch statistics in evaluation too).
-        device: None; factory argument.
-        dtype: None; factory argument.
-        bias: True (keyword only); False keeps gamma without beta.
-        virtual_batch_size: None (keyword only); ghost batch norm: in training each chunk of that many samples
-            (>= 2) is normalized with its own statistics (Hoffer et al. 2017, arXiv 1705.08741).
-        freeze_stats: False (keyword only); True normalizes with the running statistics in training too and never
-            updates them (an attribute, so it survives ``model.train()``).
-        skip_nonfinite: False (keyword only); True leaves the running statistics unchanged, with one warning,
-            after a training batch whose statistics are not all finite.
-        activation: "relu" (keyword only); one of "identity", "relu", "leaky_relu", "elu", "silu", "gelu" (exact
-            erf form) or "gelu_tanh".
-        activation_param: None (keyword only); the slope of leaky_relu (default 0.01) or the alpha of elu
-            (default 1.0).
+    The same layer as `BatchNormAct2d` for (N, C) and (N, C, L) inputs: see `BatchNormAct2d` for the formula,
+    the arguments with their defaults, and the behaviour.
 
     Shape:
         input: (N, C) or (N, C, L).
         output: the same as the input.
-
-    Raises:
-        ValueError: an unknown activation or a bad activation_param; see also `BatchNorm1d`.
 
     Example:
         >>> import torch
@@ -185,21 +156,9 @@ class BatchNormAct2d(_ActivationMixin, BatchNorm2d):
     unchanged.
 
     Args:
-        num_features: C, the number of channels.
-        eps: 1e-5; added to the variance inside the square root.
-        momentum: 0.1; weight of the new batch in the running averages (None: cumulative average).
-        affine: True; learnable per-channel gamma (``weight``) and beta (``bias``).
-        track_running_stats: True; keep ``running_mean``, ``running_var`` and ``num_batches_tracked`` (False:
-            batch statistics in evaluation too).
-        device: None; factory argument.
-        dtype: None; factory argument.
-        bias: True (keyword only); False keeps gamma without beta.
-        virtual_batch_size: None (keyword only); ghost batch norm: in training each chunk of that many samples
-            (>= 2) is normalized with its own statistics (Hoffer et al. 2017, arXiv 1705.08741).
-        freeze_stats: False (keyword only); True normalizes with the running statistics in training too and never
-            updates them (an attribute, so it survives ``model.train()``).
-        skip_nonfinite: False (keyword only); True leaves the running statistics unchanged, with one warning,
-            after a training batch whose statistics are not all finite.
+        num_features: C, the number of channels. The other arguments of `BatchNorm2d` (eps, momentum, affine,
+            track_running_stats, device, dtype; keyword only bias, virtual_batch_size, freeze_stats,
+            skip_nonfinite) are taken as there, with the same defaults.
         activation: "relu" (keyword only); one of "identity", "relu", "leaky_relu", "elu", "silu", "gelu" (exact
             erf form) or "gelu_tanh".
         activation_param: None (keyword only); the slope of leaky_relu (default 0.01) or the alpha of elu
@@ -226,41 +185,12 @@ class BatchNormAct2d(_ActivationMixin, BatchNorm2d):
 class BatchNormAct3d(_ActivationMixin, BatchNorm3d):
     r"""Batch norm followed by an activation, fused into one pass forward and backward, over (N, C, D, H, W).
 
-    .. math::
-        y = \mathrm{act}\left(\frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta\right)
-
-    Statistics exactly as in `BatchNorm3d` (batch in training, running in evaluation, and its variant keywords).
-    The backward recomputes the pre-activation from x, so only x is saved, as for a plain batch norm, and the
-    activation costs no extra pass over memory. A ``state_dict`` of a plain BatchNorm3d (ours or torch's) loads
-    unchanged.
-
-    Args:
-        num_features: C, the number of channels.
-        eps: 1e-5; added to the variance inside the square root.
-        momentum: 0.1; weight of the new batch in the running averages (None: cumulative average).
-        affine: True; learnable per-channel gamma (``weight``) and beta (``bias``).
-        track_running_stats: True; keep ``running_mean``, ``running_var`` and ``num_batches_tracked`` (False:
-            batch statistics in evaluation too).
-        device: None; factory argument.
-        dtype: None; factory argument.
-        bias: True (keyword only); False keeps gamma without beta.
-        virtual_batch_size: None (keyword only); ghost batch norm: in training each chunk of that many samples
-            (>= 2) is normalized with its own statistics (Hoffer et al. 2017, arXiv 1705.08741).
-        freeze_stats: False (keyword only); True normalizes with the running statistics in training too and never
-            updates them (an attribute, so it survives ``model.train()``).
-        skip_nonfinite: False (keyword only); True leaves the running statistics unchanged, with one warning,
-            after a training batch whose statistics are not all finite.
-        activation: "relu" (keyword only); one of "identity", "relu", "leaky_relu", "elu", "silu", "gelu" (exact
-            erf form) or "gelu_tanh".
-        activation_param: None (keyword only); the slope of leaky_relu (default 0.01) or the alpha of elu
-            (default 1.0).
+    The same layer as `BatchNormAct2d` for (N, C, D, H, W) inputs: see `BatchNormAct2d` for the formula,
+    the arguments with their defaults, and the behaviour.
 
     Shape:
         input: (N, C, D, H, W).
         output: the same as the input.
-
-    Raises:
-        ValueError: an unknown activation or a bad activation_param; see also `BatchNorm3d`.
 
     Example:
         >>> import torch
@@ -276,40 +206,13 @@ class BatchNormAct3d(_ActivationMixin, BatchNorm3d):
 class BatchNormAddAct1d(_AddActMixin, BatchNorm1d):
     r"""Batch norm, residual add and activation in one pass (ResNet\'s BN + add + ReLU), over (N, C) or (N, C, L).
 
-    .. math:: y = \mathrm{act}(\mathrm{BN}(x) + \mathrm{residual})
-
-    ``forward(x, residual)`` with ``residual`` of x's shape. The residual's gradient is g = dy * act'(z) and x's
-    is batch norm's backward of g; x and residual are saved (no intermediate tensor). With a statistics variant
-    keyword in use (e.g. ``virtual_batch_size``), the same values are computed unfused.
-
-    Args:
-        num_features: C, the number of channels.
-        eps: 1e-5; added to the variance inside the square root.
-        momentum: 0.1; weight of the new batch in the running averages (None: cumulative average).
-        affine: True; learnable per-channel gamma (``weight``) and beta (``bias``).
-        track_running_stats: True; keep ``running_mean``, ``running_var`` and ``num_batches_tracked`` (False:
-            batch statistics in evaluation too).
-        device: None; factory argument.
-        dtype: None; factory argument.
-        bias: True (keyword only); False keeps gamma without beta.
-        virtual_batch_size: None (keyword only); ghost batch norm: in training each chunk of that many samples
-            (>= 2) is normalized with its own statistics (Hoffer et al. 2017, arXiv 1705.08741).
-        freeze_stats: False (keyword only); True normalizes with the running statistics in training too and never
-            updates them (an attribute, so it survives ``model.train()``).
-        skip_nonfinite: False (keyword only); True leaves the running statistics unchanged, with one warning,
-            after a training batch whose statistics are not all finite.
-        activation: "relu" (keyword only); one of "identity", "relu", "leaky_relu", "elu", "silu", "gelu" (exact
-            erf form) or "gelu_tanh".
-        activation_param: None (keyword only); the slope of leaky_relu (default 0.01) or the alpha of elu
-            (default 1.0).
+    The same layer as `BatchNormAddAct2d` for (N, C) and (N, C, L) inputs: see `BatchNormAddAct2d` for the formula,
+    the arguments with their defaults, and the behaviour.
 
     Shape:
         input: (N, C) or (N, C, L).
         residual: the same as the input.
         output: the same as the input.
-
-    Raises:
-        ValueError: an unknown activation or a bad activation_param; see also `BatchNorm1d`.
 
     Example:
         >>> import torch
@@ -332,21 +235,9 @@ class BatchNormAddAct2d(_AddActMixin, BatchNorm2d):
     keyword in use (e.g. ``virtual_batch_size``), the same values are computed unfused.
 
     Args:
-        num_features: C, the number of channels.
-        eps: 1e-5; added to the variance inside the square root.
-        momentum: 0.1; weight of the new batch in the running averages (None: cumulative average).
-        affine: True; learnable per-channel gamma (``weight``) and beta (``bias``).
-        track_running_stats: True; keep ``running_mean``, ``running_var`` and ``num_batches_tracked`` (False:
-            batch statistics in evaluation too).
-        device: None; factory argument.
-        dtype: None; factory argument.
-        bias: True (keyword only); False keeps gamma without beta.
-        virtual_batch_size: None (keyword only); ghost batch norm: in training each chunk of that many samples
-            (>= 2) is normalized with its own statistics (Hoffer et al. 2017, arXiv 1705.08741).
-        freeze_stats: False (keyword only); True normalizes with the running statistics in training too and never
-            updates them (an attribute, so it survives ``model.train()``).
-        skip_nonfinite: False (keyword only); True leaves the running statistics unchanged, with one warning,
-            after a training batch whose statistics are not all finite.
+        num_features: C, the number of channels. The other arguments of `BatchNorm2d` (eps, momentum, affine,
+            track_running_stats, device, dtype; keyword only bias, virtual_batch_size, freeze_stats,
+            skip_nonfinite) are taken as there, with the same defaults.
         activation: "relu" (keyword only); one of "identity", "relu", "leaky_relu", "elu", "silu", "gelu" (exact
             erf form) or "gelu_tanh".
         activation_param: None (keyword only); the slope of leaky_relu (default 0.01) or the alpha of elu
@@ -374,40 +265,13 @@ class BatchNormAddAct2d(_AddActMixin, BatchNorm2d):
 class BatchNormAddAct3d(_AddActMixin, BatchNorm3d):
     r"""Batch norm, residual add and activation in one pass (ResNet\'s BN + add + ReLU), over (N, C, D, H, W).
 
-    .. math:: y = \mathrm{act}(\mathrm{BN}(x) + \mathrm{residual})
-
-    ``forward(x, residual)`` with ``residual`` of x's shape. The residual's gradient is g = dy * act'(z) and x's
-    is batch norm's backward of g; x and residual are saved (no intermediate tensor). With a statistics variant
-    keyword in use (e.g. ``virtual_batch_size``), the same values are computed unfused.
-
-    Args:
-        num_features: C, the number of channels.
-        eps: 1e-5; added to the variance inside the square root.
-        momentum: 0.1; weight of the new batch in the running averages (None: cumulative average).
-        affine: True; learnable per-channel gamma (``weight``) and beta (``bias``).
-        track_running_stats: True; keep ``running_mean``, ``running_var`` and ``num_batches_tracked`` (False:
-            batch statistics in evaluation too).
-        device: None; factory argument.
-        dtype: None; factory argument.
-        bias: True (keyword only); False keeps gamma without beta.
-        virtual_batch_size: None (keyword only); ghost batch norm: in training each chunk of that many samples
-            (>= 2) is normalized with its own statistics (Hoffer et al. 2017, arXiv 1705.08741).
-        freeze_stats: False (keyword only); True normalizes with the running statistics in training too and never
-            updates them (an attribute, so it survives ``model.train()``).
-        skip_nonfinite: False (keyword only); True leaves the running statistics unchanged, with one warning,
-            after a training batch whose statistics are not all finite.
-        activation: "relu" (keyword only); one of "identity", "relu", "leaky_relu", "elu", "silu", "gelu" (exact
-            erf form) or "gelu_tanh".
-        activation_param: None (keyword only); the slope of leaky_relu (default 0.01) or the alpha of elu
-            (default 1.0).
+    The same layer as `BatchNormAddAct2d` for (N, C, D, H, W) inputs: see `BatchNormAddAct2d` for the formula,
+    the arguments with their defaults, and the behaviour.
 
     Shape:
         input: (N, C, D, H, W).
         residual: the same as the input.
         output: the same as the input.
-
-    Raises:
-        ValueError: an unknown activation or a bad activation_param; see also `BatchNorm3d`.
 
     Example:
         >>> import torch
@@ -423,45 +287,12 @@ class BatchNormAddAct3d(_AddActMixin, BatchNorm3d):
 class InPlaceABN1d(_InPlaceMixin, BatchNorm1d):
     r"""In-place activated batch norm over (N, C) or (N, C, L): one saved tensor per block instead of two.
 
-    .. math::
-        y = \mathrm{act}\left(\frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta\right)
-
-    ``forward(x)`` overwrites x with y and returns it; only y is saved, and the backward inverts the activation
-    (z = act^-1(y)) and the affine map (x_hat = (z - beta) / gamma) to recover what batch norm's backward needs.
-    gamma is used as ``sign(gamma) * max(|gamma|, min_abs_weight)`` (a gamma of exactly 0 would make x_hat
-    unrecoverable), with gamma's gradient passed straight through. Under ``torch.compile``, with a variant
-    keyword, or on other devices and dtypes it computes the same values out of place.
-
-    Args:
-        num_features: C, the number of channels.
-        eps: 1e-5; added to the variance inside the square root.
-        momentum: 0.1; weight of the new batch in the running averages (None: cumulative average).
-        affine: True; learnable per-channel gamma (``weight``) and beta (``bias``).
-        track_running_stats: True; keep ``running_mean``, ``running_var`` and ``num_batches_tracked`` (False:
-            batch statistics in evaluation too).
-        device: None; factory argument.
-        dtype: None; factory argument.
-        bias: True (keyword only); False keeps gamma without beta.
-        virtual_batch_size: None (keyword only); ghost batch norm: in training each chunk of that many samples
-            (>= 2) is normalized with its own statistics (Hoffer et al. 2017, arXiv 1705.08741).
-        freeze_stats: False (keyword only); True normalizes with the running statistics in training too and never
-            updates them (an attribute, so it survives ``model.train()``).
-        skip_nonfinite: False (keyword only); True leaves the running statistics unchanged, with one warning,
-            after a training batch whose statistics are not all finite.
-        activation: "leaky_relu" (keyword only); one of the invertible "leaky_relu", "elu" or "identity".
-        activation_param: None (keyword only); the slope of leaky_relu (default 0.01) or the alpha of elu
-            (default 1.0); must be > 0.
-        min_abs_weight: 1e-5 (keyword only); the smallest ``|gamma|`` used.
+    The same layer as `InPlaceABN2d` for (N, C) and (N, C, L) inputs: see `InPlaceABN2d` for the formula,
+    the arguments with their defaults, and the behaviour.
 
     Shape:
         input: (N, C) or (N, C, L).
         output: the input tensor itself, overwritten.
-
-    Raises:
-        ValueError: an activation that cannot be inverted (relu, silu, gelu), ``min_abs_weight <= 0``, or an input
-            it must not overwrite: a leaf tensor that requires grad, a tensor that the operation producing it
-            saved for its backward (e.g. the output of sigmoid), a non-dense view. If a later operation saved the
-            input before this layer overwrote it, torch's version check raises at backward time.
 
     Example:
         >>> import torch
@@ -474,10 +305,6 @@ class InPlaceABN1d(_InPlaceMixin, BatchNorm1d):
         >>> y.sum().backward()            # the backward recovers what it needs from y
         >>> before.weight.grad.shape
         torch.Size([16, 4])
-
-    References:
-        Rota Bulo, Porzi & Kontschieder 2018, "In-Place Activated BatchNorm for Memory-Optimized Training of
-        DNNs", arXiv 1712.02616.
     """
 
 
@@ -494,21 +321,9 @@ class InPlaceABN2d(_InPlaceMixin, BatchNorm2d):
     keyword, or on other devices and dtypes it computes the same values out of place.
 
     Args:
-        num_features: C, the number of channels.
-        eps: 1e-5; added to the variance inside the square root.
-        momentum: 0.1; weight of the new batch in the running averages (None: cumulative average).
-        affine: True; learnable per-channel gamma (``weight``) and beta (``bias``).
-        track_running_stats: True; keep ``running_mean``, ``running_var`` and ``num_batches_tracked`` (False:
-            batch statistics in evaluation too).
-        device: None; factory argument.
-        dtype: None; factory argument.
-        bias: True (keyword only); False keeps gamma without beta.
-        virtual_batch_size: None (keyword only); ghost batch norm: in training each chunk of that many samples
-            (>= 2) is normalized with its own statistics (Hoffer et al. 2017, arXiv 1705.08741).
-        freeze_stats: False (keyword only); True normalizes with the running statistics in training too and never
-            updates them (an attribute, so it survives ``model.train()``).
-        skip_nonfinite: False (keyword only); True leaves the running statistics unchanged, with one warning,
-            after a training batch whose statistics are not all finite.
+        num_features: C, the number of channels. The other arguments of `BatchNorm2d` (eps, momentum, affine,
+            track_running_stats, device, dtype; keyword only bias, virtual_batch_size, freeze_stats,
+            skip_nonfinite) are taken as there, with the same defaults.
         activation: "leaky_relu" (keyword only); one of the invertible "leaky_relu", "elu" or "identity".
         activation_param: None (keyword only); the slope of leaky_relu (default 0.01) or the alpha of elu
             (default 1.0); must be > 0.
@@ -545,45 +360,12 @@ class InPlaceABN2d(_InPlaceMixin, BatchNorm2d):
 class InPlaceABN3d(_InPlaceMixin, BatchNorm3d):
     r"""In-place activated batch norm over (N, C, D, H, W): one saved tensor per block instead of two.
 
-    .. math::
-        y = \mathrm{act}\left(\frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta\right)
-
-    ``forward(x)`` overwrites x with y and returns it; only y is saved, and the backward inverts the activation
-    (z = act^-1(y)) and the affine map (x_hat = (z - beta) / gamma) to recover what batch norm's backward needs.
-    gamma is used as ``sign(gamma) * max(|gamma|, min_abs_weight)`` (a gamma of exactly 0 would make x_hat
-    unrecoverable), with gamma's gradient passed straight through. Under ``torch.compile``, with a variant
-    keyword, or on other devices and dtypes it computes the same values out of place.
-
-    Args:
-        num_features: C, the number of channels.
-        eps: 1e-5; added to the variance inside the square root.
-        momentum: 0.1; weight of the new batch in the running averages (None: cumulative average).
-        affine: True; learnable per-channel gamma (``weight``) and beta (``bias``).
-        track_running_stats: True; keep ``running_mean``, ``running_var`` and ``num_batches_tracked`` (False:
-            batch statistics in evaluation too).
-        device: None; factory argument.
-        dtype: None; factory argument.
-        bias: True (keyword only); False keeps gamma without beta.
-        virtual_batch_size: None (keyword only); ghost batch norm: in training each chunk of that many samples
-            (>= 2) is normalized with its own statistics (Hoffer et al. 2017, arXiv 1705.08741).
-        freeze_stats: False (keyword only); True normalizes with the running statistics in training too and never
-            updates them (an attribute, so it survives ``model.train()``).
-        skip_nonfinite: False (keyword only); True leaves the running statistics unchanged, with one warning,
-            after a training batch whose statistics are not all finite.
-        activation: "leaky_relu" (keyword only); one of the invertible "leaky_relu", "elu" or "identity".
-        activation_param: None (keyword only); the slope of leaky_relu (default 0.01) or the alpha of elu
-            (default 1.0); must be > 0.
-        min_abs_weight: 1e-5 (keyword only); the smallest ``|gamma|`` used.
+    The same layer as `InPlaceABN2d` for (N, C, D, H, W) inputs: see `InPlaceABN2d` for the formula,
+    the arguments with their defaults, and the behaviour.
 
     Shape:
         input: (N, C, D, H, W).
         output: the input tensor itself, overwritten.
-
-    Raises:
-        ValueError: an activation that cannot be inverted (relu, silu, gelu), ``min_abs_weight <= 0``, or an input
-            it must not overwrite: a leaf tensor that requires grad, a tensor that the operation producing it
-            saved for its backward (e.g. the output of sigmoid), a non-dense view. If a later operation saved the
-            input before this layer overwrote it, torch's version check raises at backward time.
 
     Example:
         >>> import torch
@@ -596,8 +378,4 @@ class InPlaceABN3d(_InPlaceMixin, BatchNorm3d):
         >>> y.sum().backward()            # the backward recovers what it needs from y
         >>> before.weight.grad.shape
         torch.Size([16, 3, 3, 3, 3])
-
-    References:
-        Rota Bulo, Porzi & Kontschieder 2018, "In-Place Activated BatchNorm for Memory-Optimized Training of
-        DNNs", arXiv 1712.02616.
     """

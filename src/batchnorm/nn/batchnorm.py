@@ -15,39 +15,15 @@ __all__ = ["BatchNormBase", "BatchNormMixin", "BatchNorm1d", "BatchNorm2d", "Bat
 class BatchNorm1d(BatchNormBase, torch.nn.BatchNorm1d):
     r"""Batch normalization over a 2-D or 3-D input (N, C) or (N, C, L); a drop-in for `torch.nn.BatchNorm1d`.
 
-    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
-
-    Statistics per channel over N (and L). Training normalizes with the biased batch variance and stores the
-    unbiased one in ``running_var``: running <- (1 - momentum) running + momentum batch. Evaluation uses the
-    running statistics. Same constructor, parameters, buffers and ``state_dict`` as torch's, so checkpoints
-    interchange. CPU float32/float64 inputs run on this package's kernels; other devices and dtypes on torch's.
     ``forward(input, mask=None)`` also takes a padding mask, (N,) or (N, L), bool, True at valid positions: the
     statistics (and running updates) then use the valid positions only, and padded positions output 0.
 
-    Args:
-        num_features: C, the number of channels.
-        eps: 1e-5; added to the variance inside the square root.
-        momentum: 0.1; weight of the new batch in the running averages (None: cumulative average).
-        affine: True; learnable per-channel gamma (``weight``) and beta (``bias``).
-        track_running_stats: True; keep ``running_mean``, ``running_var`` and ``num_batches_tracked`` (False:
-            batch statistics in evaluation too).
-        device: None; factory argument.
-        dtype: None; factory argument.
-        bias: True (keyword only); False keeps gamma without beta.
-        virtual_batch_size: None (keyword only); ghost batch norm: in training each chunk of that many samples
-            (>= 2) is normalized with its own statistics (Hoffer et al. 2017, arXiv 1705.08741).
-        freeze_stats: False (keyword only); True normalizes with the running statistics in training too and never
-            updates them (an attribute, so it survives ``model.train()``).
-        skip_nonfinite: False (keyword only); True leaves the running statistics unchanged, with one warning,
-            after a training batch whose statistics are not all finite.
+    The same layer as `BatchNorm2d` for (N, C) and (N, C, L) inputs: see `BatchNorm2d` for the formula,
+    the arguments with their defaults, and the behaviour.
 
     Shape:
         input: (N, C) or (N, C, L).
         output: the same as the input.
-
-    Raises:
-        ValueError: an invalid variant keyword (at construction); an input of another rank or channel count, or a
-            training batch with a single value per channel (in forward).
 
     Example:
         >>> import torch
@@ -58,9 +34,6 @@ class BatchNorm1d(BatchNormBase, torch.nn.BatchNorm1d):
         True
         >>> torch.allclose(ours.running_var, theirs.running_var, atol=1e-6)
         True
-
-    References:
-        Ioffe & Szegedy 2015, "Batch Normalization", arXiv 1502.03167.
     """
 
     _input_shapes = {2: "(N, C)", 3: "(N, C, L)"}
@@ -133,37 +106,12 @@ class BatchNorm2d(BatchNormBase, torch.nn.BatchNorm2d):
 class BatchNorm3d(BatchNormBase, torch.nn.BatchNorm3d):
     r"""Batch normalization over a 5-D input (N, C, D, H, W); a drop-in for `torch.nn.BatchNorm3d`.
 
-    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
-
-    Statistics per channel over N, D, H, W. Training normalizes with the biased batch variance and stores the
-    unbiased one in ``running_var``: running <- (1 - momentum) running + momentum batch. Evaluation uses the
-    running statistics. Same constructor, parameters, buffers and ``state_dict`` as torch's, so checkpoints
-    interchange. CPU float32/float64 inputs run on this package's kernels; other devices and dtypes on torch's.
-
-    Args:
-        num_features: C, the number of channels.
-        eps: 1e-5; added to the variance inside the square root.
-        momentum: 0.1; weight of the new batch in the running averages (None: cumulative average).
-        affine: True; learnable per-channel gamma (``weight``) and beta (``bias``).
-        track_running_stats: True; keep ``running_mean``, ``running_var`` and ``num_batches_tracked`` (False:
-            batch statistics in evaluation too).
-        device: None; factory argument.
-        dtype: None; factory argument.
-        bias: True (keyword only); False keeps gamma without beta.
-        virtual_batch_size: None (keyword only); ghost batch norm: in training each chunk of that many samples
-            (>= 2) is normalized with its own statistics (Hoffer et al. 2017, arXiv 1705.08741).
-        freeze_stats: False (keyword only); True normalizes with the running statistics in training too and never
-            updates them (an attribute, so it survives ``model.train()``).
-        skip_nonfinite: False (keyword only); True leaves the running statistics unchanged, with one warning,
-            after a training batch whose statistics are not all finite.
+    The same layer as `BatchNorm2d` for (N, C, D, H, W) inputs: see `BatchNorm2d` for the formula,
+    the arguments with their defaults, and the behaviour.
 
     Shape:
         input: (N, C, D, H, W).
         output: the same as the input.
-
-    Raises:
-        ValueError: an invalid variant keyword (at construction); an input of another rank or channel count, or a
-            training batch with a single value per channel (in forward).
 
     Example:
         >>> import torch
@@ -174,9 +122,6 @@ class BatchNorm3d(BatchNormBase, torch.nn.BatchNorm3d):
         True
         >>> torch.allclose(ours.running_var, theirs.running_var, atol=1e-6)
         True
-
-    References:
-        Ioffe & Szegedy 2015, "Batch Normalization", arXiv 1502.03167.
     """
 
     _input_shapes = {5: "(N, C, D, H, W)"}

@@ -93,29 +93,12 @@ class _FrozenBatchNorm(torch.nn.Module):
 class FrozenBatchNorm1d(_FrozenBatchNorm):
     r"""Batch norm with fixed running statistics, in training and in inference, over (N, C) or (N, C, L).
 
-    .. math:: y = \frac{x - \mathrm{running\_mean}}{\sqrt{\mathrm{running\_var} + \epsilon}} \gamma + \beta
-
-    The statistics never move (``model.train()`` changes nothing); gamma and beta are trainable only with
-    ``affine_trainable=True``. Parameters and buffers carry torch's names, so a BatchNorm1d state dict loads as is
-    (and back); a state dict without ``num_batches_tracked`` (torchvision's FrozenBatchNorm2d) loads too. Not a
-    subclass of torch's ``_BatchNorm``, so converters such as ``SyncBatchNorm.convert_sync_batchnorm`` leave it
-    alone. `from_batchnorm` makes one from an existing layer.
-
-    Args:
-        num_features: C, the number of channels.
-        eps: 1e-5; added to the variance inside the square root.
-        affine: True; gamma and beta exist.
-        affine_trainable: False; True lets gamma and beta receive gradients (needs affine=True).
-        device: None; factory argument.
-        dtype: None; factory argument.
+    The same layer as `FrozenBatchNorm2d` for (N, C) and (N, C, L) inputs: see `FrozenBatchNorm2d` for the formula,
+    the arguments with their defaults, and the behaviour.
 
     Shape:
         input: (N, C) or (N, C, L).
         output: the same as the input.
-
-    Raises:
-        ValueError: num_features < 1, eps < 0, affine_trainable without affine, or an input of another rank or
-            channel count.
 
     Example:
         >>> import torch
@@ -173,29 +156,12 @@ class FrozenBatchNorm2d(_FrozenBatchNorm):
 class FrozenBatchNorm3d(_FrozenBatchNorm):
     r"""Batch norm with fixed running statistics, in training and in inference, over (N, C, D, H, W).
 
-    .. math:: y = \frac{x - \mathrm{running\_mean}}{\sqrt{\mathrm{running\_var} + \epsilon}} \gamma + \beta
-
-    The statistics never move (``model.train()`` changes nothing); gamma and beta are trainable only with
-    ``affine_trainable=True``. Parameters and buffers carry torch's names, so a BatchNorm3d state dict loads as is
-    (and back); a state dict without ``num_batches_tracked`` (torchvision's FrozenBatchNorm2d) loads too. Not a
-    subclass of torch's ``_BatchNorm``, so converters such as ``SyncBatchNorm.convert_sync_batchnorm`` leave it
-    alone. `from_batchnorm` makes one from an existing layer.
-
-    Args:
-        num_features: C, the number of channels.
-        eps: 1e-5; added to the variance inside the square root.
-        affine: True; gamma and beta exist.
-        affine_trainable: False; True lets gamma and beta receive gradients (needs affine=True).
-        device: None; factory argument.
-        dtype: None; factory argument.
+    The same layer as `FrozenBatchNorm2d` for (N, C, D, H, W) inputs: see `FrozenBatchNorm2d` for the formula,
+    the arguments with their defaults, and the behaviour.
 
     Shape:
         input: (N, C, D, H, W).
         output: the same as the input.
-
-    Raises:
-        ValueError: num_features < 1, eps < 0, affine_trainable without affine, or an input of another rank or
-            channel count.
 
     Example:
         >>> import torch

@@ -551,17 +551,7 @@ class LNLSTM(_NormalizedLSTM):
         device: None (keyword only); factory argument.
         dtype: None (keyword only); factory argument.
 
-    ``forward(input, hx=None, lengths=None)`` returns ``(output, (h_n, c_n))``: ``hx`` is an optional
-    ``(h_0, c_0)`` (zeros by default) and ``lengths`` the optional valid length of each sequence of a padded input
-    (1 <= length <= L).
-
-    Shape:
-        input: (L, N, input_size), (N, L, input_size) with batch_first, unbatched (L, input_size), or a
-            PackedSequence.
-        h_0, c_0: (num_layers, N, hidden_size) each.
-        output: (L, N, hidden_size) (or (N, L, hidden_size) with batch_first; a PackedSequence for a
-            PackedSequence input), zero past each sequence's length.
-        h_n, c_n: (num_layers, N, hidden_size) each, the state at each sequence's last valid step.
+    ``forward(input, hx=None, lengths=None)`` and the shapes are those of `BNLSTM`.
 
     Raises:
         ValueError: invalid sizes or lengths outside [1, L].

@@ -107,43 +107,12 @@ class _BatchRenorm(BatchNormBase):
 class BatchRenorm1d(_BatchRenorm, torch.nn.BatchNorm1d):
     r"""Batch Renormalization over (N, C) or (N, C, L): batch statistics corrected towards the running ones.
 
-    .. math::
-        \hat x = \frac{x - \mu_B}{\sigma_B} r + d,\quad y = \gamma \hat x + \beta,\quad
-        \sigma_B = \sqrt{\sigma_B^2 + \epsilon},\quad \sigma = \sqrt{\mathrm{running\_var} + \epsilon},
-
-        r = \mathrm{clip}_{[1/r_{max}, r_{max}]}(\sigma_B / \sigma),\quad
-        d = \mathrm{clip}_{[-d_{max}, d_{max}]}((\mu_B - \mathrm{running\_mean}) / \sigma)
-
-    r and d are per-channel constants in backprop (computed from the running statistics before this batch's
-    update); the gradient is batch norm's with gamma * r in place of gamma. The limits follow the paper's
-    schedule: plain batch norm (r_max = 1, d_max = 0) for the first ``warmup_steps`` steps, then linear growth
-    to ``rmax`` at step ``rmax_steps`` and ``dmax`` at step ``dmax_steps``; steps are counted by
-    ``num_batches_tracked``, and `current_limits` gives the next step's. The running statistics are batch
-    norm's (so a checkpoint is a BatchNorm1d checkpoint) and the paper's running sigma is
-    sqrt(running_var + eps); inference is identical to batch norm's. ``freeze_stats = True`` (attribute)
-    normalizes with the running statistics in training too.
-
-    Args:
-        num_features: C, the number of channels.
-        eps: 1e-5; added to the variance inside the square root.
-        momentum: 0.01 (the paper's rate); weight of the new batch in the running averages (None: cumulative).
-        affine: True; learnable gamma and beta.
-        rmax: 3.0; r is clipped to [1/rmax, rmax] (>= 1; 1 gives plain batch norm).
-        dmax: 5.0; d is clipped to [-dmax, dmax] (>= 0; 0 gives plain batch norm).
-        warmup_steps: 5000; training steps of plain batch norm before the limits grow.
-        rmax_steps: 40000; step at which the r limit reaches rmax (>= warmup_steps).
-        dmax_steps: 25000; step at which the d limit reaches dmax (>= warmup_steps).
-        device: None; factory argument.
-        dtype: None; factory argument.
-        skip_nonfinite: False (keyword only); as in `BatchNorm1d`.
+    The same layer as `BatchRenorm2d` for (N, C) and (N, C, L) inputs: see `BatchRenorm2d` for the formula,
+    the arguments with their defaults, and the behaviour.
 
     Shape:
         input: (N, C) or (N, C, L).
         output: the same as the input.
-
-    Raises:
-        ValueError: rmax < 1, dmax < 0, step counts that are negative or before ``warmup_steps``, eps <= 0 in
-            training, or an input of another rank or channel count.
 
     Example:
         >>> import torch
@@ -152,10 +121,6 @@ class BatchRenorm1d(_BatchRenorm, torch.nn.BatchNorm1d):
         >>> y = layer(torch.randn(8, 16))
         >>> [round(limit, 4) for limit in layer.current_limits()]   # after one step
         [1.002, 0.005]
-
-    References:
-        Ioffe 2017, "Batch Renormalization: Towards Reducing Minibatch Dependence in Batch-Normalized Models",
-        arXiv 1702.03275.
     """
     _input_shapes = BatchNorm1d._input_shapes
 
@@ -219,43 +184,12 @@ class BatchRenorm2d(_BatchRenorm, torch.nn.BatchNorm2d):
 class BatchRenorm3d(_BatchRenorm, torch.nn.BatchNorm3d):
     r"""Batch Renormalization over (N, C, D, H, W): batch statistics corrected towards the running ones.
 
-    .. math::
-        \hat x = \frac{x - \mu_B}{\sigma_B} r + d,\quad y = \gamma \hat x + \beta,\quad
-        \sigma_B = \sqrt{\sigma_B^2 + \epsilon},\quad \sigma = \sqrt{\mathrm{running\_var} + \epsilon},
-
-        r = \mathrm{clip}_{[1/r_{max}, r_{max}]}(\sigma_B / \sigma),\quad
-        d = \mathrm{clip}_{[-d_{max}, d_{max}]}((\mu_B - \mathrm{running\_mean}) / \sigma)
-
-    r and d are per-channel constants in backprop (computed from the running statistics before this batch's
-    update); the gradient is batch norm's with gamma * r in place of gamma. The limits follow the paper's
-    schedule: plain batch norm (r_max = 1, d_max = 0) for the first ``warmup_steps`` steps, then linear growth
-    to ``rmax`` at step ``rmax_steps`` and ``dmax`` at step ``dmax_steps``; steps are counted by
-    ``num_batches_tracked``, and `current_limits` gives the next step's. The running statistics are batch
-    norm's (so a checkpoint is a BatchNorm3d checkpoint) and the paper's running sigma is
-    sqrt(running_var + eps); inference is identical to batch norm's. ``freeze_stats = True`` (attribute)
-    normalizes with the running statistics in training too.
-
-    Args:
-        num_features: C, the number of channels.
-        eps: 1e-5; added to the variance inside the square root.
-        momentum: 0.01 (the paper's rate); weight of the new batch in the running averages (None: cumulative).
-        affine: True; learnable gamma and beta.
-        rmax: 3.0; r is clipped to [1/rmax, rmax] (>= 1; 1 gives plain batch norm).
-        dmax: 5.0; d is clipped to [-dmax, dmax] (>= 0; 0 gives plain batch norm).
-        warmup_steps: 5000; training steps of plain batch norm before the limits grow.
-        rmax_steps: 40000; step at which the r limit reaches rmax (>= warmup_steps).
-        dmax_steps: 25000; step at which the d limit reaches dmax (>= warmup_steps).
-        device: None; factory argument.
-        dtype: None; factory argument.
-        skip_nonfinite: False (keyword only); as in `BatchNorm3d`.
+    The same layer as `BatchRenorm2d` for (N, C, D, H, W) inputs: see `BatchRenorm2d` for the formula,
+    the arguments with their defaults, and the behaviour.
 
     Shape:
         input: (N, C, D, H, W).
         output: the same as the input.
-
-    Raises:
-        ValueError: rmax < 1, dmax < 0, step counts that are negative or before ``warmup_steps``, eps <= 0 in
-            training, or an input of another rank or channel count.
 
     Example:
         >>> import torch
@@ -264,9 +198,5 @@ class BatchRenorm3d(_BatchRenorm, torch.nn.BatchNorm3d):
         >>> y = layer(torch.randn(2, 16, 4, 6, 6))
         >>> [round(limit, 4) for limit in layer.current_limits()]   # after one step
         [1.002, 0.005]
-
-    References:
-        Ioffe 2017, "Batch Renormalization: Towards Reducing Minibatch Dependence in Batch-Normalized Models",
-        arXiv 1702.03275.
     """
     _input_shapes = BatchNorm3d._input_shapes

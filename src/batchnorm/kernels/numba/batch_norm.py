@@ -343,6 +343,25 @@ def _split_center(center, dtype_sample):
     return hi, lo
 
 
+@numba.njit(**NJIT_INLINE)
+def _given_statistics_constants(x, mean, var, weight, bias, eps):
+    """Per-channel (hi, lo, scale, offset) in x's dtype for the transform with given statistics (inference):
+    y = ((x - hi) - lo) * scale + offset = (x - mean) / sqrt(var + eps) * weight + bias."""
+    n_chan = mean.shape[0]
+    w64 = _vector64(weight, n_chan, 1.0)
+    b64 = _vector64(bias, n_chan, 0.0)
+    hi = np.empty(n_chan, x.dtype)
+    lo = np.empty(n_chan, x.dtype)
+    scale = np.empty(n_chan, x.dtype)
+    offset = np.empty(n_chan, x.dtype)
+    for c in range(n_chan):
+        hi[c] = mean[c]
+        lo[c] = center_remainder(np.float64(mean[c]), np.float64(hi[c]))
+        scale[c] = _scale_value(w64[c], np.float64(var[c]), eps)
+        offset[c] = b64[c]
+    return hi, lo, scale, offset
+
+
 # ----------------------------------------------------------------------------------------- channels-first
 def _stats_cf(n_blocks, x, mean, var):
     n_batch, n_chan, n_space = x.shape
@@ -435,17 +454,7 @@ def _train_forward_cf(n_blocks, x, weight, bias, eps, momentum, running_mean, ru
 
 def _normalize_cf(n_blocks, x, mean, var, weight, bias, eps, code, param, y):
     n_batch, n_chan, n_space = x.shape
-    w64 = _vector64(weight, n_chan, 1.0)
-    b64 = _vector64(bias, n_chan, 0.0)
-    hi = np.empty(n_chan, x.dtype)
-    lo = np.empty(n_chan, x.dtype)
-    scale = np.empty(n_chan, x.dtype)
-    offset = np.empty(n_chan, x.dtype)
-    for c in range(n_chan):
-        hi[c] = mean[c]
-        lo[c] = center_remainder(np.float64(mean[c]), np.float64(hi[c]))
-        scale[c] = _scale_value(w64[c], np.float64(var[c]), eps)
-        offset[c] = b64[c]
+    hi, lo, scale, offset = _given_statistics_constants(x, mean, var, weight, bias, eps)
     for i in prange(n_batch * n_blocks):  # (sample, block of channels) pairs
         b, first, stop = _sample_block(i, n_blocks, n_chan)
         _forward_block(x, y, b, b + 1, first, stop, hi, lo, scale, offset, code, param)
@@ -646,7 +655,7 @@ def _train_forward_rows(n_blocks, x, weight, bias, eps, momentum, running_mean, 
     lo = np.empty(n_chan, x.dtype)
     scale = np.empty(n_chan, x.dtype)
     offset = np.empty(n_chan, x.dtype)
-    for c in range(n_chan):
+    for c in range(n_chan):  # written out as in _train_forward_cf, a deliberate speed copy (see the note there)
         a1, a2 = _sum_blocks(s1, s2, c)
         m, v = _mean_var(np.float64(shift[c]), a1, a2, n_rows)
         mean[c] = m
@@ -666,17 +675,7 @@ def _train_forward_rows(n_blocks, x, weight, bias, eps, momentum, running_mean, 
 
 def _normalize_rows(n_blocks, x, mean, var, weight, bias, eps, code, param, y):
     n_rows, n_chan = x.shape
-    w64 = _vector64(weight, n_chan, 1.0)
-    b64 = _vector64(bias, n_chan, 0.0)
-    hi = np.empty(n_chan, x.dtype)
-    lo = np.empty(n_chan, x.dtype)
-    scale = np.empty(n_chan, x.dtype)
-    offset = np.empty(n_chan, x.dtype)
-    for c in range(n_chan):
-        hi[c] = mean[c]
-        lo[c] = center_remainder(np.float64(mean[c]), np.float64(hi[c]))
-        scale[c] = _scale_value(w64[c], np.float64(var[c]), eps)
-        offset[c] = b64[c]
+    hi, lo, scale, offset = _given_statistics_constants(x, mean, var, weight, bias, eps)
     for blk in prange(n_blocks):
         _forward_rows(x, y, blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks, hi, lo, scale, offset, code,
                       param)
