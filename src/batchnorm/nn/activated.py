@@ -126,12 +126,7 @@ class _InPlaceMixin(_ActivationMixin):
 class BatchNormAct1d(_ActivationMixin, BatchNorm1d):
     r"""Batch norm followed by an activation, fused into one pass forward and backward, over (N, C) or (N, C, L).
 
-    The same layer as `BatchNormAct2d` for (N, C) and (N, C, L) inputs: see `BatchNormAct2d` for the formula,
-    the arguments with their defaults, and the behaviour.
-
-    Shape:
-        input: (N, C) or (N, C, L).
-        output: the same as the input.
+    As `BatchNormAct2d` for (N, C) and (N, C, L) inputs: see there for the formula and the arguments.
 
     Example:
         >>> import torch
@@ -185,12 +180,7 @@ class BatchNormAct2d(_ActivationMixin, BatchNorm2d):
 class BatchNormAct3d(_ActivationMixin, BatchNorm3d):
     r"""Batch norm followed by an activation, fused into one pass forward and backward, over (N, C, D, H, W).
 
-    The same layer as `BatchNormAct2d` for (N, C, D, H, W) inputs: see `BatchNormAct2d` for the formula,
-    the arguments with their defaults, and the behaviour.
-
-    Shape:
-        input: (N, C, D, H, W).
-        output: the same as the input.
+    As `BatchNormAct2d` for (N, C, D, H, W) inputs: see there for the formula and the arguments.
 
     Example:
         >>> import torch
@@ -206,13 +196,7 @@ class BatchNormAct3d(_ActivationMixin, BatchNorm3d):
 class BatchNormAddAct1d(_AddActMixin, BatchNorm1d):
     r"""Batch norm, residual add and activation in one pass (ResNet\'s BN + add + ReLU), over (N, C) or (N, C, L).
 
-    The same layer as `BatchNormAddAct2d` for (N, C) and (N, C, L) inputs: see `BatchNormAddAct2d` for the formula,
-    the arguments with their defaults, and the behaviour.
-
-    Shape:
-        input: (N, C) or (N, C, L).
-        residual: the same as the input.
-        output: the same as the input.
+    As `BatchNormAddAct2d` for (N, C) and (N, C, L) inputs: see there for the formula and the arguments.
 
     Example:
         >>> import torch
@@ -235,13 +219,8 @@ class BatchNormAddAct2d(_AddActMixin, BatchNorm2d):
     keyword in use (e.g. ``virtual_batch_size``), the same values are computed unfused.
 
     Args:
-        num_features: C, the number of channels. The other arguments of `BatchNorm2d` (eps, momentum, affine,
-            track_running_stats, device, dtype; keyword only bias, virtual_batch_size, freeze_stats,
-            skip_nonfinite) are taken as there, with the same defaults.
-        activation: "relu" (keyword only); one of "identity", "relu", "leaky_relu", "elu", "silu", "gelu" (exact
-            erf form) or "gelu_tanh".
-        activation_param: None (keyword only); the slope of leaky_relu (default 0.01) or the alpha of elu
-            (default 1.0).
+        num_features: C, the number of channels; the other arguments, the activation's included, are those of
+            `BatchNormAct2d` with the same defaults.
 
     Shape:
         input: (N, C, H, W).
@@ -265,13 +244,7 @@ class BatchNormAddAct2d(_AddActMixin, BatchNorm2d):
 class BatchNormAddAct3d(_AddActMixin, BatchNorm3d):
     r"""Batch norm, residual add and activation in one pass (ResNet\'s BN + add + ReLU), over (N, C, D, H, W).
 
-    The same layer as `BatchNormAddAct2d` for (N, C, D, H, W) inputs: see `BatchNormAddAct2d` for the formula,
-    the arguments with their defaults, and the behaviour.
-
-    Shape:
-        input: (N, C, D, H, W).
-        residual: the same as the input.
-        output: the same as the input.
+    As `BatchNormAddAct2d` for (N, C, D, H, W) inputs: see there for the formula and the arguments.
 
     Example:
         >>> import torch
@@ -287,12 +260,7 @@ class BatchNormAddAct3d(_AddActMixin, BatchNorm3d):
 class InPlaceABN1d(_InPlaceMixin, BatchNorm1d):
     r"""In-place activated batch norm over (N, C) or (N, C, L): one saved tensor per block instead of two.
 
-    The same layer as `InPlaceABN2d` for (N, C) and (N, C, L) inputs: see `InPlaceABN2d` for the formula,
-    the arguments with their defaults, and the behaviour.
-
-    Shape:
-        input: (N, C) or (N, C, L).
-        output: the input tensor itself, overwritten.
+    As `InPlaceABN2d` for (N, C) and (N, C, L) inputs: see there for the formula and the arguments.
 
     Example:
         >>> import torch
@@ -360,12 +328,7 @@ class InPlaceABN2d(_InPlaceMixin, BatchNorm2d):
 class InPlaceABN3d(_InPlaceMixin, BatchNorm3d):
     r"""In-place activated batch norm over (N, C, D, H, W): one saved tensor per block instead of two.
 
-    The same layer as `InPlaceABN2d` for (N, C, D, H, W) inputs: see `InPlaceABN2d` for the formula,
-    the arguments with their defaults, and the behaviour.
-
-    Shape:
-        input: (N, C, D, H, W).
-        output: the input tensor itself, overwritten.
+    As `InPlaceABN2d` for (N, C, D, H, W) inputs: see there for the formula and the arguments.
 
     Example:
         >>> import torch

@@ -18,12 +18,7 @@ class BatchNorm1d(BatchNormBase, torch.nn.BatchNorm1d):
     ``forward(input, mask=None)`` also takes a padding mask, (N,) or (N, L), bool, True at valid positions: the
     statistics (and running updates) then use the valid positions only, and padded positions output 0.
 
-    The same layer as `BatchNorm2d` for (N, C) and (N, C, L) inputs: see `BatchNorm2d` for the formula,
-    the arguments with their defaults, and the behaviour.
-
-    Shape:
-        input: (N, C) or (N, C, L).
-        output: the same as the input.
+    As `BatchNorm2d` for (N, C) and (N, C, L) inputs: see there for the formula and the arguments.
 
     Example:
         >>> import torch
@@ -106,12 +101,7 @@ class BatchNorm2d(BatchNormBase, torch.nn.BatchNorm2d):
 class BatchNorm3d(BatchNormBase, torch.nn.BatchNorm3d):
     r"""Batch normalization over a 5-D input (N, C, D, H, W); a drop-in for `torch.nn.BatchNorm3d`.
 
-    The same layer as `BatchNorm2d` for (N, C, D, H, W) inputs: see `BatchNorm2d` for the formula,
-    the arguments with their defaults, and the behaviour.
-
-    Shape:
-        input: (N, C, D, H, W).
-        output: the same as the input.
+    As `BatchNorm2d` for (N, C, D, H, W) inputs: see there for the formula and the arguments.
 
     Example:
         >>> import torch

@@ -93,12 +93,7 @@ class _FrozenBatchNorm(torch.nn.Module):
 class FrozenBatchNorm1d(_FrozenBatchNorm):
     r"""Batch norm with fixed running statistics, in training and in inference, over (N, C) or (N, C, L).
 
-    The same layer as `FrozenBatchNorm2d` for (N, C) and (N, C, L) inputs: see `FrozenBatchNorm2d` for the formula,
-    the arguments with their defaults, and the behaviour.
-
-    Shape:
-        input: (N, C) or (N, C, L).
-        output: the same as the input.
+    As `FrozenBatchNorm2d` for (N, C) and (N, C, L) inputs: see there for the formula and the arguments.
 
     Example:
         >>> import torch
@@ -156,12 +151,7 @@ class FrozenBatchNorm2d(_FrozenBatchNorm):
 class FrozenBatchNorm3d(_FrozenBatchNorm):
     r"""Batch norm with fixed running statistics, in training and in inference, over (N, C, D, H, W).
 
-    The same layer as `FrozenBatchNorm2d` for (N, C, D, H, W) inputs: see `FrozenBatchNorm2d` for the formula,
-    the arguments with their defaults, and the behaviour.
-
-    Shape:
-        input: (N, C, D, H, W).
-        output: the same as the input.
+    As `FrozenBatchNorm2d` for (N, C, D, H, W) inputs: see there for the formula and the arguments.
 
     Example:
         >>> import torch

@@ -107,12 +107,7 @@ class _BatchRenorm(BatchNormBase):
 class BatchRenorm1d(_BatchRenorm, torch.nn.BatchNorm1d):
     r"""Batch Renormalization over (N, C) or (N, C, L): batch statistics corrected towards the running ones.
 
-    The same layer as `BatchRenorm2d` for (N, C) and (N, C, L) inputs: see `BatchRenorm2d` for the formula,
-    the arguments with their defaults, and the behaviour.
-
-    Shape:
-        input: (N, C) or (N, C, L).
-        output: the same as the input.
+    As `BatchRenorm2d` for (N, C) and (N, C, L) inputs: see there for the formula and the arguments.
 
     Example:
         >>> import torch
@@ -184,12 +179,7 @@ class BatchRenorm2d(_BatchRenorm, torch.nn.BatchNorm2d):
 class BatchRenorm3d(_BatchRenorm, torch.nn.BatchNorm3d):
     r"""Batch Renormalization over (N, C, D, H, W): batch statistics corrected towards the running ones.
 
-    The same layer as `BatchRenorm2d` for (N, C, D, H, W) inputs: see `BatchRenorm2d` for the formula,
-    the arguments with their defaults, and the behaviour.
-
-    Shape:
-        input: (N, C, D, H, W).
-        output: the same as the input.
+    As `BatchRenorm2d` for (N, C, D, H, W) inputs: see there for the formula and the arguments.
 
     Example:
         >>> import torch
