@@ -27,6 +27,28 @@ LINEAR_MAX_CODE = 2  # codes 0..2: the piecewise-linear family
 _SQRT_HALF = math.sqrt(0.5)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _TANH_K = math.sqrt(2.0 / math.pi)
+_DEFAULT_PARAM = {"leaky_relu": 0.01, "elu": 1.0}
+
+
+def check_activation(owner: str, activation: str, activation_param: float | None,
+                     invertible: bool = False) -> float:
+    """Validate an activation name and parameter; returns the parameter with its default filled in."""
+    allowed = INVERTIBLE if invertible else tuple(ACTIVATIONS)
+    if not isinstance(activation, str) or activation not in allowed:
+        why = (" (the in-place backward recovers the activation's input from its output, so the activation must "
+               "be invertible; relu, silu and gelu lose information)" if invertible and activation in ACTIVATIONS
+               else "")
+        raise ValueError(f"{owner} got activation={activation!r}; expected one of {', '.join(allowed)}{why}")
+    param = _DEFAULT_PARAM.get(activation, 0.0) if activation_param is None else activation_param
+    if isinstance(param, bool) or not isinstance(param, (int, float)):
+        raise TypeError(f"{owner} expected activation_param to be a float or None, got "
+                        f"{type(param).__name__} {param!r}")
+    param = float(param)
+    if invertible and activation in ("leaky_relu", "elu") and not param > 0.0:
+        what = "slope" if activation == "leaky_relu" else "alpha"
+        raise ValueError(f"{owner} needs activation_param ({activation}'s {what}) > 0 to invert the activation, "
+                         f"got {param}; use a positive value such as {_DEFAULT_PARAM[activation]}")
+    return param
 
 
 def code(activation: str) -> int:

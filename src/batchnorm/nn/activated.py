@@ -17,34 +17,11 @@ import torch
 from torch import Tensor
 
 from .. import functional
-from ..kernels.activations import ACTIVATIONS, INVERTIBLE
+from ..kernels.activations import check_activation
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 
 __all__ = ["BatchNormAct1d", "BatchNormAct2d", "BatchNormAct3d", "BatchNormAddAct1d", "BatchNormAddAct2d",
            "BatchNormAddAct3d", "InPlaceABN1d", "InPlaceABN2d", "InPlaceABN3d", "check_activation"]
-
-_DEFAULT_PARAM = {"leaky_relu": 0.01, "elu": 1.0}
-
-
-def check_activation(owner: str, activation: str, activation_param: Optional[float],
-                     invertible: bool = False) -> float:
-    """Validate an activation name and parameter; returns the parameter with its default filled in."""
-    allowed = INVERTIBLE if invertible else tuple(ACTIVATIONS)
-    if not isinstance(activation, str) or activation not in allowed:
-        why = (" (the in-place backward recovers the activation's input from its output, so the activation must "
-               "be invertible; relu, silu and gelu lose information)" if invertible and activation in ACTIVATIONS
-               else "")
-        raise ValueError(f"{owner} got activation={activation!r}; expected one of {', '.join(allowed)}{why}")
-    param = _DEFAULT_PARAM.get(activation, 0.0) if activation_param is None else activation_param
-    if isinstance(param, bool) or not isinstance(param, (int, float)):
-        raise TypeError(f"{owner} expected activation_param to be a float or None, got "
-                        f"{type(param).__name__} {param!r}")
-    param = float(param)
-    if invertible and activation in ("leaky_relu", "elu") and not param > 0.0:
-        what = "slope" if activation == "leaky_relu" else "alpha"
-        raise ValueError(f"{owner} needs activation_param ({activation}'s {what}) > 0 to invert the activation, "
-                         f"got {param}; use a positive value such as {_DEFAULT_PARAM[activation]}")
-    return param
 
 
 class _ActivationMixin:
