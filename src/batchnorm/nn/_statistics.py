@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .. import functional
+from ..kernels.algebra import unbiased_variance, update_running
 from ._checks import check_integer
 
 __all__ = ["batch_norm_forward", "check_variant_options", "ghost_chunk_bounds"]
@@ -144,8 +145,7 @@ def _running_moments(moments: list[tuple[int, Tensor, Tensor]]):
         return 0, None, None
     if len(moments) == 1:
         count, mean, var = moments[0]
-        unbiased = var * (count / (count - 1)) if count > 1 else torch.full_like(var, math.inf)
-        return count, mean, unbiased
+        return count, mean, unbiased_variance(var, count)
     mean = sum(count * chunk_mean for count, chunk_mean, _ in moments) / total
     squares = sum(count * chunk_var for count, _, chunk_var in moments)
     dof = total - len(moments)
@@ -166,18 +166,9 @@ def _update_running(module, moments: list[tuple[int, Tensor, Tensor]]) -> None:
             bool(torch.isfinite(mean).all()) and bool(torch.isfinite(unbiased).all())):
         _warn_nonfinite(module)
         return
-    factor = 0.0 if module.momentum is None else module.momentum
-    if module.num_batches_tracked is not None:
-        module.num_batches_tracked.add_(1)
-        if module.momentum is None:
-            factor = 1.0 / float(module.num_batches_tracked)
-    if count == 0:
-        return
-    with torch.no_grad():
-        if module.running_mean is not None:
-            module.running_mean.mul_(1.0 - factor).add_(mean.to(module.running_mean), alpha=factor)
-        if module.running_var is not None:
-            module.running_var.mul_(1.0 - factor).add_(unbiased.to(module.running_var), alpha=factor)
+    factor = module._averaging_factor()
+    if count > 0:
+        update_running(module.running_mean, module.running_var, mean, unbiased, factor)
 
 
 def _activation_kwargs(module) -> dict:

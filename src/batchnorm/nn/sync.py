@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .. import distributed, functional, kernels
+from ..kernels.algebra import input_grad_coefficients
 from ._base import BatchNormBase
 from ._checks import check_input_dtype
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
@@ -148,7 +149,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             global_sums = distributed.all_reduce_sum(torch.stack([sum_dy, sum_dy_xc]), ctx.group)
             gamma = np.ones(x.shape[1]) if weight is None else weight.detach().to(torch.float64).cpu().numpy()
-            k_dy, k_x, k_0 = functional.input_grad_coefficients(
+            k_dy, k_x, k_0 = input_grad_coefficients(
                 global_sums[0].cpu().numpy(), global_sums[1].cpu().numpy(), inv_std.cpu().numpy(), gamma,
                 ctx.total, True)
             dx = _grad_input(dy, x, mean, k_dy, k_x, k_0, own_kernels)
