@@ -65,8 +65,7 @@ class BatchNormCache(NamedTuple):
     Example:
         >>> import numpy as np
         >>> from batchnorm.testing import reference as ref
-        >>> rng = np.random.default_rng(0)
-        >>> x = rng.standard_normal((8, 3, 5))
+        >>> x = np.random.default_rng(0).standard_normal((8, 3, 5))
         >>> _, cache = ref.batch_norm_train_forward(x)
         >>> cache.x_hat.shape, cache.count
         ((8, 3, 5), 40)
@@ -112,8 +111,7 @@ def batch_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     Example:
         >>> import numpy as np
         >>> from batchnorm.testing import reference as ref
-        >>> rng = np.random.default_rng(0)
-        >>> x = rng.standard_normal((8, 3, 5))
+        >>> x = np.random.default_rng(0).standard_normal((8, 3, 5))
         >>> mean, var, m = ref.batch_statistics(x)
         >>> m, bool(np.allclose(var, x.transpose(1, 0, 2).reshape(3, -1).var(axis=1)))
         (40, True)
@@ -144,8 +142,7 @@ def batch_norm_train_forward(x, weight=None, bias=None, eps: float = 1e-5):
     Example:
         >>> import numpy as np
         >>> from batchnorm.testing import reference as ref
-        >>> rng = np.random.default_rng(0)
-        >>> x = rng.standard_normal((8, 3, 5))
+        >>> x = np.random.default_rng(0).standard_normal((8, 3, 5))
         >>> y, cache = ref.batch_norm_train_forward(x, weight=np.full(3, 2.0), bias=np.ones(3))
         >>> bool(np.allclose(y.mean(axis=(0, 2)), 1.0)), bool(np.allclose(y.std(axis=(0, 2)), 2.0, atol=1e-4))
         (True, True)
@@ -163,8 +160,7 @@ def batch_norm_eval_forward(x, running_mean, running_var, weight=None, bias=None
     Example:
         >>> import numpy as np
         >>> from batchnorm.testing import reference as ref
-        >>> rng = np.random.default_rng(0)
-        >>> x = rng.standard_normal((8, 3, 5))
+        >>> x = np.random.default_rng(0).standard_normal((8, 3, 5))
         >>> y = ref.batch_norm_eval_forward(x, np.zeros(3), np.ones(3), eps=0.0)
         >>> bool(np.allclose(y, x))
         True
@@ -181,8 +177,7 @@ def batch_norm_backward(grad_out, cache: BatchNormCache, weight=None):
     Example:
         >>> import numpy as np
         >>> from batchnorm.testing import reference as ref
-        >>> rng = np.random.default_rng(0)
-        >>> x = rng.standard_normal((8, 3, 5))
+        >>> x = np.random.default_rng(0).standard_normal((8, 3, 5))
         >>> y, cache = ref.batch_norm_train_forward(x)
         >>> dx, dgamma, dbeta = ref.batch_norm_backward(np.ones_like(y), cache)
         >>> bool(np.allclose(dx, 0.0)), dbeta       # a constant gradient does not reach x
@@ -205,8 +200,7 @@ def batch_norm_eval_backward(grad_out, x, running_mean, running_var, weight=None
     Example:
         >>> import numpy as np
         >>> from batchnorm.testing import reference as ref
-        >>> rng = np.random.default_rng(0)
-        >>> x = rng.standard_normal((8, 3, 5))
+        >>> x = np.random.default_rng(0).standard_normal((8, 3, 5))
         >>> dx, dgamma, dbeta = ref.batch_norm_eval_backward(np.ones_like(x), x, np.zeros(3), np.full(3, 4.0), eps=0.0)
         >>> float(dx.max())                          # 1 / sqrt(4)
         0.5
@@ -303,8 +297,7 @@ class BatchRenormCache(NamedTuple):
     Example:
         >>> import numpy as np
         >>> from batchnorm.testing import reference as ref
-        >>> rng = np.random.default_rng(0)
-        >>> x = rng.standard_normal((8, 3, 5))
+        >>> x = np.random.default_rng(0).standard_normal((8, 3, 5))
         >>> _, cache = ref.batch_renorm_train_forward(x, np.zeros(3), np.ones(3))
         >>> cache.r.shape, cache.d.shape
         ((3,), (3,))
@@ -353,8 +346,7 @@ def batch_renorm_train_forward(x, running_mean, running_var, weight=None, bias=N
     Example:
         >>> import numpy as np
         >>> from batchnorm.testing import reference as ref
-        >>> rng = np.random.default_rng(0)
-        >>> x = rng.standard_normal((8, 3, 5))
+        >>> x = np.random.default_rng(0).standard_normal((8, 3, 5))
         >>> y_renorm, _ = ref.batch_renorm_train_forward(x, np.zeros(3), np.ones(3), rmax=1.0, dmax=0.0)
         >>> y_bn, _ = ref.batch_norm_train_forward(x)
         >>> bool(np.allclose(y_renorm, y_bn))       # rmax = 1, dmax = 0: plain batch norm
@@ -380,8 +372,7 @@ def batch_renorm_backward(grad_out, cache: BatchRenormCache, weight=None):
     Example:
         >>> import numpy as np
         >>> from batchnorm.testing import reference as ref
-        >>> rng = np.random.default_rng(0)
-        >>> x = rng.standard_normal((8, 3, 5))
+        >>> x = np.random.default_rng(0).standard_normal((8, 3, 5))
         >>> y, cache = ref.batch_renorm_train_forward(x, np.zeros(3), np.ones(3))
         >>> dx, dgamma, dbeta = ref.batch_renorm_backward(np.ones_like(y), cache)
         >>> dx.shape, dbeta
@@ -405,8 +396,7 @@ class GhostBatchNormCache(NamedTuple):
     Example:
         >>> import numpy as np
         >>> from batchnorm.testing import reference as ref
-        >>> rng = np.random.default_rng(0)
-        >>> x = rng.standard_normal((8, 3, 5))
+        >>> x = np.random.default_rng(0).standard_normal((8, 3, 5))
         >>> _, cache = ref.ghost_batch_norm_train_forward(x, virtual_batch_size=4)
         >>> cache.bounds
         [(0, 4), (4, 8)]
@@ -445,8 +435,7 @@ def ghost_batch_norm_train_forward(x, virtual_batch_size: int | None, weight=Non
     Example:
         >>> import numpy as np
         >>> from batchnorm.testing import reference as ref
-        >>> rng = np.random.default_rng(0)
-        >>> x = rng.standard_normal((8, 3, 5))
+        >>> x = np.random.default_rng(0).standard_normal((8, 3, 5))
         >>> y, _ = ref.ghost_batch_norm_train_forward(x, virtual_batch_size=4)
         >>> bool(np.allclose(y[:4].mean(axis=(0, 2)), 0.0))    # each chunk is normalized on its own
         True
@@ -468,8 +457,7 @@ def ghost_batch_norm_backward(grad_out, cache: GhostBatchNormCache, weight=None)
     Example:
         >>> import numpy as np
         >>> from batchnorm.testing import reference as ref
-        >>> rng = np.random.default_rng(0)
-        >>> x = rng.standard_normal((8, 3, 5))
+        >>> x = np.random.default_rng(0).standard_normal((8, 3, 5))
         >>> y, cache = ref.ghost_batch_norm_train_forward(x, virtual_batch_size=4)
         >>> dx, dgamma, dbeta = ref.ghost_batch_norm_backward(np.ones_like(y), cache)
         >>> bool(np.allclose(dx, 0.0)), dbeta
@@ -491,8 +479,7 @@ def ghost_running_moments(x, bounds) -> tuple[np.ndarray, np.ndarray, int]:
     Example:
         >>> import numpy as np
         >>> from batchnorm.testing import reference as ref
-        >>> rng = np.random.default_rng(0)
-        >>> x = rng.standard_normal((8, 3, 5))
+        >>> x = np.random.default_rng(0).standard_normal((8, 3, 5))
         >>> mean, var, m = ref.ghost_running_moments(x, ref.ghost_batch_bounds(8, 4, 5))
         >>> m, bool(np.allclose(mean, x.mean(axis=(0, 2))))
         (40, True)
@@ -520,8 +507,7 @@ class MaskedBatchNormCache(NamedTuple):
     Example:
         >>> import numpy as np
         >>> from batchnorm.testing import reference as ref
-        >>> rng = np.random.default_rng(0)
-        >>> x = rng.standard_normal((8, 3, 5))
+        >>> x = np.random.default_rng(0).standard_normal((8, 3, 5))
         >>> mask = np.arange(5) < np.array([5, 3, 2, 5, 1, 4, 5, 2])[:, None]
         >>> _, cache = ref.masked_batch_norm_train_forward(x, mask)
         >>> cache.count
@@ -548,8 +534,7 @@ def masked_batch_norm_train_forward(x, mask, weight=None, bias=None, eps: float 
     Example:
         >>> import numpy as np
         >>> from batchnorm.testing import reference as ref
-        >>> rng = np.random.default_rng(0)
-        >>> x = rng.standard_normal((8, 3, 5))
+        >>> x = np.random.default_rng(0).standard_normal((8, 3, 5))
         >>> mask = np.arange(5) < np.array([5, 3, 2, 5, 1, 4, 5, 2])[:, None]     # (N, L), True = valid
         >>> y, _ = ref.masked_batch_norm_train_forward(x, mask)
         >>> float(abs(y[1, :, 3:]).max())             # padded positions output 0
@@ -587,8 +572,7 @@ def masked_batch_norm_backward(grad_out, cache: MaskedBatchNormCache, weight=Non
     Example:
         >>> import numpy as np
         >>> from batchnorm.testing import reference as ref
-        >>> rng = np.random.default_rng(0)
-        >>> x = rng.standard_normal((8, 3, 5))
+        >>> x = np.random.default_rng(0).standard_normal((8, 3, 5))
         >>> mask = np.arange(5) < np.array([5, 3, 2, 5, 1, 4, 5, 2])[:, None]
         >>> y, cache = ref.masked_batch_norm_train_forward(x, mask)
         >>> dx, dgamma, dbeta = ref.masked_batch_norm_backward(np.ones_like(y), cache)
@@ -616,8 +600,7 @@ def masked_running_moments(x, mask, bounds) -> tuple[np.ndarray, np.ndarray, int
     Example:
         >>> import numpy as np
         >>> from batchnorm.testing import reference as ref
-        >>> rng = np.random.default_rng(0)
-        >>> x = rng.standard_normal((8, 3, 5))
+        >>> x = np.random.default_rng(0).standard_normal((8, 3, 5))
         >>> mask = np.arange(5) < np.array([5, 3, 2, 5, 1, 4, 5, 2])[:, None]
         >>> mean, var, m = ref.masked_running_moments(x, mask, [(0, 8)])
         >>> m, bool(np.isclose(mean[0], x[:, 0][mask].mean()))
@@ -651,8 +634,7 @@ def frozen_batch_norm_forward(x, running_mean, running_var, weight=None, bias=No
     Example:
         >>> import numpy as np
         >>> from batchnorm.testing import reference as ref
-        >>> rng = np.random.default_rng(0)
-        >>> x = rng.standard_normal((8, 3, 5))
+        >>> x = np.random.default_rng(0).standard_normal((8, 3, 5))
         >>> y = ref.frozen_batch_norm_forward(x, np.full(3, 1.0), np.full(3, 4.0), eps=0.0)
         >>> bool(np.allclose(y, (x - 1.0) / 2.0))
         True
@@ -667,8 +649,7 @@ def frozen_batch_norm_backward(grad_out, x, running_mean, running_var, weight=No
     Example:
         >>> import numpy as np
         >>> from batchnorm.testing import reference as ref
-        >>> rng = np.random.default_rng(0)
-        >>> x = rng.standard_normal((8, 3, 5))
+        >>> x = np.random.default_rng(0).standard_normal((8, 3, 5))
         >>> dx, dgamma, dbeta = ref.frozen_batch_norm_backward(np.ones_like(x), x, np.zeros(3), np.full(3, 4.0),
         ...                                                    eps=0.0)
         >>> float(dx.max()), dbeta

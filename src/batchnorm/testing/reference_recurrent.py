@@ -32,7 +32,8 @@ import numpy as np
 
 from . import reference
 
-__all__ = ["LayerParams", "StepStats", "Gradients", "lstm_forward", "lstm_backward", "initial_step_stats"]
+__all__ = ["LayerParams", "StepStats", "Gradients", "lstm_forward", "lstm_backward", "initial_step_stats",
+           "random_lstm"]
 
 NORMS = ("ih", "hh", "cell")
 
@@ -104,16 +105,9 @@ class Gradients(NamedTuple):
     Example:
         >>> import numpy as np
         >>> from batchnorm.testing import reference_recurrent as rr
-        >>> rng = np.random.default_rng(0)
-        >>> H, I, T = 4, 3, 6                  # hidden size, input size, time steps
-        >>> params = [rr.LayerParams(0.3 * rng.standard_normal((4 * H, I)), 0.3 * rng.standard_normal((4 * H, H)),
-        ...                          np.zeros(4 * H), np.full(4 * H, 0.1), np.full(4 * H, 0.1), np.full(H, 0.1),
-        ...                          np.zeros(H))]
-        >>> running = [{"ih": rr.initial_step_stats(T, 4 * H), "hh": rr.initial_step_stats(T, 4 * H),
-        ...             "cell": rr.initial_step_stats(T, H)}]
-        >>> x = rng.standard_normal((T, 5, I))  # (T, N, I), time-major
+        >>> x, params, running = rr.random_lstm()   # T=6 steps, N=5, I=3 inputs, H=4 hidden
         >>> *_, cache = rr.lstm_forward(x, params, "batch", running=running)
-        >>> grads = rr.lstm_backward(cache, np.ones((T, 5, H)))
+        >>> grads = rr.lstm_backward(cache, np.ones((6, 5, 4)))
         >>> grads.input.shape, grads.layers[0]["gamma_cell"].shape
         ((6, 5, 3), (4,))
     """
@@ -139,6 +133,28 @@ def initial_step_stats(max_length: int, features: int) -> StepStats:
     """
     return StepStats(np.zeros((max_length, features)), np.ones((max_length, features)),
                      np.zeros(max_length, dtype=np.int64))
+
+
+def random_lstm(hidden_size: int = 4, input_size: int = 3, steps: int = 6, batch: int = 5, seed: int = 0):
+    """(x, params, running) of a one-layer BN-LSTM with random weights: an input to try the functions on.
+
+    x is (steps, batch, input_size), time-major; the weights are 0.3 * N(0, 1), the gate bias 0, every gamma 0.1,
+    beta_cell 0; `running` holds fresh step statistics for the "batch" norm.
+
+    Example:
+        >>> from batchnorm.testing import reference_recurrent as rr
+        >>> x, params, running = rr.random_lstm()
+        >>> x.shape, params[0].weight_ih.shape, running[0]["cell"].running_mean.shape
+        ((6, 5, 3), (16, 3), (6, 4))
+    """
+    rng = np.random.default_rng(seed)
+    hidden, four = hidden_size, 4 * hidden_size
+    params = [LayerParams(0.3 * rng.standard_normal((four, input_size)), 0.3 * rng.standard_normal((four, hidden)),
+                          np.zeros(four), np.full(four, 0.1), np.full(four, 0.1), np.full(hidden, 0.1),
+                          np.zeros(hidden))]
+    running = [{"ih": initial_step_stats(steps, four), "hh": initial_step_stats(steps, four),
+                "cell": initial_step_stats(steps, hidden)}]
+    return rng.standard_normal((steps, batch, input_size)), params, running
 
 
 def _copy_stats(stats: StepStats) -> StepStats:
@@ -219,14 +235,7 @@ def lstm_forward(x, params: list, norm: str = "batch", h0=None, c0=None, lengths
     Example:
         >>> import numpy as np
         >>> from batchnorm.testing import reference_recurrent as rr
-        >>> rng = np.random.default_rng(0)
-        >>> H, I, T = 4, 3, 6                  # hidden size, input size, time steps
-        >>> params = [rr.LayerParams(0.3 * rng.standard_normal((4 * H, I)), 0.3 * rng.standard_normal((4 * H, H)),
-        ...                          np.zeros(4 * H), np.full(4 * H, 0.1), np.full(4 * H, 0.1), np.full(H, 0.1),
-        ...                          np.zeros(H))]
-        >>> running = [{"ih": rr.initial_step_stats(T, 4 * H), "hh": rr.initial_step_stats(T, 4 * H),
-        ...             "cell": rr.initial_step_stats(T, H)}]
-        >>> x = rng.standard_normal((T, 5, I))  # (T, N, I), time-major
+        >>> x, params, running = rr.random_lstm()   # T=6 steps, N=5, I=3 inputs, H=4 hidden
         >>> out, h_n, c_n, after, cache = rr.lstm_forward(x, params, "batch", lengths=np.array([6, 6, 4, 3, 6]),
         ...                                               running=running)
         >>> out.shape, h_n.shape, float(abs(out[3:, 3]).max())     # zero past the length 3
@@ -296,14 +305,7 @@ def lstm_backward(cache, grad_output, grad_h_n=None, grad_c_n=None) -> Gradients
     Example:
         >>> import numpy as np
         >>> from batchnorm.testing import reference_recurrent as rr
-        >>> rng = np.random.default_rng(0)
-        >>> H, I, T = 4, 3, 6                  # hidden size, input size, time steps
-        >>> params = [rr.LayerParams(0.3 * rng.standard_normal((4 * H, I)), 0.3 * rng.standard_normal((4 * H, H)),
-        ...                          np.zeros(4 * H), np.full(4 * H, 0.1), np.full(4 * H, 0.1), np.full(H, 0.1),
-        ...                          np.zeros(H))]
-        >>> running = [{"ih": rr.initial_step_stats(T, 4 * H), "hh": rr.initial_step_stats(T, 4 * H),
-        ...             "cell": rr.initial_step_stats(T, H)}]
-        >>> x = rng.standard_normal((T, 5, I))  # (T, N, I), time-major
+        >>> x, params, running = rr.random_lstm()   # T=6 steps, N=5, I=3 inputs, H=4 hidden
         >>> out, h_n, c_n, _, cache = rr.lstm_forward(x, params, "layer")
         >>> grads = rr.lstm_backward(cache, np.ones_like(out))
         >>> grads.h0.shape, sorted(grads.layers[0])[:3]
