@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .. import functional
 
-__all__ = ["check_eps_momentum", "check_input_dtype", "check_input_shape", "check_integer"]
+__all__ = ["check_eps_momentum", "check_input_dtype", "check_input_shape", "check_integer", "check_training_eps"]
 
 
 def check_eps_momentum(
@@ -31,6 +31,13 @@ def check_eps_momentum(
         raise ValueError(f"{where} momentum must be a number in [0, 1] (the weight of the new batch in the running "
                          f"average) or None (cumulative average), got momentum={momentum!r}: use momentum=0.1 "
                          f"(torch's default); a Keras/Flax decay of 0.99 is momentum=0.01")
+
+
+def check_training_eps(where: str, eps) -> None:
+    """Raise ValueError unless eps > 0 when normalizing with batch statistics (a batch variance can be 0)."""
+    if not eps > 0.0:
+        raise ValueError(f"{where} eps must be positive during training, got eps={eps}: the batch variance can be 0; "
+                         f"use eps=1e-5 (torch's default)")
 
 
 def check_input_dtype(where: str, input: Tensor) -> None:

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .. import functional
 from ..kernels.algebra import unbiased_variance, update_running
-from ._checks import check_integer
+from ._checks import check_integer, check_training_eps
 
 __all__ = ["batch_norm_forward", "check_variant_options", "ghost_chunk_bounds"]
 
@@ -239,9 +239,7 @@ def batch_norm_forward(module, input: Tensor, mask: Optional[Tensor] = None) -> 
         y = _running_forward(module, input)
         return y if mask is None else _zero_padded(y, mask)
     if module.training:
-        if not module.eps > 0.0:
-            raise ValueError(f"{name} eps must be positive during training, got eps={module.eps}: the batch "
-                             f"variance can be 0; use eps=1e-5 (torch's default)")
+        check_training_eps(name, module.eps)
         if mask is None:
             functional.check_batch_size(input, name)
         elif int(mask.sum()) == 1:

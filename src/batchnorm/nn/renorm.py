@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .. import functional
 from ._base import BatchNormBase
-from ._checks import check_integer
+from ._checks import check_integer, check_training_eps
 from ._statistics import _batch_moments, _normalize, _running_forward, _update_running
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 
@@ -112,9 +112,7 @@ class _BatchRenorm(BatchNormBase):
         if not self.training or self.freeze_stats:
             return _running_forward(self, input)
         name = type(self).__name__
-        if not self.eps > 0.0:
-            raise ValueError(f"{name} eps must be positive during training, got eps={self.eps}: the batch variance "
-                             f"can be 0; use eps=1e-5 (torch's default)")
+        check_training_eps(name, self.eps)
         functional.check_batch_size(input, name)
         mean, var = _batch_moments(input)
         r, d = self.corrections(mean.to(torch.float64), var.to(torch.float64))

@@ -25,7 +25,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .. import distributed, functional, kernels
 from ..kernels.algebra import input_grad_coefficients
 from ._base import BatchNormBase
-from ._checks import check_input_dtype
+from ._checks import check_input_dtype, check_training_eps
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 
 __all__ = ["SyncBatchNorm", "convert_sync_batchnorm"]
@@ -260,8 +260,7 @@ class SyncBatchNorm(BatchNormBase, _BatchNorm):
         if isinstance(input, torch.fx.Proxy) or not self._syncs():
             return super().forward(input)
         self._check_input_dim(input)
-        if self.eps <= 0.0:
-            raise ValueError(f"{type(self).__name__} eps must be positive during training, got eps={self.eps}")
+        check_training_eps(type(self).__name__, self.eps)
         if getattr(self, "_checked_group", _UNCHECKED) is not self.process_group:
             # once per layer: ranks with different channel counts get a ValueError (gloo would abort on them)
             distributed.check_same_channels(self.num_features, self.process_group, type(self).__name__)
