@@ -24,13 +24,9 @@ import torch
 
 from . import config, pool
 
+# The helpers below are on the per-call path of every eager batch-norm layer, so they avoid needless Python work.
 NUMPY_DTYPE = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
-
-
-# These are on the per-call path of every eager batch-norm layer, so they avoid needless Python work.
-ABSENT = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0, np.float64)}
-
-
+ABSENT = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0, np.float64)}  # no tensor
 _NUMBA_MAX_THREADS = numba.config.NUMBA_NUM_THREADS
 
 
@@ -46,6 +42,7 @@ def is_channels_last(x: torch.Tensor) -> bool:
 
 
 def memory_format(x: torch.Tensor) -> torch.memory_format:
+    """The memory format a kernel reads and writes for x: channels_last(_3d) for such an x, else contiguous."""
     if is_channels_last(x):
         return torch.channels_last if x.dim() == 4 else torch.channels_last_3d
     return torch.contiguous_format
