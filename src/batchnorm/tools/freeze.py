@@ -7,7 +7,6 @@ import warnings
 
 from torch import nn
 
-from ..nn import BatchNormBase
 from ._common import is_batchnorm, replace_everywhere
 from .convert import ORIGINAL_ATTRIBUTE, _convert_one, _frozen_dims
 
@@ -16,6 +15,8 @@ __all__ = ["freeze", "unfreeze"]
 
 def _supports_freeze_stats(module: nn.Module) -> bool:
     """True when the layer has this package's `freeze_stats` switch (our BatchNorm and the layers built on it)."""
+    from ..nn import BatchNormBase  # here, not at import: the command line loads the tools before the kernels
+
     return isinstance(module, BatchNormBase) and hasattr(module, "freeze_stats")
 
 

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..nn import SyncBatchNorm
 from ._common import batches, call_model, is_batchnorm, is_frozen
 
 __all__ = ["recalibrate", "RecalibrationReport", "precise_statistics", "PreciseStatistics", "Moments"]
@@ -162,6 +161,8 @@ def _exchange(failure: BaseException | None, payload, group) -> list:
 
 def _synchronizing_layers(model: nn.Module) -> list[str]:
     """Names of the SyncBatchNorm layers that communicate in every training forward."""
+    from ..nn import SyncBatchNorm  # here, not at import: the command line loads the tools before the kernels
+
     return [name for name, module in model.named_modules()
             if isinstance(module, (nn.SyncBatchNorm, SyncBatchNorm))
             and module.training and not getattr(module, "freeze_stats", False)]
