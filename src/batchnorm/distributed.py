@@ -75,12 +75,7 @@ def _check_moments(count: Tensor, mean: Tensor, m2: Tensor) -> None:
                          f"{tuple(count.shape)}: pass one count for all channels or one per channel")
 
 
-def merge_moments(
-    count: Tensor,
-    mean: Tensor,
-    m2: Tensor,
-    group=None,
-) -> tuple[Tensor, Tensor, Tensor]:
+def merge_moments(count: Tensor, mean: Tensor, m2: Tensor, group=None) -> tuple[Tensor, Tensor, Tensor]:
     """Merge per-rank (count, mean, M2) over a process group exactly (Chan's parallel formula).
 
         N = sum_i n_i,   mu = sum_i n_i mu_i / N,   M2 = sum_i M2_i + sum_i n_i (mu_i - mu)^2

@@ -52,22 +52,10 @@ class BatchNormBase:
 
     _input_shapes: dict[int, str] = {}
 
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum=0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        device=None,
-        dtype=None,
-        *,
-        bias: bool = True,
-        virtual_batch_size=None,
-        freeze_stats: bool = False,
-        skip_nonfinite: bool = False,
-        **kwargs,
-    ) -> None:
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum=0.1, affine: bool = True,
+                 track_running_stats: bool = True, device=None, dtype=None, *, bias: bool = True,
+                 virtual_batch_size=None, freeze_stats: bool = False, skip_nonfinite: bool = False,
+                 **kwargs) -> None:
         if not bias:  # torch's keyword, passed only when used (older torch versions lack it)
             kwargs["bias"] = bias
         check_eps_momentum(type(self).__name__, eps, momentum)

@@ -14,12 +14,7 @@ from .. import functional
 __all__ = ["check_eps_momentum", "check_input_dtype", "check_input_shape", "check_integer", "check_training_eps"]
 
 
-def check_eps_momentum(
-    where: str,
-    eps,
-    momentum,
-    momentum_allowed: bool = True,
-) -> None:
+def check_eps_momentum(where: str, eps, momentum, momentum_allowed: bool = True) -> None:
     """Raise ValueError for an eps that is not a finite number > 0, or a momentum outside [0, 1] (None allowed:
     the cumulative average). torch accepts both silently and then normalizes with NaN or drifting statistics."""
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (0.0 < eps < math.inf):
@@ -69,13 +64,7 @@ def check_input_shape(module: torch.nn.Module, input: Tensor) -> None:
             f"use {name}({input.shape[1]}) or check the layer before it")
 
 
-def check_integer(
-    value,
-    argument: str,
-    where: str,
-    minimum: int,
-    fix: str,
-) -> int:
+def check_integer(value, argument: str, where: str, minimum: int, fix: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{where} {argument} must be an integer >= {minimum}, got {value!r} of type "
                         f"{type(value).__name__}: {fix}")

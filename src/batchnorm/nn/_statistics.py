@@ -31,13 +31,8 @@ from ._checks import check_integer, check_training_eps
 __all__ = ["batch_norm_forward", "check_variant_options", "ghost_chunk_bounds"]
 
 
-def check_variant_options(
-    where: str,
-    virtual_batch_size,
-    freeze_stats,
-    skip_nonfinite,
-    track_running_stats: bool,
-) -> Optional[int]:
+def check_variant_options(where: str, virtual_batch_size, freeze_stats, skip_nonfinite,
+                          track_running_stats: bool) -> Optional[int]:
     """Validate the variant keywords of our BatchNorm; returns virtual_batch_size as an int (or None)."""
     if virtual_batch_size is not None:
         virtual_batch_size = check_integer(

@@ -31,14 +31,8 @@ class _ActivationMixin:
     _default_activation = "relu"
     _scriptable_activation = True  # `torch.jit.script` compiles BN + activation (scripting.py)
 
-    def __init__(
-        self,
-        num_features: int,
-        *args,
-        activation: Optional[str] = None,
-        activation_param: Optional[float] = None,
-        **kwargs,
-    ) -> None:
+    def __init__(self, num_features: int, *args, activation: Optional[str] = None,
+                 activation_param: Optional[float] = None, **kwargs) -> None:
         super().__init__(num_features, *args, **kwargs)
         self.activation = self._default_activation if activation is None else activation
         self.activation_param = check_activation(type(self).__name__, self.activation, activation_param,
@@ -84,13 +78,7 @@ class _InPlaceMixin(_ActivationMixin):
     _default_activation = "leaky_relu"
     _scriptable_activation = False
 
-    def __init__(
-        self,
-        num_features: int,
-        *args,
-        min_abs_weight: float = 1e-5,
-        **kwargs,
-    ) -> None:
+    def __init__(self, num_features: int, *args, min_abs_weight: float = 1e-5, **kwargs) -> None:
         super().__init__(num_features, *args, **kwargs)
         if isinstance(min_abs_weight, bool) or not isinstance(min_abs_weight, (int, float)) or min_abs_weight <= 0:
             raise ValueError(f"{type(self).__name__} expected min_abs_weight > 0 (the smallest |gamma| used, so "

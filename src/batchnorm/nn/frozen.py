@@ -19,15 +19,8 @@ class _FrozenBatchNorm(torch.nn.Module):
     _input_shapes: dict[int, str] = {}
     _version = 2  # torch's BatchNorm state-dict version (the counter is saved), so the metadata matches too
 
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        affine: bool = True,
-        affine_trainable: bool = False,
-        device=None,
-        dtype=None,
-    ) -> None:
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True, affine_trainable: bool = False,
+                 device=None, dtype=None) -> None:
         super().__init__()
         name = type(self).__name__
         num_features = check_integer(num_features, "num_features", name, 1, "pass the number of channels C")

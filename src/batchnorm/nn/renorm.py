@@ -18,14 +18,8 @@ from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 __all__ = ["BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "renorm_limits"]
 
 
-def renorm_limits(
-    step: int,
-    rmax: float,
-    dmax: float,
-    warmup_steps: int,
-    rmax_steps: int,
-    dmax_steps: int,
-) -> tuple[float, float]:
+def renorm_limits(step: int, rmax: float, dmax: float, warmup_steps: int, rmax_steps: int,
+                  dmax_steps: int) -> tuple[float, float]:
     """Batch Renorm's clipping limits (rmax_t, dmax_t) for the training step `step` (0 for the first batch).
 
     rmax_t = 1 + (rmax - 1) * ramp(rmax_steps), dmax_t = dmax * ramp(dmax_steps), with ramp(end) = 1 once
@@ -48,22 +42,9 @@ def renorm_limits(
 class _BatchRenorm(BatchNormBase):
     """Batch Renormalization (Ioffe 2017); the public layers are `BatchRenorm1d/2d/3d`."""
 
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: Optional[float] = 0.01,
-        affine: bool = True,
-        rmax: float = 3.0,
-        dmax: float = 5.0,
-        warmup_steps: int = 5000,
-        rmax_steps: int = 40000,
-        dmax_steps: int = 25000,
-        device=None,
-        dtype=None,
-        *,
-        skip_nonfinite: bool = False,
-    ) -> None:
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.01, affine: bool = True,
+                 rmax: float = 3.0, dmax: float = 5.0, warmup_steps: int = 5000, rmax_steps: int = 40000,
+                 dmax_steps: int = 25000, device=None, dtype=None, *, skip_nonfinite: bool = False) -> None:
         name = type(self).__name__
         if not isinstance(rmax, numbers.Real) or not rmax >= 1.0 or math.isinf(rmax):
             raise ValueError(f"{name} rmax must be a finite number >= 1 (r is clipped to [1/rmax, rmax]), got "

@@ -158,14 +158,8 @@ def _convert_one(old: nn.Module, name: str, to: str, num_groups, affine_trainabl
     raise AssertionError(to)  # unreachable: `to` is validated by convert
 
 
-def convert(
-    model: nn.Module,
-    to: str,
-    *,
-    num_groups: int | None = None,
-    process_group=None,
-    affine_trainable: bool | None = None,
-) -> nn.Module:
+def convert(model: nn.Module, to: str, *, num_groups: int | None = None, process_group=None,
+            affine_trainable: bool | None = None) -> nn.Module:
     r"""A copy of `model` with its batch-norm layers swapped for another implementation.
 
     The normalization itself is unchanged for the batch-norm targets,

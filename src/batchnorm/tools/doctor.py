@@ -280,21 +280,10 @@ def _labels(batch):
     return None
 
 
-def doctor(
-    model: nn.Module,
-    data=None,
-    *,
-    num_batches: int | None = 20,
-    forward: Callable | None = None,
-    min_batch: int = 8,
-    min_values: int = 32,
-    max_shift: float = 0.5,
-    max_var_ratio: float = 2.0,
-    max_output_mismatch: float = 0.3,
-    max_accuracy_drop: float = 0.05,
-    dead_gamma: float = 1e-4,
-    max_momentum: float = 0.5,
-) -> DoctorReport:
+def doctor(model: nn.Module, data=None, *, num_batches: int | None = 20, forward: Callable | None = None,
+           min_batch: int = 8, min_values: int = 32, max_shift: float = 0.5, max_var_ratio: float = 2.0,
+           max_output_mismatch: float = 0.3, max_accuracy_drop: float = 0.05, dead_gamma: float = 1e-4,
+           max_momentum: float = 0.5) -> DoctorReport:
     r"""Examine every batch-norm layer and report the mistakes that silently hurt accuracy.
 
     Checks without data: running statistics that are NaN/inf or a `running_var` <= 0 (errors: eval output is

@@ -154,12 +154,7 @@ def _affine_of(bn: nn.Module):
     return scale, beta - mean * scale
 
 
-def behaves_affine(
-    bn: nn.Module,
-    spatial_dims: int,
-    activation,
-    residual: bool = False,
-) -> tuple[bool, str]:
+def behaves_affine(bn: nn.Module, spatial_dims: int, activation, residual: bool = False) -> tuple[bool, str]:
     """Check numerically that the layer computes act(x * scale + shift [+ residual]) from its running statistics.
 
     Returns (True, '') or (False, what differed), from a seeded random probe input (N, C, *spatial) (and a

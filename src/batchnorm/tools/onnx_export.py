@@ -19,15 +19,8 @@ from .fold import FoldReport, behaves_affine, fold
 __all__ = ["export_onnx"]
 
 
-def export_onnx(
-    model: nn.Module,
-    example_inputs,
-    path,
-    *,
-    fold_batchnorm: bool = True,
-    opset_version: int = 18,
-    dynamic_batch: bool = True,
-) -> FoldReport | None:
+def export_onnx(model: nn.Module, example_inputs, path, *, fold_batchnorm: bool = True, opset_version: int = 18,
+                dynamic_batch: bool = True) -> FoldReport | None:
     r"""Export `model` in eval mode to an ONNX file, folding its batch norms into the layers before them first.
 
     Folding (`fold`) removes every foldable batch norm,

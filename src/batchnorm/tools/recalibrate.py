@@ -189,17 +189,9 @@ def _same_batch_count_everywhere(model: nn.Module, data, num_batches, group) -> 
     return batch_list
 
 
-def precise_statistics(
-    model: nn.Module,
-    data,
-    num_batches: int | None = None,
-    *,
-    forward: Callable | None = None,
-    process_group=None,
-    layers=None,
-    skip_nonfinite: bool = False,
-    where: str = "recalibrate",
-) -> PreciseStatistics:
+def precise_statistics(model: nn.Module, data, num_batches: int | None = None, *,
+                       forward: Callable | None = None, process_group=None, layers=None,
+                       skip_nonfinite: bool = False, where: str = "recalibrate") -> PreciseStatistics:
     """Pooled float64 moments of the input of every batch norm over the data (the model runs as it is set).
 
     A masked batch norm (`layer(x, mask)`) counts the valid positions only. A batch whose moments are not all
@@ -273,16 +265,9 @@ def precise_statistics(
     return PreciseStatistics(moments, seen, samples, skipped)
 
 
-def recalibrate(
-    model: nn.Module,
-    data,
-    num_batches: int | None = None,
-    *,
-    forward: Callable | None = None,
-    process_group=None,
-    inplace: bool = True,
-    skip_nonfinite: bool = False,
-) -> tuple[nn.Module, RecalibrationReport]:
+def recalibrate(model: nn.Module, data, num_batches: int | None = None, *, forward: Callable | None = None,
+                process_group=None, inplace: bool = True, skip_nonfinite: bool = False
+                ) -> tuple[nn.Module, RecalibrationReport]:
     r"""Replace the running statistics of every batch norm by the exact population statistics of `data`.
 
     .. math:: \mu = \frac{1}{n} \sum_i x_i, \qquad \sigma^2_{running} = \frac{1}{n - 1} \sum_i (x_i - \mu)^2
