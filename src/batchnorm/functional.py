@@ -38,7 +38,7 @@ from torch import Tensor
 from torch.autograd import forward_ad as _forward_ad
 
 from . import kernels
-from .kernels import fused
+from .kernels import config, fused
 
 __all__ = ["batch_norm", "uses_own_kernels", "needs_torch_math", "check_batch_size", "update_running_stats",
            "BatchNormArgumentError", "ArgumentShapeError", "UnsupportedDtypeError", "check_per_channel_sizes",
@@ -613,6 +613,51 @@ def _eager_batch_norm(input, running_mean, running_var, weight, bias, training, 
                              pooled=True)
 
 
+def _torch_is_faster(input: Tensor, training: bool, weight: Optional[Tensor], bias: Optional[Tensor],
+                     fused: bool) -> bool:
+    """Whether torch's native batch norm serves this eager call: `kernels.config.BACKEND`, and under "auto" the
+    measured crossover `kernels.config.TORCH_BELOW` for the call's mode and layout (an empty input always runs
+    on the kernels, whose behaviour for it is defined)."""
+    backend = config.BACKEND
+    numel = input.numel()
+    if backend != "auto" or not numel:
+        return backend == "torch" and numel > 0
+    if not training:
+        mode = "eval"
+    elif torch.is_grad_enabled() and (input.requires_grad or (weight is not None and weight.requires_grad)
+                                      or (bias is not None and bias.requires_grad)):
+        mode = "train"
+    else:
+        mode = "train_nograd"
+    layout = "rows" if input.dim() == 2 or (not input.is_contiguous() and kernels.is_channels_last(input)) else "cf"
+    return numel < config.TORCH_BELOW[mode, layout, fused]
+
+
+def _native_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps) -> Optional[Tensor]:
+    """`batch_norm` on torch's native kernel (`torch.batch_norm`), after the same argument checks as the kernels'
+    path; None when torch rejects the per-channel tensors (another length or dtype), which the kernels' path
+    then serves or rejects with its own message. torch checks them before it touches the running buffers."""
+    _check_statistics_arguments(input, running_mean, running_var, training, eps)
+    try:
+        return torch.batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps, False)
+    except RuntimeError:
+        return None
+
+
+def _activation_in_place(y: Tensor, activation: str, param: float) -> Tensor:
+    """The activation of `torch_activation`, written over y where torch has an in-place form (y is the fresh
+    output of torch's batch norm, whose backward does not read it, as in torch's BatchNorm + ReLU(inplace=True))."""
+    if activation == "relu":
+        return torch.relu_(y)
+    if activation == "leaky_relu":
+        return torch.nn.functional.leaky_relu_(y, param)
+    if activation == "elu":
+        return torch.nn.functional.elu_(y, param)
+    if activation == "silu":
+        return torch.nn.functional.silu(y, inplace=True)
+    return torch_activation(y, activation, param)
+
+
 def _statistics(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor], training: bool,
                 momentum: float, eps: float) -> tuple[Tensor, Tensor]:
     """The (mean, var) to normalize with: the batch's (updating the running buffers) or the running ones."""
@@ -637,7 +682,8 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     With `training=False` the running statistics are used.
 
     CPU float32/float64 inputs run on this package's kernels; other devices and dtypes go to torch's
-    `torch.nn.functional.batch_norm` unchanged.
+    `torch.nn.functional.batch_norm` unchanged, and so do inputs too small for the kernels to beat torch's
+    fixed cost per call (`kernels.config.TORCH_BELOW`; `BATCHNORM_BACKEND=numba` or `torch` forces one path).
 
     Args:
         input: the input, channels on axis 1.
@@ -686,6 +732,10 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
         y = torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
         return torch_activation(y, activation, activation_param)
     check_running_not_differentiable(running_mean, running_var)
+    if not compiling and _torch_is_faster(input, training, weight, bias, activation != "identity"):
+        y = _native_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+        if y is not None:
+            return y if activation == "identity" else _activation_in_place(y, activation, activation_param)
     if not compiling and _eager_eligible(input, weight, bias, running_mean, running_var):
         return _eager_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps,
                                  activation, activation_param)

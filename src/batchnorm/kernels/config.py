@@ -5,6 +5,7 @@ accepted range, at import.
     BATCHNORM_THREADING_LAYER        Numba threading layer tried first: omp, workqueue or tbb (default: omp)
     BATCHNORM_PARALLEL_MIN_ELEMENTS  inputs smaller than this run single-threaded: an integer >= 0 (32768)
     BATCHNORM_POOL_MB                cap of the output pool in MiB: a finite number >= 0, 0 = off (256)
+    BATCHNORM_BACKEND                who computes plain batch norm: auto, numba or torch (default: auto)
     NUMBA_THREADING_LAYER            Numba's own: when set, this package leaves the choice of layer to Numba
 """
 
@@ -158,3 +159,34 @@ POOL_MIN_BYTES = 1 << 20
 POOL_BLOCKS_PER_SIZE = 2
 POOL_MAX_BYTES = int(number_from_environment("BATCHNORM_POOL_MB", 256, 0, 1 << 20,
                                                  " of MiB (0 turns the pool off)") * (1 << 20))
+
+
+# Who computes a plain batch-norm call (BatchNorm1d/2d/3d, BatchNormAct, `functional.batch_norm`) on a CPU
+# float tensor outside torch.compile: "numba" (this package's kernels), "torch" (torch's native batch norm,
+# then the activation in torch ops) or "auto": torch's for inputs smaller than the crossover below, where its
+# lower fixed cost per call wins, the kernels otherwise. Both paths agree within the drop-in tolerances.
+# Read on every call, so tests can switch it (`batchnorm.kernels.config.BACKEND = "numba"`).
+BACKEND = choice_from_environment("BATCHNORM_BACKEND", ("auto", "numba", "torch"), "auto")
+
+# The crossover, in elements of the input: "auto" sends an input with fewer elements to torch. Keyed by
+# (mode, layout, fused): mode "train" (training with autograd), "train_nograd" (training forward without autograd:
+# recalibration, `torch.no_grad()`) or "eval"; layout "rows" (2-D inputs and channels_last) or "cf" (contiguous
+# (N, C, *spatial)); fused: an activation follows (BatchNormAct), against torch's batch norm + activation.
+# Below these sizes torch's lower fixed cost per call wins; above them the kernels' single passes do. Measured
+# with 2 threads, float32, the modules as users call them, by `python bench/crossover.py [--fused]` (the runs
+# behind these numbers are bench/crossover.md and bench/crossover-fused.md); powers of two between the last
+# size torch won and the first from which the kernels won at every measured shape.
+TORCH_BELOW = {
+    ("train", "cf", False): 1 << 17,
+    ("train", "rows", False): 1 << 19,
+    ("train_nograd", "cf", False): 1 << 15,
+    ("train_nograd", "rows", False): 1 << 21,
+    ("eval", "cf", False): 1 << 22,
+    ("eval", "rows", False): 1 << 22,
+    ("train", "cf", True): 1 << 16,
+    ("train", "rows", True): 1 << 18,
+    ("train_nograd", "cf", True): 1 << 14,
+    ("train_nograd", "rows", True): 1 << 19,
+    ("eval", "cf", True): 1 << 19,
+    ("eval", "rows", True): 1 << 17,
+}

@@ -1,0 +1,182 @@
+"""The dispatcher between this package's kernels and torch's native batch norm (`kernels.config.BACKEND`,
+`kernels.config.TORCH_BELOW`): both paths agree with the float64 reference and with each other, the switch sends
+each input where the crossover says, errors are the same on both paths, and the environment variable is parsed."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import batchnorm.nn as bnn
+from batchnorm import functional
+from batchnorm.kernels import config
+
+TOL = dict(rtol=1e-4, atol=1e-5)  # float32 against the float64 reference
+
+
+@pytest.fixture
+def backend(monkeypatch):
+    def use(name):
+        monkeypatch.setattr(config, "BACKEND", name)
+    return use
+
+
+def _path(x, training=True, requires_grad=True):
+    """'torch' or 'numba': which path served a BatchNorm forward, read from the autograd node."""
+    layer = bnn.BatchNorm2d(x.shape[1]) if x.dim() == 4 else bnn.BatchNorm1d(x.shape[1])
+    layer.train(training)
+    y = layer(x.detach().requires_grad_(requires_grad))
+    return "torch" if "NativeBatchNorm" in type(y.grad_fn).__name__ else "numba"
+
+
+CASES = [((6, 5), False), ((4, 3, 5, 7), False), ((4, 3, 5, 7), True), ((3, 4, 9), False)]
+
+
+@pytest.mark.parametrize("name", ["numba", "torch", "auto"])
+@pytest.mark.parametrize("shape,channels_last", CASES)
+def test_every_path_matches_float64_torch(backend, name, shape, channels_last):
+    backend(name)
+    gen = torch.Generator().manual_seed(len(shape) * 7 + channels_last)
+    x = torch.randn(shape, generator=gen) * 3 + 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(shape, generator=gen)
+    layer = bnn.BatchNorm2d(shape[1]) if len(shape) == 4 else bnn.BatchNorm1d(shape[1])
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5, generator=gen)
+        layer.bias.normal_(generator=gen)
+    xg = x.clone().requires_grad_()
+    y = layer(xg)
+    y.backward(dy)
+    expected = torch.nn.functional.batch_norm(x.double(), None, None, layer.weight.double(), layer.bias.double(),
+                                              True, 0.1, 1e-5)
+    assert torch.allclose(y.double(), expected, **TOL)
+    x64 = x.double().requires_grad_()
+    w64 = layer.weight.detach().double().requires_grad_()
+    b64 = layer.bias.detach().double().requires_grad_()
+    torch.nn.functional.batch_norm(x64, None, None, w64, b64, True, 0.1, 1e-5).backward(dy.double())
+    assert torch.allclose(xg.grad.double(), x64.grad, **TOL)
+    assert torch.allclose(layer.weight.grad.double(), w64.grad, **TOL)
+    assert torch.allclose(layer.bias.grad.double(), b64.grad, **TOL)
+    dims = [0] + list(range(2, len(shape)))
+    assert torch.allclose(layer.running_mean.double(), 0.1 * x.double().mean(dims), **TOL)
+    unbiased = x.double().var(dims, unbiased=True)
+    assert torch.allclose(layer.running_var.double(), 0.9 + 0.1 * unbiased, **TOL)
+    layer.eval()
+    with torch.no_grad():
+        y_eval = layer(x)
+    expected = (x.double() - layer.running_mean.double().view([1, -1] + [1] * (len(shape) - 2))) / torch.sqrt(
+        layer.running_var.double() + 1e-5).view([1, -1] + [1] * (len(shape) - 2))
+    expected = expected * layer.weight.double().view([1, -1] + [1] * (len(shape) - 2)) + \
+        layer.bias.double().view([1, -1] + [1] * (len(shape) - 2))
+    assert torch.allclose(y_eval.double(), expected.detach(), **TOL)
+    if len(shape) == 4:
+        assert y_eval.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "elu", "silu", "gelu"])
+def test_fused_activation_on_the_torch_path(backend, activation):
+    backend("torch")
+    x = torch.randn(8, 4, 3, 3, requires_grad=True)
+    layer = bnn.BatchNormAct2d(4, activation=activation)
+    y = layer(x)
+    backend("numba")
+    expected = bnn.BatchNormAct2d(4, activation=activation)(x)
+    assert torch.allclose(y, expected, **TOL)
+    g_torch, = torch.autograd.grad(y.sum(), x)
+    g_numba, = torch.autograd.grad(expected.sum(), x)
+    assert torch.allclose(g_torch, g_numba, **TOL)
+
+
+def test_the_switch_follows_the_crossover(backend, monkeypatch):
+    backend("auto")
+    monkeypatch.setitem(config.TORCH_BELOW, ("train", "cf", False), 1000)
+    monkeypatch.setitem(config.TORCH_BELOW, ("train", "rows", False), 50)
+    assert _path(torch.randn(4, 3, 5, 5)) == "torch"  # cf, 300 elements < 1000
+    assert _path(torch.randn(40, 3, 5, 5)) == "numba"  # cf, 3000
+    assert _path(torch.randn(4, 3, 5, 5).contiguous(memory_format=torch.channels_last)) == "numba"  # rows, 300
+    assert _path(torch.randn(4, 10)) == "torch"  # rows, 40 < 50
+    assert _path(torch.randn(8, 10)) == "numba"  # rows, 80
+    backend("numba")
+    assert _path(torch.randn(4, 3, 5, 5)) == "numba"
+    backend("torch")
+    assert _path(torch.randn(40, 3, 5, 5)) == "torch"
+
+
+def test_modes_have_their_own_crossover(backend, monkeypatch):
+    backend("auto")
+    for key in config.TORCH_BELOW:
+        monkeypatch.setitem(config.TORCH_BELOW, key, 0)
+    monkeypatch.setitem(config.TORCH_BELOW, ("eval", "cf", False), 10 ** 9)
+    x = torch.randn(4, 3, 5, 5)
+    layer = bnn.BatchNorm2d(3)
+    calls = []
+    original = torch.batch_norm
+    monkeypatch.setattr(torch, "batch_norm", lambda *a: calls.append(a[5]) or original(*a))
+    layer(x)  # training: kernels
+    with torch.no_grad():
+        layer(x)  # training without autograd: kernels
+        layer.eval()
+        layer(x)  # eval: torch
+    assert calls == [False]
+
+
+def test_empty_input_stays_on_the_kernels(backend):
+    backend("torch")
+    layer = bnn.BatchNorm2d(3)
+    y = layer(torch.randn(0, 3, 4, 4))
+    assert y.shape == (0, 3, 4, 4)
+    assert torch.equal(layer.running_mean, torch.zeros(3)) and torch.equal(layer.running_var, torch.ones(3))
+
+
+@pytest.mark.parametrize("name", ["numba", "torch"])
+def test_errors_are_the_same_on_both_paths(backend, name):
+    backend(name)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        bnn.BatchNorm1d(3)(torch.randn(1, 3))
+    with pytest.raises(ValueError, match="needs running_mean and running_var"):
+        functional.batch_norm(torch.randn(4, 3), None, None, training=False)
+    with pytest.raises(ValueError, match="weight"):
+        functional.batch_norm(torch.randn(4, 3), torch.zeros(3), torch.ones(3), torch.ones(5), None, True)
+    with pytest.raises(ValueError, match="eps must be positive"):
+        functional.batch_norm(torch.randn(4, 3), None, None, training=True, eps=0.0)
+
+
+def test_mixed_dtype_weights_are_served(backend):
+    """A per-channel tensor torch's native kernel rejects (float64 weight for a float32 input) falls through
+    to the kernels' path, which accepts it, with the running buffers updated once."""
+    backend("torch")
+    x = torch.randn(6, 3)
+    rm, rv = torch.zeros(3), torch.ones(3)
+    y = functional.batch_norm(x, rm, rv, torch.ones(3, dtype=torch.float64), None, True)
+    assert torch.allclose(y, torch.nn.functional.batch_norm(x, None, None, training=True), **TOL)
+    assert torch.allclose(rm, 0.1 * x.mean(0), **TOL)
+
+
+def test_environment_variable_forces_a_path():
+    script = "from batchnorm.kernels import config; print(config.BACKEND)"
+    env = dict(os.environ, BATCHNORM_BACKEND="Torch")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "torch", out.stderr
+    env["BATCHNORM_BACKEND"] = "cuda"
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "BATCHNORM_BACKEND='cuda' is invalid: expected one of auto, numba, torch" in out.stderr
+
+
+def test_torch_path_keeps_torchs_autograd_features(backend):
+    """Below the crossover the call is torch's own op: double backward and in-place activations on
+    channels_last outputs work as with torch's layer."""
+    backend("torch")
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    layer = bnn.BatchNorm2d(3).double()
+    y = torch.relu_(layer(x))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    g, = torch.autograd.grad((y ** 2).sum(), x, create_graph=True)
+    g.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert torch.autograd.gradcheck(lambda t: layer(t), (torch.randn(4, 3, 2, 2, dtype=torch.float64,
+                                                                    requires_grad=True),))
