@@ -25,7 +25,7 @@ def affine_add_act(x: torch.Tensor, center: np.ndarray, scale: np.ndarray, shift
     if x.numel():
         xv = view(x)
         launch(jit.affine_add_act_cf, jit.affine_add_act_rows, x, xv, xv, center, scale, shift, view(residual),
-                code(activation), float(param), view(out))
+               code(activation), float(param), view(out))
     return out
 
 
@@ -40,5 +40,5 @@ def grad_add_act(dy: torch.Tensor, x: torch.Tensor, center: np.ndarray, scale: n
     if x.numel():
         xv = view(x)
         launch(jit.grad_add_act_cf, jit.grad_add_act_rows, x, xv, view(dy), xv, center, scale, shift,
-                view(residual), code(activation), float(param), view(g), sum_g, sum_g_xc)
+               view(residual), code(activation), float(param), view(g), sum_g, sum_g_xc)
     return g, sum_g, sum_g_xc

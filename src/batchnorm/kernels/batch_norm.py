@@ -50,7 +50,7 @@ def affine(x: torch.Tensor, center: np.ndarray, scale: np.ndarray, shift: np.nda
     if x.numel():
         xv = view(x)
         launch(nk.affine_cf, nk.affine_rows, x, xv, xv, center, scale, shift, code(activation), float(param),
-                view(out))
+               view(out))
     return out
 
 
@@ -72,7 +72,7 @@ def grad_sums(dy: torch.Tensor, x: torch.Tensor, center: np.ndarray, scale: np.n
         xv = view(x)
         scale, shift = _identity_affine(scale, shift, x.shape[1])
         launch(nk.grad_sums_cf, nk.grad_sums_rows, x, xv, view(dy), xv, center, scale, shift, code(activation),
-                float(param), sum_dy, sum_dy_xc)
+               float(param), sum_dy, sum_dy_xc)
     return sum_dy, sum_dy_xc
 
 
@@ -89,8 +89,16 @@ def grad_input(dy: torch.Tensor, x: torch.Tensor, center: np.ndarray, k_dy: np.n
         scale, shift = _identity_affine(scale, shift, x.shape[1])
         batch_stats = bool(np.any(k_x) or np.any(k_0))
         launch(nk.grad_input_cf, nk.grad_input_rows, x, xv, view(dy), xv, center, scale, shift, k_dy, k_x, k_0,
-                batch_stats, code(activation), float(param), view(out))
+               batch_stats, code(activation), float(param), view(out))
     return out
+
+
+def _written_in_place(*tensors) -> None:
+    """Tell autograd that a kernel changed these tensors through their NumPy views (their version counters), as
+    torch's in-place operations do."""
+    for t in tensors:
+        if isinstance(t, torch.Tensor):
+            torch.autograd.graph.increment_version(t)
 
 
 def train_forward(x: torch.Tensor, weight, bias, eps: float, momentum: float = 0.0, running_mean=None,
@@ -102,8 +110,9 @@ def train_forward(x: torch.Tensor, weight, bias, eps: float, momentum: float = 0
     y = act((x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c), written to `out` if given (x itself is
     allowed: every block's statistics are complete before it is overwritten), else to a new tensor (from `pool`
     when `pooled`: for outputs computed without autograd). The running buffers (if given) are
-    updated in place: running <- (1 - momentum) * running + momentum * batch, with the unbiased variance. An
-    empty batch gives an empty y, mean 0 and var 1, and leaves the running buffers alone.
+    updated in place: running <- (1 - momentum) * running + momentum * batch, with the unbiased variance (their
+    version counters move, as with torch's in-place operations). An empty batch gives an empty y, mean 0 and
+    var 1, and leaves the running buffers alone.
     """
     x, rows = dense_rows(x)
     channels = x.shape[1]
@@ -122,11 +131,13 @@ def train_forward(x: torch.Tensor, weight, bias, eps: float, momentum: float = 0
     if rows:
         n_blocks = 1 if threads == 1 else config.row_blocks(xv.shape[0], threads)
         call(nk.train_forward_rows, threads, n_blocks, xv, w, b, float(eps), float(momentum), rm, rv, act,
-              float(param), yv, mean, var)
+             float(param), yv, mean, var)
+        _written_in_place(running_mean, running_var)
         return y, mean, var
     if fused_channels_first(threads, channels):
         call(nk.train_forward_cf, threads, channel_blocks(xv, threads), xv, w, b, float(eps), float(momentum), rm,
-              rv, act, float(param), yv, mean, var)
+             rv, act, float(param), yv, mean, var)
+        _written_in_place(running_mean, running_var)
         return y, mean, var
     mean, var = batch_stats(x)
     update_running(running_mean, running_var, mean, unbiased_variance(var, numel // channels), momentum)
@@ -192,7 +203,7 @@ def train_backward(dy: torch.Tensor, x: torch.Tensor, mean: np.ndarray, var: np.
     dweight = torch.from_numpy(dweight_np) if need_dweight else None
     if rows:
         call(nk.train_backward_rows, threads, 1 if threads == 1 else config.row_blocks(xv.shape[0], threads),
-              *args)
+             *args)
         return dx, dweight, dbias
     if fused:
         call(nk.train_backward_cf, threads, channel_blocks(xv, threads), *args)

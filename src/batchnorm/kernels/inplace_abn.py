@@ -25,7 +25,7 @@ def grad_sums_from_output(dy: torch.Tensor, y: torch.Tensor, center: np.ndarray,
     if y.numel():
         yv = view(y)
         launch(jit.grad_sums_out_cf, jit.grad_sums_out_rows, y, yv, view(dy), yv, center, code(activation),
-                float(param), sum_g, sum_g_zc)
+               float(param), sum_g, sum_g_zc)
     return sum_g, sum_g_zc
 
 
@@ -38,5 +38,5 @@ def grad_input_from_output(dy: torch.Tensor, y: torch.Tensor, center: np.ndarray
     if y.numel():
         yv = view(y)
         launch(jit.grad_input_out_cf, jit.grad_input_out_rows, y, yv, view(dy), yv, center, code(activation),
-                float(param), k_dy, k_x, k_0, view(out))
+               float(param), k_dy, k_x, k_0, view(out))
     return out

@@ -17,7 +17,7 @@ from numba import prange
 from ..activations import act, act_grad, linear_act
 from ..activations import slope as _slope
 from ..config import NJIT_SERIAL
-from .batch_norm import _compile, _sample_block, _split_center, _sum_blocks, center_remainder
+from ._loops import _compile, _sample_block, _split_center, _sum_blocks, center_remainder
 
 
 @numba.njit(inline="always", **NJIT_SERIAL)

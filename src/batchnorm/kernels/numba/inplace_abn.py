@@ -12,7 +12,7 @@ from numba import prange
 
 from ..activations import act_inverse
 from ..activations import slope as _slope
-from .batch_norm import _compile, _sample_block, _sum_blocks
+from ._loops import _compile, _sample_block, _sum_blocks
 
 
 # ----------------------------------------------------------------------------------------- channels-first
