@@ -30,7 +30,7 @@ from batchnorm.functional import ArgumentShapeError, BatchNormArgumentError, Uns
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "src" / "batchnorm"
 DOC = ROOT / "docs" / "errors.md"
-PUBLIC = ["nn/*.py", "functional.py", "functional/*.py", "tools/*.py", "distributed.py", "kernels/activations.py"]
+PUBLIC = ["nn/*.py", "functional/*.py", "tools/*.py", "distributed.py", "kernels/activations.py"]
 
 SETUP = """\
 import torch

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import batchnorm.nn as bnn
-from batchnorm.benchmark_model import resnet18
+from batchnorm.benchmark.model import resnet18
 from batchnorm.tools import convert, fuse_activations
 
 

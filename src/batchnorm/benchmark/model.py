@@ -98,7 +98,7 @@ def resnet18(num_classes: int = 10, width: int = 64) -> nn.Module:
 
 def build_variants(model: nn.Module, compile_torch: bool = True) -> dict[str, nn.Module]:
     """The variants of `model` that `measure_model` times (same parameters and buffers in each)."""
-    from .tools import convert
+    from ..tools import convert
 
     variants = {"torch eager": model, "ours": convert(model, to="batchnorm"), "ours fused": convert(model, to="fused")}
     if compile_torch:

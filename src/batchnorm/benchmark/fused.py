@@ -43,8 +43,8 @@ def measure_fused_shape(dims: tuple[int, ...], channels_last: bool = False, repe
     Returns the median seconds, the medians over rounds of time / copy time of the same round, and the medians
     over rounds of fused/torch and fused/plain.
     """
-    from .benchmark import _timer, calls_per_round
-    from .functional import batch_norm
+    from ._timing import calls_per_round, timer
+    from ..functional import batch_norm
 
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(dims, generator=generator) * 2 + 0.5
@@ -83,7 +83,7 @@ def measure_fused_shape(dims: tuple[int, ...], channels_last: bool = False, repe
     times: dict[str, list[float]] = {name: [] for name in cases}
     for round_index in range(warmup + repeats):
         for name, fn in cases.items():
-            elapsed = _timer(fn, inner[name])
+            elapsed = timer(fn, inner[name])
             if round_index >= warmup:
                 times[name].append(elapsed)
 
@@ -102,21 +102,21 @@ def measure_fused_shape(dims: tuple[int, ...], channels_last: bool = False, repe
 _FUSED_SCRIPT = """
 import json, torch
 torch.set_num_threads({threads})
-from batchnorm.benchmark_fused import measure_fused_shape
+from batchnorm.benchmark.fused import measure_fused_shape
 print(json.dumps(measure_fused_shape({dims!r}, {channels_last!r}, {repeats})))
 """
 
 
 def fused_table(shapes, threads: int = 2, repeats: int = 15, omp_passive: bool = False, progress=None) -> dict:
     """`measure_fused_shape` for every shape, each in a fresh process; rows plus the medians of the ratios."""
-    from .benchmark import _environment
+    from ._timing import environment
 
     rows = []
     for shape in shapes:
         script = _FUSED_SCRIPT.format(threads=threads, dims=tuple(shape.dims), channels_last=shape.channels_last,
                                       repeats=repeats)
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                              env=_environment(omp_passive))
+                              env=environment(omp_passive))
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         if progress:
             progress(rows[-1])
@@ -157,7 +157,7 @@ def _resident_bytes() -> int:
 
 
 def _build_stack(variant: str, blocks: int, channels: int) -> torch.nn.Sequential:
-    from . import nn as bnn
+    from .. import nn as bnn
 
     layers = []
     for _ in range(blocks):
@@ -208,7 +208,7 @@ def memory_table(threads: int = 2, repeats: int = 3) -> dict:
     for _ in range(repeats):
         for variant in MEMORY_VARIANTS:
             code = (f"import json, torch; torch.set_num_threads({threads}); "
-                    f"from batchnorm.benchmark_fused import peak_step_memory; "
+                    f"from batchnorm.benchmark.fused import peak_step_memory; "
                     f"print(json.dumps(peak_step_memory({variant!r})))")
             completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
             runs[variant].append(json.loads(completed.stdout.strip().splitlines()[-1]))

@@ -36,7 +36,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from ._atomic import atomic_write, write_problem
+from .._atomic import atomic_write, write_problem
+from ._timing import calls_per_round, environment, timer
 
 __all__ = ["Shape", "SUITE", "Row", "calls_per_round", "measure_shape", "measure_shape_isolated", "first_call_seconds", "run_suite",
            "format_table",
@@ -87,23 +88,6 @@ def _make_input(shape: Shape, dtype: torch.dtype, generator: torch.Generator) ->
     if shape.channels_last:
         x = x.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
     return x
-
-
-def _timer(fn, inner: int) -> float:
-    start = time.perf_counter()
-    for _ in range(inner):
-        fn()
-    return (time.perf_counter() - start) / inner
-
-
-def calls_per_round(fn, min_round_seconds: float) -> int:
-    """How many calls of fn make a round of about `min_round_seconds`, judged from the fastest of three timed
-    calls after three warm-up calls (the first calls of a process load kernels, start thread pools and touch
-    fresh memory, and would make every round a single call)."""
-    for _ in range(3):
-        fn()
-    once = max(min(_timer(fn, 1) for _ in range(3)), 1e-7)
-    return max(1, int(min_round_seconds / once))
 
 
 def _module_calls(module: torch.nn.Module, x: torch.Tensor, x_grad: torch.Tensor, dy: torch.Tensor) -> dict:
@@ -201,8 +185,8 @@ def measure_shape(shape: Shape, dtype: torch.dtype = torch.float32, repeats: int
         seed: 0, seed of the random input.
         peers: False, add torch.compile and JAX.
     """
-    from . import functional
-    from . import nn as ours_nn
+    from .. import functional
+    from .. import nn as ours_nn
 
     generator = torch.Generator().manual_seed(seed)
     x = _make_input(shape, dtype, generator)
@@ -256,7 +240,7 @@ def measure_shape(shape: Shape, dtype: torch.dtype = torch.float32, repeats: int
     samples = {key: [] for key in fns}
     for round_index in range(warmup + repeats):
         for key, fn in fns.items():
-            t = _timer(fn, inner[key])
+            t = timer(fn, inner[key])
             if round_index >= warmup:
                 samples[key].append(t)
     medians = {key: statistics.median(v) for key, v in samples.items()}
@@ -347,14 +331,6 @@ print(json.dumps(asdict(benchmark.measure_shape(shape, torch.{dtype}, {repeats},
 """
 
 
-def _environment(omp_passive: bool) -> dict:
-    """The child processes' environment: this one's, with OMP_WAIT_POLICY=PASSIVE when asked for."""
-    env = dict(os.environ)
-    if omp_passive:
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
-    return env
-
-
 def measure_shape_isolated(shape: Shape, dtype: torch.dtype = torch.float32, repeats: int = 15,
                            threads: int = 2, omp_passive: bool = False, peers: bool = False) -> Row:
     """`measure_shape` in a fresh Python process, so that no shape inherits the state (allocator, thread
@@ -363,7 +339,7 @@ def measure_shape_isolated(shape: Shape, dtype: torch.dtype = torch.float32, rep
     script = _SHAPE_SCRIPT.format(threads=threads, dims=tuple(shape.dims), channels_last=shape.channels_last,
                                   dtype=str(dtype).removeprefix("torch."), repeats=repeats, peers=peers)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                            env=_environment(omp_passive))
+                            env=environment(omp_passive))
     return Row(**json.loads(result.stdout.strip().splitlines()[-1]))
 
 
@@ -511,7 +487,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"batchnorm bench: error: --json {args.json!r} {write_problem(args.json)}", file=sys.stderr)
         return 2
     if args.model:
-        from . import benchmark_model
+        from . import model as benchmark_model
 
         report = benchmark_model.measure_model(args.size, args.batch, args.repeats, args.threads,
                                                compile_torch=not args.no_compile)
@@ -521,7 +497,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     shapes = tuple(args.shapes) if args.shapes else SUITE
     if args.fused or args.memory:
-        from . import benchmark_fused
+        from . import fused as benchmark_fused
 
         report = {}
         if args.fused:
