@@ -94,15 +94,24 @@ def test_the_switch_follows_the_crossover(backend, monkeypatch):
     backend("auto")
     monkeypatch.setitem(config.TORCH_BELOW, ("train", "cf", False), 1000)
     monkeypatch.setitem(config.TORCH_BELOW, ("train", "rows", False), 50)
-    assert _path(torch.randn(4, 3, 5, 5)) == "torch"  # cf, 300 elements < 1000
-    assert _path(torch.randn(40, 3, 5, 5)) == "numba"  # cf, 3000
-    assert _path(torch.randn(4, 3, 5, 5).contiguous(memory_format=torch.channels_last)) == "numba"  # rows, 300
+    assert _path(torch.randn(4, 8, 5, 5)) == "torch"  # cf, 800 elements < 1000
+    assert _path(torch.randn(40, 8, 5, 5)) == "numba"  # cf, 8000
+    assert _path(torch.randn(4, 8, 5, 5).contiguous(memory_format=torch.channels_last)) == "numba"  # rows, 800
     assert _path(torch.randn(4, 10)) == "torch"  # rows, 40 < 50
     assert _path(torch.randn(8, 10)) == "numba"  # rows, 80
     backend("numba")
-    assert _path(torch.randn(4, 3, 5, 5)) == "numba"
+    assert _path(torch.randn(4, 8, 5, 5)) == "numba"
     backend("torch")
-    assert _path(torch.randn(40, 3, 5, 5)) == "torch"
+    assert _path(torch.randn(40, 8, 5, 5)) == "torch"
+
+
+def test_few_channels_have_their_own_crossover(backend, monkeypatch):
+    backend("auto")
+    monkeypatch.setitem(config.TORCH_BELOW, ("train", "cf", False), 100)
+    monkeypatch.setattr(config, "FEW_CHANNELS_TRAIN_BELOW", 10_000)
+    assert _path(torch.randn(16, 3, 10, 10)) == "torch"  # 4800 elements, 3 channels: below 10000
+    assert _path(torch.randn(16, 3, 20, 20)) == "numba"  # 19200
+    assert _path(torch.randn(16, 16, 10, 10)) == "numba"  # enough channels: the cf crossover (100)
 
 
 def test_modes_have_their_own_crossover(backend, monkeypatch):
@@ -110,8 +119,8 @@ def test_modes_have_their_own_crossover(backend, monkeypatch):
     for key in config.TORCH_BELOW:
         monkeypatch.setitem(config.TORCH_BELOW, key, 0)
     monkeypatch.setitem(config.TORCH_BELOW, ("eval", "cf", False), 10 ** 9)
-    x = torch.randn(4, 3, 5, 5)
-    layer = bnn.BatchNorm2d(3)
+    x = torch.randn(4, 8, 5, 5)
+    layer = bnn.BatchNorm2d(8)
     calls = []
     original = torch.batch_norm
     monkeypatch.setattr(torch, "batch_norm", lambda *a: calls.append(a[5]) or original(*a))
