@@ -8,7 +8,6 @@ import torch
 from torch import Tensor
 
 
-
 # A backward that runs with create_graph=True (grad mode on inside the backward) must return gradients that are
 # themselves differentiable, including the second-order term when the upstream gradient is a constant; a backward
 # run under a functorch transform (the batched gradients of `jacobian(vectorize=True)`, gradcheck's batched-grad

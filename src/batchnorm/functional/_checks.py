@@ -61,7 +61,6 @@ class UnsupportedDtypeError(TypeError, NotImplementedError):
     """
 
 
-
 for _error in (BatchNormArgumentError, ArgumentShapeError, UnsupportedDtypeError):
     _error.__module__ = "batchnorm.functional"  # where users import them from (tracebacks, pickling)
 
