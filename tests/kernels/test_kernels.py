@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from batchnorm import functional, kernels
 from batchnorm.testing import reference as ref
-from batchnorm.functional.batch_norm import _eager_eligible
+from batchnorm.functional.batch_norm import eager_eligible
 from batchnorm.kernels import config, dispatch
 
 # relative to the largest magnitude of the reference result
@@ -460,7 +460,7 @@ def test_eager_path_matches_custom_ops(shape, channels_last, training):
         running_mean, running_var = _running(shape[1], torch.float64, 19)
         xg = x.clone().requires_grad_()
         if eager:
-            assert _eager_eligible(xg, weight, bias, running_mean, running_var)
+            assert eager_eligible(xg, weight, bias, running_mean, running_var)
             y = functional.batch_norm(xg, running_mean, running_var, weight, bias, training, 0.1, EPS)
         else:
             if training:
@@ -545,9 +545,9 @@ def test_eager_path_declines_what_it_cannot_take():
     x = _input((4, 6, 3, 3), torch.float32, seed=23)
     weight64 = torch.rand(6, dtype=torch.float64)
     strided = torch.rand(12)[::2]
-    assert not _eager_eligible(x, weight64, None, None, None)
-    assert not _eager_eligible(x, strided, None, None, None)
-    assert not _eager_eligible(x, torch.rand(5), None, None, None)
+    assert not eager_eligible(x, weight64, None, None, None)
+    assert not eager_eligible(x, strided, None, None, None)
+    assert not eager_eligible(x, torch.rand(5), None, None, None)
     y = functional.batch_norm(x, None, None, strided, None, True)
     y_ref, _ = ref.batch_norm_train_forward(_np64(x), _np64(strided), None, EPS)
     assert _rel(y, y_ref) <= 1e-5

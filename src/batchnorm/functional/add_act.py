@@ -22,7 +22,8 @@ def _normalize_add_act(x: Tensor, residual: Tensor, mean: Tensor, var: Tensor, w
     """y = act((x - mean) / sqrt(var + eps) * weight + bias + residual)."""
     channels = x.shape[1]
     scale, shift = scale_shift(float64_vector(var, channels, 1.0), weight, bias, eps, None, None)
-    return kernels.affine_add_act(x, float64_vector(mean, channels, 0.0), scale, shift, residual, activation, activation_param)
+    return kernels.affine_add_act(x, float64_vector(mean, channels, 0.0), scale, shift, residual, activation,
+                                  activation_param)
 
 
 @_normalize_add_act.register_fake

@@ -44,8 +44,8 @@ def _normalize(x: Tensor, mean: Tensor, var: Tensor, weight: Optional[Tensor], b
     """
     channels = x.shape[1]
     return _transform(x, float64_vector(mean, channels, 0.0), float64_vector(var, channels, 1.0), weight, bias, eps,
-                      None if r is None else float64_vector(r, channels, 1.0), None if d is None else float64_vector(d, channels, 0.0),
-                      activation, activation_param)
+                      None if r is None else float64_vector(r, channels, 1.0),
+                      None if d is None else float64_vector(d, channels, 0.0), activation, activation_param)
 
 
 @_normalize.register_fake
@@ -60,8 +60,8 @@ def _normalize_backward(dy: Tensor, x: Tensor, mean: Tensor, var: Tensor, weight
                         activation_param: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dweight, dbias) of `normalize`; dx is empty when need_dx is False (bias only matters with an activation)."""
     channels = x.shape[1]
-    dx, dgamma, dbeta = _transform_backward(dy, x, float64_vector(mean, channels, 0.0), float64_vector(var, channels, 1.0), weight,
-                                            eps, batch_stats, need_dx,
+    dx, dgamma, dbeta = _transform_backward(dy, x, float64_vector(mean, channels, 0.0),
+                                            float64_vector(var, channels, 1.0), weight, eps, batch_stats, need_dx,
                                             None if r is None else float64_vector(r, channels, 1.0),
                                             None if d is None else float64_vector(d, channels, 0.0),
                                             bias, activation, activation_param)
@@ -147,7 +147,7 @@ def update_running_stats(running_mean: Optional[Tensor], running_var: Optional[T
 # in between.
 # It computes exactly what `batch_stats` + `normalize` + `normalize_backward` compute; those custom ops remain
 # the path for torch.compile (and every variant that builds on them).
-def _eager_eligible(input: Tensor, *per_channel: Optional[Tensor]) -> bool:
+def eager_eligible(input: Tensor, *per_channel: Optional[Tensor]) -> bool:
     """True when the fused eager path applies to an input that `uses_own_kernels` outside torch.compile (tracing,
     functorch and the like never get here): plain tensors, dense per-channel vectors."""
     if torch.overrides.has_torch_function((input,) + per_channel) or input.dim() < 2:
@@ -205,7 +205,7 @@ def _eager_backward_differentiable(ctx, dy):
     return dx, dweight, dbias, None, None, None, None, None, None, None
 
 
-# Function.apply without its functorch bookkeeping (`_eager_eligible` has ruled functorch transforms out).
+# Function.apply without its functorch bookkeeping (`eager_eligible` has ruled functorch transforms out).
 _eager_apply = super(torch.autograd.Function, _EagerBatchNorm).apply
 
 
@@ -362,7 +362,7 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
         y = _native_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
         if y is not None:
             return y if activation == "identity" else _activation_in_place(y, activation, activation_param)
-    if not compiling and _eager_eligible(input, weight, bias, running_mean, running_var):
+    if not compiling and eager_eligible(input, weight, bias, running_mean, running_var):
         return _eager_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps,
                                  activation, activation_param)
     check_per_channel_sizes(input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)

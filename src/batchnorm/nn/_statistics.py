@@ -102,9 +102,9 @@ def _batch_moments(values: Tensor) -> tuple[Tensor, Tensor]:
     return mean, var
 
 
-def _normalize(values: Tensor, mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-               eps: float, r: Optional[Tensor] = None, d: Optional[Tensor] = None, activation: str = "identity",
-               activation_param: float = 0.0) -> Tensor:
+def _batch_transform(values: Tensor, mean: Tensor, var: Tensor, weight: Optional[Tensor],
+                     bias: Optional[Tensor], eps: float, r: Optional[Tensor] = None, d: Optional[Tensor] = None,
+                     activation: str = "identity", activation_param: float = 0.0) -> Tensor:
     """The shared transform with batch statistics (mean, var are values' own): act(((x - mean)/sigma * r + d) g + b).
 
     CPU float32/float64 run on `torch.ops.batchnorm.normalize`; other devices and dtypes on torch's own
@@ -117,7 +117,7 @@ def _normalize(values: Tensor, mean: Tensor, var: Tensor, weight: Optional[Tenso
         return torch.ops.batchnorm.normalize(values, mean, var, weight, bias, eps, True, r, d, activation,
                                              float(activation_param))
     if activation != "identity":
-        y = _normalize(values, mean, var, weight, bias, eps, r, d)
+        y = _batch_transform(values, mean, var, weight, bias, eps, r, d)
         return functional.torch_activation(y, activation, activation_param)
     if r is None and d is None:
         return torch.nn.functional.batch_norm(values, None, None, weight, bias, True, 0.0, eps)
@@ -263,7 +263,7 @@ def batch_norm_forward(module, input: Tensor, mask: Optional[Tensor] = None) -> 
     for (start, stop), chunk in zip(bounds, samples_of):
         piece = chunk if mask is None else chunk[mask[start:stop]]  # (valid values, C) with a mask
         mean, var = _batch_moments(piece)
-        outputs.append(_normalize(piece, mean, var, module.weight, module.bias, module.eps, **activation))
+        outputs.append(_batch_transform(piece, mean, var, module.weight, module.bias, module.eps, **activation))
         moments.append((piece.numel() // max(piece.shape[1], 1), mean, var))
     _update_running(module, moments)
     y = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)

@@ -12,7 +12,7 @@ from torch import Tensor
 from .. import functional
 from ._base import BatchNormBase
 from ._checks import check_integer, check_training_eps
-from ._statistics import _batch_moments, _normalize, _running_forward, _update_running
+from ._statistics import _batch_moments, _batch_transform, _running_forward, _update_running
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 
 __all__ = ["BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "renorm_limits"]
@@ -97,7 +97,7 @@ class _BatchRenorm(BatchNormBase):
         functional.check_batch_size(input, name)
         mean, var = _batch_moments(input)
         r, d = self.corrections(mean.to(torch.float64), var.to(torch.float64))
-        y = _normalize(input, mean, var, self.weight, self.bias, self.eps, r, d)
+        y = _batch_transform(input, mean, var, self.weight, self.bias, self.eps, r, d)
         _update_running(self, [(input.numel() // max(input.shape[1], 1), mean, var)])
         return y
 
