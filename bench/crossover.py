@@ -22,7 +22,8 @@ import statistics
 
 import torch
 
-from batchnorm import _atomic, benchmark
+from batchnorm import _atomic
+from batchnorm.benchmark import _timing, suite
 from batchnorm import nn as ours_nn
 from batchnorm.kernels import config
 
@@ -99,11 +100,11 @@ def measure(dims: tuple[int, ...], channels_last: bool, repeats: int, fused: boo
         "torch": _calls(_module(torch.nn, dims, fused), x, x_grad, dy),
     }
     fns = {(name, mode): fn for name, modes in contenders.items() for mode, fn in modes.items()}
-    inner = {key: benchmark.calls_per_round(fn, min_round_seconds) for key, fn in fns.items()}
+    inner = {key: _timing.calls_per_round(fn, min_round_seconds) for key, fn in fns.items()}
     samples = {key: [] for key in fns}
     for round_index in range(2 + repeats):
         for key, fn in fns.items():
-            seconds = benchmark._timer(fn, inner[key])
+            seconds = _timing.timer(fn, inner[key])
             if round_index >= 2:
                 samples[key].append(seconds)
     return {f"{name}/{mode}": statistics.median(v) for (name, mode), v in samples.items()}
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="path prefix of the .md and .json written (default bench/crossover)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    header = benchmark._header(args.threads, torch.float32)
+    header = suite._header(args.threads, torch.float32)
     rows = []
     for numel in SIZES:
         for layout, shapes in families(numel).items():
