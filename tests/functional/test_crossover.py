@@ -94,6 +94,7 @@ def test_the_switch_follows_the_crossover(backend, monkeypatch):
     backend("auto")
     monkeypatch.setitem(config.TORCH_BELOW, ("train", "cf", False), 1000)
     monkeypatch.setitem(config.TORCH_BELOW, ("train", "rows", False), 50)
+    monkeypatch.setattr(config, "ROWS_MIN", 2)
     assert _path(torch.randn(4, 8, 5, 5)) == "torch"  # cf, 800 elements < 1000
     assert _path(torch.randn(40, 8, 5, 5)) == "numba"  # cf, 8000
     assert _path(torch.randn(4, 8, 5, 5).contiguous(memory_format=torch.channels_last)) == "numba"  # rows, 800
@@ -112,6 +113,16 @@ def test_few_channels_have_their_own_crossover(backend, monkeypatch):
     assert _path(torch.randn(16, 3, 10, 10)) == "torch"  # 4800 elements, 3 channels: below 10000
     assert _path(torch.randn(16, 3, 20, 20)) == "numba"  # 19200
     assert _path(torch.randn(16, 16, 10, 10)) == "numba"  # enough channels: the cf crossover (100)
+
+
+def test_few_rows_go_to_torch(backend, monkeypatch):
+    backend("auto")
+    monkeypatch.setitem(config.TORCH_BELOW, ("train", "rows", False), 0)
+    monkeypatch.setattr(config, "ROWS_MIN", 20)
+    assert _path(torch.randn(16, 64)) == "torch"  # 16 rows < 20
+    assert _path(torch.randn(32, 64)) == "numba"
+    assert _path(torch.randn(1, 8, 4, 4).contiguous(memory_format=torch.channels_last)) == "torch"  # 16 rows
+    assert _path(torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last)) == "numba"  # 32 rows
 
 
 def test_modes_have_their_own_crossover(backend, monkeypatch):

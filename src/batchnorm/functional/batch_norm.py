@@ -253,9 +253,11 @@ def _torch_is_faster(input: Tensor, training: bool, weight: Optional[Tensor], bi
     else:
         mode = "train_nograd"
     layout = "rows" if input.dim() == 2 or (not input.is_contiguous() and kernels.is_channels_last(input)) else "cf"
-    if (mode == "train" and layout == "cf"
-            and input.shape[1] < config.FUSED_MIN_CHANNELS_PER_THREAD * torch.get_num_threads()):
-        return numel < config.FEW_CHANNELS_TRAIN_BELOW  # an input layer (RGB): the kernels' multi-pass path
+    if layout == "cf":
+        if mode == "train" and input.shape[1] < config.FUSED_MIN_CHANNELS_PER_THREAD * torch.get_num_threads():
+            return numel < config.FEW_CHANNELS_TRAIN_BELOW  # an input layer (RGB): the kernels' multi-pass path
+    elif numel < config.ROWS_MIN * input.shape[1]:  # few rows per channel: too few row blocks for the threads
+        return True
     return numel < config.TORCH_BELOW[mode, layout, fused]
 
 

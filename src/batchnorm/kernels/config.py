@@ -194,3 +194,7 @@ TORCH_BELOW = {
 # FUSED_MIN_CHANNELS_PER_THREAD of them (an input layer: 3 channels) takes the kernels' multi-pass path, whose
 # crossover is higher: (64, 3, 32, 32) ran 1.36x torch's time on it, (32, 3, 64, 64) 0.95x, (8, 3, 224, 224) 0.48x.
 FEW_CHANNELS_TRAIN_BELOW = 1 << 18
+# A rows-layout input with fewer rows than this (N for (N, C), N*H*W for channels_last) goes to torch whatever its
+# size: the kernels split the rows between the threads, and (64, 8192) ran 1.42x, (128, 16384) 1.16x torch's time
+# for training forward+backward, (256, 8192) 0.64-0.86x, (512, 4096) 0.74x.
+ROWS_MIN = 256
