@@ -9,7 +9,7 @@ the settings that replace the defaults for that dataset; `runner.config_for` app
 `STRUCTURAL` (the model and the input, never the budget), so the quick scale stays quick.
 
 How the mnist5k numbers were chosen: the CNN gets two more stride-2 layers (16, 32, 32, 64; receptive field 17
-pixels; a BN CNN reaches ~95% validation accuracy in 400 steps of 64, the two-layer one 50%), and the epoch-based
+pixels; a BN CNN reached 94-96% validation accuracy in 400 steps of 64, the two-layer one 45-50%), and the epoch-based
 CNN experiments (E5, E6, E7) train 3 epochs instead of 8-10, which gives about the steps of the digits run (an
 mnist5k epoch has 3,330 images, a digits epoch 999); the step-based experiments keep their steps. The costs were
 measured per training step (CPU time, one thread) and multiplied by the runs of each experiment, so that the
