@@ -6,4 +6,5 @@
   ranks          launching a worker script on several gloo ranks on 127.0.0.1
   fault_worker   one rank of a distributed fault scenario (robustness/test_faults.py)
   sync_worker    one rank of a SyncBatchNorm scenario (nn/test_sync.py)
+  lab_quick      runs a lab experiment once per session at quick scale (the tests in lab/)
 """

@@ -12,7 +12,7 @@ import torch
 from batchnorm.lab.experiments import EXPERIMENTS, load_experiment
 from batchnorm.lab.models_deep import DeepMLP, ResidualMLP
 from batchnorm.lab.protocol import VERDICTS, Result, judge
-from lab_quick import quick
+from helpers.lab_quick import quick
 
 
 def check_structure(result: Result, experiment: str, tuned: bool = True) -> None:

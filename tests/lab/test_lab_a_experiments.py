@@ -10,7 +10,7 @@ import pytest
 
 from batchnorm.lab.experiments import load_experiment
 from batchnorm.lab.protocol import VERDICTS, Result, judge
-from lab_quick import quick
+from helpers.lab_quick import quick
 
 
 def check_structure(result: Result, experiment: str) -> None:

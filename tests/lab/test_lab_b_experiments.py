@@ -12,7 +12,7 @@ from batchnorm.lab import runner
 from batchnorm.lab.data import load
 from batchnorm.lab.experiments import load_experiment
 from batchnorm.lab.protocol import VERDICTS, Result, judge
-from lab_quick import quick
+from helpers.lab_quick import quick
 
 
 def check_structure(result: Result, experiment: str) -> None:

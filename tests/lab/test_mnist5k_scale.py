@@ -13,7 +13,7 @@ from batchnorm.lab import runner, scales
 from batchnorm.lab.experiments import EXPERIMENTS, load_experiment
 from batchnorm.lab.experiments._cnn import cnn_job
 from batchnorm.lab.models import RecurrentClassifier
-from lab_quick import quick
+from helpers.lab_quick import quick
 
 
 def test_every_table_entry_names_settings_of_its_experiment():

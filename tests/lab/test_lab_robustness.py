@@ -24,7 +24,7 @@ import pytest
 from batchnorm.lab import protocol, runner
 
 DRIVER = textwrap.dedent('''
-    """Registers fake experiments E97/E98 and runs the lab's runner on them (for tests/test_lab_robustness.py)."""
+    """Registers fake experiments E97/E98 and runs the lab's runner on them (for tests/lab/test_lab_robustness.py)."""
     import os
     import sys
     import time
