@@ -19,6 +19,7 @@ import os
 import re
 
 from .protocol import Plot, Result, grid_edge
+from ._io import reproduce_command, write_atomic
 
 __all__ = ["write_report", "draw_plot", "results_json", "fmt", "fmt_interval", "link_papers", "PAPERS"]
 
@@ -200,7 +201,6 @@ def draw_plot(plot: Plot, path: str) -> None:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from .runner import write_atomic
 
     fig, ax = plt.subplots(figsize=(5.8, 3.7), dpi=90)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -294,7 +294,6 @@ def results_json(results: list[Result]) -> dict:
     "criterion", "anchor", "evidence", "effect": {"name", "estimate", "ci95": [lo, hi], "threshold",
     "direction"}, "seeds"}], "arms": [{"name", "lr_grid", "lr_chosen", "val_accuracy", "test_accuracy"}],
     "numbers"}], "versions": {...}}."""
-    from .runner import reproduce_command
 
     experiments = []
     for r in results:
@@ -354,7 +353,6 @@ def _arms_table(arms: list[dict]) -> str:
 
 def write_report(results: list[Result], out: str) -> str:
     """Write out/index.html, out/results.json and out/img/*.png; returns the page's path."""
-    from .runner import reproduce_command, write_atomic
 
     os.makedirs(os.path.join(out, "img"), exist_ok=True)
     summary = []

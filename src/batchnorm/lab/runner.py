@@ -19,8 +19,8 @@ import shutil
 import sys
 import time
 
-from .._atomic import atomic_write
 from . import progress, scales
+from ._io import reproduce_command, write_atomic  # noqa: F401 (also part of this module's names)
 from .experiments import EXPERIMENTS, load_experiment
 from .protocol import VERDICTS, Result, grid_edge
 
@@ -102,13 +102,6 @@ def cache_key(module, cfg) -> str:
                           "versions": _library_versions(), "protocol": PROTOCOL_VERSION},
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def write_atomic(path: str, data: str | bytes) -> None:
-    """Write text (or bytes) to path atomically (`batchnorm._atomic`): the old file or the whole new one, never a
-    part; a new file gets the umask's permissions. Creates the directory if needed."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic_write(path, data)
 
 
 def versions() -> dict:
@@ -219,18 +212,6 @@ def check_output_directory(out: str) -> None:
         raise ValueError(f"--out {out!r} is not writable; give a directory you can write to")
 
 
-def reproduce_command(experiment: str, config: dict | None = None) -> str:
-    """The command that re-runs `experiment` with the same scale, data and seeds, e.g. 'bash bin/lab E5 --force'."""
-    config = config or {}
-    parts = ["bash bin/lab", experiment, "--force"]
-    scale = config.get("scale", "default")
-    if scale in ("quick", "full"):
-        parts.append(f"--{scale}")
-    if config.get("data", "digits") != "digits":
-        parts.append(f"--data {config['data']}")
-    if config.get("seed_base"):
-        parts.append(f"--seed-base {config['seed_base']}")
-    return " ".join(parts)
 
 
 def _set_jobs(jobs: int | None) -> None:

@@ -23,9 +23,9 @@ class Config:
     large_batch: int = 256  # the large batch
     regime_factor: int = 4  # 'regime' arms: this many times the large batch's steps
     small_grid: tuple = (0.01, 0.03, 0.1, 0.3)  # learning rates tried at the small batch (SGD, momentum 0.9)
-    large_grid: tuple = (0.03, 0.1, 0.3, 1.0, 3.0)  # learning rates tried at the large batch (larger: lr scales
-    # up; the 4x-steps arms chose 1.0, the old highest)
-    tune_seeds: int = 2  # seeds that choose each arm's rate (on validation)
+    large_grid: tuple = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)  # learning rates tried at the large batch (larger: lr
+    # scales up; the 4x-steps arms chose 1.0 and then 3.0, each time the highest of the grid)
+    tune_seeds: int = 3  # seeds that choose each arm's rate (on validation; 2 seeds chose different rates per seed set)
     channels: tuple = (16, 32)  # CNN channels
 
 

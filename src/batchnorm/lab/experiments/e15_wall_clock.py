@@ -131,7 +131,7 @@ def run(cfg: Config) -> Result:
                 f"ratio {fmt_ci(speedup.estimate, speedup.ci95, 'x', digits=2)}; to {100 * target:.0f}%: {secs('BN (ours)')}, "
                 f"{secs('no BN')}", speedup, seeds=seed_list, weaker=faster),
         Finding("This project's BN kernels train as fast as torch's BN",
-                "DESIGN.md: judged by ratios measured in the same run (absolute times do not survive a noisy "
+                "Judged by ratios measured in the same run (absolute times do not survive a noisy "
                 "machine).",
                 f"seconds per training step (forward, backward, SGD update) of the whole CNN, {cfg.timing_rounds} "
                 f"interleaved rounds of {cfg.timing_steps} steps; ratio ours / torch paired by round, 95% t interval "
