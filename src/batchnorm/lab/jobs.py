@@ -78,10 +78,20 @@ def shutdown() -> None:
 atexit.register(shutdown)
 
 
+def use_own_kernels() -> None:
+    """Every batch norm of the lab on this package's kernels (`BATCHNORM_BACKEND=numba`), small inputs included:
+    the lab studies the project's layers (E15 times their kernels against torch's), and its results must not
+    depend on the measured crossover to torch's native batch norm."""
+    from ..kernels import config
+
+    config.BACKEND = "numba"
+
+
 def _start_worker() -> None:
     import torch
 
     torch.set_num_threads(1)
+    use_own_kernels()
 
 
 def _executor_for_run() -> ProcessPoolExecutor:

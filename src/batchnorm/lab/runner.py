@@ -273,8 +273,12 @@ def run_one(experiment: str, scale: str = "default", data: str | None = None, se
 def run_all(experiments: list[str] | None = None, scale: str = "default", data: str | None = None,
             seeds: int | None = None, out: str = "lab-report", force: bool = False, stream=None,
             seed_base: int | None = None, jobs: int | None = None) -> list[Result]:
-    """Run the experiments in order (all by default), rebuilding out/index.html and out/results.json after each."""
+    """Run the experiments in order (all by default), rebuilding out/index.html and out/results.json after each.
+    Every batch norm runs on this package's kernels (`jobs.use_own_kernels`)."""
+    from .jobs import use_own_kernels
     from .report import write_report
+
+    use_own_kernels()
 
     stream = stream if stream is not None else sys.stderr
     ids = [e.upper() for e in experiments] if experiments else list(EXPERIMENTS)
