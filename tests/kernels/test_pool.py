@@ -1,5 +1,6 @@
-"""The output pool (`batchnorm.kernels.pool`): outputs computed without autograd reuse the memory of dead outputs
-of the same size, never the memory of a live tensor or view, and stay exact."""
+"""The output pool (`batchnorm.kernels.pool`): the kernels' outputs (forward y, backward dx, with or without
+autograd) reuse the memory of dead outputs of the same size, never the memory of a live tensor, view, saved
+tensor or gradient, and stay exact."""
 
 from __future__ import annotations
 
@@ -84,11 +85,44 @@ def test_training_without_autograd_uses_the_pool_and_updates_running_statistics(
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
-def test_outputs_of_autograd_and_small_outputs_are_not_pooled():
-    x, stats, affine = _case(seed=4)
-    y = functional.batch_norm(x.requires_grad_(), *stats, *affine, False)
-    y.sum().backward()
+def test_training_steps_reuse_the_outputs_and_gradients_of_the_step_before():
+    x, _, affine = _case(seed=4)
+    weight, bias = (t.clone().requires_grad_() for t in affine)
+    dy = torch.randn(SHAPE, generator=torch.Generator().manual_seed(40))
+    block = x.numel() * x.element_size()
+    addresses = []
+    for step in range(3):
+        x_step = x.clone().requires_grad_()
+        y = functional.batch_norm(x_step, None, None, weight, bias, True)
+        y.backward(dy)
+        x_ref = x.clone().requires_grad_()
+        torch.nn.functional.batch_norm(x_ref, None, None, weight, bias, True).backward(dy)
+        torch.testing.assert_close(y, torch.nn.functional.batch_norm(x, None, None, weight, bias, True), rtol=1e-5,
+                                   atol=1e-5)
+        torch.testing.assert_close(x_step.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+        assert pool.free_bytes() == 0  # y and x_step.grad are alive: their blocks are not free
+        addresses.append({y.data_ptr(), x_step.grad.data_ptr()})
+        del y, x_step
+        assert pool.free_bytes() == 2 * block
+    assert addresses[1] == addresses[0] and addresses[2] == addresses[0]
+
+
+def test_an_output_saved_by_autograd_is_not_reused_until_its_graph_dies():
+    x, stats, affine = _case(seed=6)
+    y = functional.batch_norm(x.clone().requires_grad_(), *stats, *affine, False)
+    saved = y * y  # autograd saves y for the backward of the product
+    address = y.data_ptr()
     del y
+    assert pool.free_bytes() == 0
+    other = _eval(x, stats, affine)
+    assert other.data_ptr() != address
+    del saved  # the graph, and with it the saved y, dies
+    assert pool.free_bytes() == x.numel() * x.element_size()
+    assert _eval(x, stats, affine).data_ptr() == address
+
+
+def test_small_outputs_are_not_pooled():
+    _, stats, affine = _case(seed=7)
     small = _eval(torch.randn(4, 8, 5, 5), stats, affine)
     del small
     assert pool.free_bytes() == 0
@@ -96,13 +130,30 @@ def test_outputs_of_autograd_and_small_outputs_are_not_pooled():
 
 def test_pool_caps_free_blocks_per_size_and_in_total(monkeypatch):
     x, stats, affine = _case(seed=5)
+    block = x.numel() * x.element_size()
+    monkeypatch.setattr(config, "POOL_BLOCKS_PER_SIZE", 2)
     outputs = [_eval(x, stats, affine) for _ in range(3)]
     del outputs
-    assert pool.free_bytes() == config.POOL_BLOCKS_PER_SIZE * x.numel() * x.element_size()
+    assert pool.free_bytes() == 2 * block
     pool.clear()
-    monkeypatch.setattr(config, "POOL_MAX_BYTES", x.numel() * x.element_size() - 1)
+    monkeypatch.setattr(config, "POOL_MAX_BYTES", block - 1)
     _eval(x, stats, affine)  # dies at once, but its block would exceed the cap
     assert pool.free_bytes() == 0
     monkeypatch.setattr(config, "POOL_MAX_BYTES", 0)  # disabled
     _eval(x, stats, affine)
     assert pool.free_bytes() == 0
+
+
+def test_a_full_pool_releases_the_least_recently_used_sizes_first(monkeypatch):
+    x, stats, affine = _case(seed=8)
+    larger = torch.cat([x, x])
+    block = x.numel() * x.element_size()
+    monkeypatch.setattr(config, "POOL_MAX_BYTES", 3 * block)
+    outputs = [_eval(x, stats, affine) for _ in range(2)]
+    del outputs
+    assert pool.free_bytes() == 2 * block
+    big = _eval(larger, stats, affine)  # 2 blocks' worth: the two free blocks of the older size make room
+    address = big.data_ptr()
+    del big
+    assert pool.free_bytes() == 2 * block
+    assert _eval(larger, stats, affine).data_ptr() == address

@@ -210,12 +210,11 @@ _eager_apply = super(torch.autograd.Function, _EagerBatchNorm).apply
 
 
 def _eager_forward(input, weight, bias, running_mean, running_var, training, momentum, eps, activation,
-                   activation_param, pooled=False):
-    """(y, mean, var) with float64 NumPy statistics; updates the running buffers in training. `pooled`: y may
-    come from `kernels.pool` (outputs computed without autograd)."""
+                   activation_param):
+    """(y, mean, var) with float64 NumPy statistics; updates the running buffers in training."""
     if training:
         y, mean, var = kernels.train_forward(input, weight, bias, eps, momentum, running_mean, running_var,
-                                             activation, activation_param, pooled=pooled)
+                                             activation, activation_param)
         return y, mean, var
     y = kernels.normalize(input, running_mean, running_var, weight, bias, eps, activation, activation_param)
     return y, running_mean.detach().numpy().astype(np.float64), running_var.detach().numpy().astype(np.float64)
@@ -228,12 +227,10 @@ def _eager_batch_norm(input, running_mean, running_var, weight, bias, training, 
                                     or (bias is not None and bias.requires_grad)):
         return _eager_apply(input, weight, bias, running_mean, running_var, training, momentum, eps, activation,
                             activation_param)
-    # without autograd the output usually dies after the next layer: its memory can serve the next output
     if training:
         return _eager_forward(input, weight, bias, running_mean, running_var, training, momentum, eps, activation,
-                              activation_param, pooled=True)[0]
-    return kernels.normalize(input, running_mean, running_var, weight, bias, eps, activation, activation_param,
-                             pooled=True)
+                              activation_param)[0]
+    return kernels.normalize(input, running_mean, running_var, weight, bias, eps, activation, activation_param)
 
 
 def _torch_is_faster(input: Tensor, training: bool, weight: Optional[Tensor], bias: Optional[Tensor],

@@ -103,20 +103,18 @@ def _written_in_place(*tensors) -> None:
 
 def train_forward(x: torch.Tensor, weight, bias, eps: float, momentum: float = 0.0, running_mean=None,
                   running_var=None, activation: str = "identity", param: float = 0.0,
-                  out: torch.Tensor | None = None,
-                  pooled: bool = False) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+                  out: torch.Tensor | None = None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """(y, mean, var): batch statistics (float64 NumPy, biased variance), running update, normalized output.
 
     y = act((x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c), written to `out` if given (x itself is
-    allowed: every block's statistics are complete before it is overwritten), else to a new tensor (from `pool`
-    when `pooled`: for outputs computed without autograd). The running buffers (if given) are
-    updated in place: running <- (1 - momentum) * running + momentum * batch, with the unbiased variance (their
+    allowed: every block's statistics are complete before it is overwritten), else to a new tensor. The running
+    buffers (if given) are updated in place: running <- (1 - momentum) * running + momentum * batch, with the unbiased variance (their
     version counters move, as with torch's in-place operations). An empty batch gives an empty y, mean 0 and
     var 1, and leaves the running buffers alone.
     """
     x, rows = dense_rows(x)
     channels = x.shape[1]
-    y, yv = output_for(x, out, pooled, rows)
+    y, yv = output_for(x, out, rows)
     numel = x.numel()
     if numel == 0:
         return y, np.zeros(channels), np.ones(channels)
@@ -146,11 +144,11 @@ def train_forward(x: torch.Tensor, weight, bias, eps: float, momentum: float = 0
 
 
 def normalize(x: torch.Tensor, mean, var, weight, bias, eps: float, activation: str = "identity",
-              param: float = 0.0, out: torch.Tensor | None = None, pooled: bool = False) -> torch.Tensor:
+              param: float = 0.0, out: torch.Tensor | None = None) -> torch.Tensor:
     """y = act((x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c) with given statistics (tensors or arrays),
-    written to `out` if given (x itself is allowed), else to a new tensor (from `pool` when `pooled`)."""
+    written to `out` if given (x itself is allowed), else to a new tensor."""
     x, rows = dense_rows(x)
-    y, yv = output_for(x, out, pooled, rows)
+    y, yv = output_for(x, out, rows)
     numel = x.numel()
     if numel == 0:
         return y

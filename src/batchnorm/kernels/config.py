@@ -152,11 +152,11 @@ NJIT_ELEMENTWISE = dict(cache=CACHE, fastmath={"contract"}, nogil=True, error_mo
 NJIT_INLINE = dict(cache=CACHE, fastmath=FASTMATH, nogil=True, error_model="numpy", inline="always")
 
 
-# Outputs computed without autograd reuse freed buffers of the same size (`pool.py`): blocks of at least
-# POOL_MIN_BYTES, at most POOL_BLOCKS_PER_SIZE free blocks per size and POOL_MAX_BYTES free in all
-# (BATCHNORM_POOL_MB=0 turns the pool off).
+# The kernels' outputs reuse the memory of dead outputs of the same size (`pool.py`): blocks of at least
+# POOL_MIN_BYTES, at most POOL_BLOCKS_PER_SIZE free blocks per size (a network's layers of one size, whose outputs
+# all die when its backward pass ends) and POOL_MAX_BYTES free in all (BATCHNORM_POOL_MB=0 turns the pool off).
 POOL_MIN_BYTES = 1 << 20
-POOL_BLOCKS_PER_SIZE = 2
+POOL_BLOCKS_PER_SIZE = 8
 POOL_MAX_BYTES = int(number_from_environment("BATCHNORM_POOL_MB", 256, 0, 1 << 20,
                                                  " of MiB (0 turns the pool off)") * (1 << 20))
 

@@ -7,8 +7,8 @@
     ones on `torch.get_num_threads()` Numba threads (`threads_for`); one parallel kernel at a time (`call`);
     Numba's OpenMP layer is preferred (`config.THREADING_LAYERS`); in a process forked from one whose pool
     runs, the serial kernels run;
-  * outputs: allocated by NumPy (`new_like`: transparent huge pages for large blocks), or taken from `pool`
-    when the caller passes `pooled=True` (outputs computed without autograd);
+  * outputs: the memory of a dead output of the same size (`pool`), else allocated by NumPy (`new_like`:
+    transparent huge pages for large blocks);
   * per-channel tensors (weight, bias, running buffers): NumPy views sharing their memory (`vector`).
 """
 
@@ -57,9 +57,9 @@ def empty_output_like(x: torch.Tensor) -> torch.Tensor:
 _CHANNELS_FIRST = {4: (0, 3, 1, 2), 5: (0, 4, 1, 2, 3)}  # (N, *spatial, C) memory seen as (N, C, *spatial)
 
 
-def new_like(x: torch.Tensor, rows: bool, pooled: bool = False) -> tuple[torch.Tensor, np.ndarray | None]:
+def new_like(x: torch.Tensor, rows: bool) -> tuple[torch.Tensor, np.ndarray | None]:
     """(a new tensor with x's shape, dtype and layout, its NumPy view in the kernels' layout) for a dense x,
-    allocated by NumPy, or taken from `pool` when `pooled` and the pool takes it. NumPy asks the kernel for
+    taken from `pool` when the pool takes it, else allocated by NumPy. NumPy asks the kernel for
     transparent huge pages on large blocks (madvise), so a fresh multi-megabyte output takes one page fault per
     2 MiB instead of one per 4 KiB page (measured on 64x64x112x112: training forward+backward 10.2 -> 7.0
     copies, page faults per call 100354 -> 768)."""
@@ -69,7 +69,7 @@ def new_like(x: torch.Tensor, rows: bool, pooled: bool = False) -> tuple[torch.T
     space = x.numel() // (n * c)
     # channels_last(_3d) is (N, *spatial, C) in memory
     shape = (n, *x.shape[2:], c) if rows and x.dim() > 2 else tuple(x.shape)
-    flat = pool.take(x) if pooled else None
+    flat = pool.take(x)
     memory = np.empty(shape, NUMPY_DTYPE[x.dtype]) if flat is None else flat.reshape(shape)
     if not rows:
         return torch.from_numpy(memory), memory.reshape(n, c, space)
@@ -145,11 +145,11 @@ def numpy_dtype(x: torch.Tensor) -> np.dtype:
     return NUMPY_DTYPE[x.dtype]
 
 
-def output_for(x: torch.Tensor, out, pooled: bool, rows: bool) -> tuple[torch.Tensor, np.ndarray | None]:
+def output_for(x: torch.Tensor, out, rows: bool) -> tuple[torch.Tensor, np.ndarray | None]:
     """(the tensor a fused entry point writes, its NumPy view in the kernels' layout or None for an empty x):
     `out` (x itself for an in-place layer; it must have x's layout), else a new tensor like x (`new_like`)."""
     if out is None:
-        return new_like(x, rows, pooled)
+        return new_like(x, rows)
     if out.stride() != x.stride() or out.shape != x.shape:
         raise ValueError(f"out must have the input's shape and memory layout, got shape {tuple(out.shape)} "
                          f"strides {out.stride()} for an input of shape {tuple(x.shape)} strides {x.stride()}")
