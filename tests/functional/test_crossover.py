@@ -92,8 +92,8 @@ def test_fused_activation_on_the_torch_path(backend, activation):
 
 def test_the_switch_follows_the_crossover(backend, monkeypatch):
     backend("auto")
-    monkeypatch.setitem(config.TORCH_BELOW, ("train", "cf", False), 1000)
-    monkeypatch.setitem(config.TORCH_BELOW, ("train", "rows", False), 50)
+    monkeypatch.setitem(config.TORCH_BELOW, ("train", "cf", "plain"), 1000)
+    monkeypatch.setitem(config.TORCH_BELOW, ("train", "rows", "plain"), 50)
     monkeypatch.setattr(config, "ROWS_MIN", 2)
     assert _path(torch.randn(4, 8, 5, 5)) == "torch"  # cf, 800 elements < 1000
     assert _path(torch.randn(40, 8, 5, 5)) == "numba"  # cf, 8000
@@ -108,7 +108,7 @@ def test_the_switch_follows_the_crossover(backend, monkeypatch):
 
 def test_few_channels_have_their_own_crossover(backend, monkeypatch):
     backend("auto")
-    monkeypatch.setitem(config.TORCH_BELOW, ("train", "cf", False), 100)
+    monkeypatch.setitem(config.TORCH_BELOW, ("train", "cf", "plain"), 100)
     monkeypatch.setattr(config, "FEW_CHANNELS_TRAIN_BELOW", 10_000)
     assert _path(torch.randn(16, 3, 10, 10)) == "torch"  # 4800 elements, 3 channels: below 10000
     assert _path(torch.randn(16, 3, 20, 20)) == "numba"  # 19200
@@ -117,7 +117,7 @@ def test_few_channels_have_their_own_crossover(backend, monkeypatch):
 
 def test_few_rows_go_to_torch(backend, monkeypatch):
     backend("auto")
-    monkeypatch.setitem(config.TORCH_BELOW, ("train", "rows", False), 0)
+    monkeypatch.setitem(config.TORCH_BELOW, ("train", "rows", "plain"), 0)
     monkeypatch.setattr(config, "ROWS_MIN", 20)
     assert _path(torch.randn(16, 64)) == "torch"  # 16 rows < 20
     assert _path(torch.randn(32, 64)) == "numba"
@@ -129,7 +129,7 @@ def test_modes_have_their_own_crossover(backend, monkeypatch):
     backend("auto")
     for key in config.TORCH_BELOW:
         monkeypatch.setitem(config.TORCH_BELOW, key, 0)
-    monkeypatch.setitem(config.TORCH_BELOW, ("eval", "cf", False), 10 ** 9)
+    monkeypatch.setitem(config.TORCH_BELOW, ("eval", "cf", "plain"), 10 ** 9)
     x = torch.randn(4, 8, 5, 5)
     layer = bnn.BatchNorm2d(8)
     calls = []
@@ -200,3 +200,76 @@ def test_torch_path_keeps_torchs_autograd_features(backend):
     assert x.grad is not None and torch.isfinite(x.grad).all()
     assert torch.autograd.gradcheck(lambda t: layer(t), (torch.randn(4, 3, 2, 2, dtype=torch.float64,
                                                                     requires_grad=True),))
+
+
+def _add_act_case(shape, channels_last, seed):
+    gen = torch.Generator().manual_seed(seed)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x, residual, dy = (torch.randn(shape, generator=gen).contiguous(memory_format=layout) for _ in range(3))
+    return x * 2 + 1, residual, dy
+
+
+@pytest.mark.parametrize("name", ["numba", "torch"])
+@pytest.mark.parametrize("shape,channels_last", [((6, 5), False), ((4, 3, 5, 7), False), ((4, 3, 5, 7), True)])
+def test_add_act_paths_match_float64_torch(backend, name, shape, channels_last):
+    backend(name)
+    x, residual, dy = _add_act_case(shape, channels_last, seed=len(shape) + 3 * channels_last)
+    layer = (bnn.BatchNormAddAct2d if len(shape) == 4 else bnn.BatchNormAddAct1d)(shape[1])
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5)
+        layer.bias.normal_()
+    xg, rg = x.clone().requires_grad_(), residual.clone().requires_grad_()
+    y = layer(xg, rg)
+    y.backward(dy)
+    x64, r64 = x.double().requires_grad_(), residual.double().requires_grad_()
+    w64, b64 = (p.detach().double().requires_grad_() for p in (layer.weight, layer.bias))
+    running = torch.zeros(shape[1], dtype=torch.float64), torch.ones(shape[1], dtype=torch.float64)
+    expected = torch.relu(torch.nn.functional.batch_norm(x64, *running, w64, b64, True, 0.1, 1e-5) + r64)
+    expected.backward(dy.double())
+    assert torch.allclose(y.double(), expected, **TOL)
+    for ours, oracle in ((xg.grad, x64.grad), (rg.grad, r64.grad), (layer.weight.grad, w64.grad),
+                         (layer.bias.grad, b64.grad), (layer.running_mean, running[0]), (layer.running_var, running[1])):
+        assert torch.allclose(ours.double(), oracle, **TOL)
+    if len(shape) == 4:
+        assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+    layer.eval()
+    with torch.no_grad():
+        y_eval = layer(x, residual)
+    expected = torch.relu(torch.nn.functional.batch_norm(x.double(), *running, w64.detach(), b64.detach(), False,
+                                                         0.1, 1e-5) + residual.double())
+    assert torch.allclose(y_eval.double(), expected, **TOL)
+
+
+def test_add_act_follows_its_own_crossover(backend, monkeypatch):
+    backend("auto")
+    monkeypatch.setitem(config.TORCH_BELOW, ("train", "cf", "add_act"), 1000)
+    monkeypatch.setitem(config.TORCH_BELOW, ("train", "cf", "plain"), 0)
+    layer = bnn.BatchNormAddAct2d(8)
+
+    def path(n):
+        x = torch.randn(n, 8, 5, 5, requires_grad=True)
+        y = layer(x, torch.randn(n, 8, 5, 5))
+        names = []
+        node = y.grad_fn
+        while node is not None:
+            names.append(type(node).__name__)
+            node = node.next_functions[0][0] if node.next_functions else None
+        return "torch" if any("NativeBatchNorm" in n for n in names) else "numba"
+
+    assert path(4) == "torch"  # 800 elements < 1000
+    assert path(40) == "numba"
+    backend("torch")
+    assert path(40) == "torch"
+
+
+def test_add_act_errors_are_the_same_on_both_paths(backend):
+    messages = {}
+    for name in ("numba", "torch"):
+        backend(name)
+        with pytest.raises(ValueError) as wrong_residual:
+            bnn.BatchNormAddAct2d(4)(torch.randn(4, 4, 3, 3), torch.randn(4, 4, 3, 2))
+        with pytest.raises(ValueError) as single_value:
+            bnn.BatchNormAddAct1d(4)(torch.randn(1, 4), torch.randn(1, 4))
+        messages[name] = (str(wrong_residual.value), str(single_value.value))
+    assert messages["numba"] == messages["torch"]
+    assert "residual" in messages["numba"][0], messages

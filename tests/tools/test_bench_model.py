@@ -12,9 +12,11 @@ def test_resnet18_benchmark_reports_every_variant(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
-    assert set(report["train"]) == {"torch eager", "ours", "ours fused"}
+    assert set(report["train"]) == {"torch eager", "ours", "ours fused", "no batch norm"}
     assert report["train_ratio"]["torch eager"] == 1.0 and all(v > 0 for v in report["inference"].values())
     assert "| ours fused |" in done.stdout and "ResNet-18 (width 64), input 4x3x8x8" in done.stdout
+    low, median, high = report["train_round_ratio"]["ours fused"]
+    assert low <= median <= high and report["train_round_ratio"]["torch eager"] == [1.0, 1.0, 1.0]
 
 
 def test_peers_time_the_modules_torch_compile_and_jax_in_the_same_rounds():
@@ -38,3 +40,15 @@ def test_peers_time_the_modules_torch_compile_and_jax_in_the_same_rounds():
                                      "python": "3", "torch": "2", "numpy": "2", "numba": "0", "date_utc": "now"},
                           "rows": [asdict(row)], "summary": {}})
     assert "| 8x4x5x5 (channels_last) | train_fwd_bwd |" in table and "ours/best peer" in table
+
+
+def test_the_floor_variant_has_no_batch_norm_and_the_same_outputs_shape():
+    import torch
+
+    from batchnorm.benchmark.model import build_variants, resnet18
+
+    variants = build_variants(resnet18(width=4), compile_torch=False)
+    floor = variants["no batch norm"]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in floor.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in variants["torch eager"].modules())
+    assert floor(torch.randn(2, 3, 8, 8)).shape == (2, 10)

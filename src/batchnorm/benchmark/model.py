@@ -10,6 +10,8 @@ torchvision is needed. Variants, timed interleaved round by round in one process
     ours fused         `convert(model, to="fused")`: BN + ReLU -> BatchNormAct2d, BN + add + ReLU ->
                        BatchNormAddAct2d
     torch.compile      `torch.compile(model)` of the torch model (skipped with --no-compile)
+    no batch norm      the torch model with every BatchNorm2d replaced by `nn.Identity`: not a network anyone
+                       trains, but the floor of what any batch norm can save (the ReLUs and adds remain)
 
 A training step is forward, cross-entropy, backward and an SGD update; inference is an eval-mode forward
 under `torch.no_grad()`. Reported: the median milliseconds of each and the ratio to torch eager's median.
@@ -28,7 +30,7 @@ from torch import nn
 
 __all__ = ["resnet18", "BasicBlock", "VARIANTS", "build_variants", "measure_model", "format_model_table"]
 
-VARIANTS = ("torch eager", "ours", "ours fused", "torch.compile")
+VARIANTS = ("torch eager", "ours", "ours fused", "torch.compile", "no batch norm")
 
 
 class BasicBlock(nn.Module):
@@ -98,14 +100,25 @@ def resnet18(num_classes: int = 10, width: int = 64) -> nn.Module:
 
 def build_variants(model: nn.Module, compile_torch: bool = True) -> dict[str, nn.Module]:
     """The variants of `model` that `measure_model` times (same parameters and buffers in each)."""
+    import copy
+
     from ..tools import convert
 
     variants = {"torch eager": model, "ours": convert(model, to="batchnorm"), "ours fused": convert(model, to="fused")}
     if compile_torch:
-        import copy
-
         variants["torch.compile"] = torch.compile(copy.deepcopy(model))
+    variants["no batch norm"] = _without_batch_norm(copy.deepcopy(model))
     return variants
+
+
+def _without_batch_norm(model: nn.Module) -> nn.Module:
+    """model with every BatchNorm2d replaced by nn.Identity (in place)."""
+    for name, child in model.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(model, name, nn.Identity())
+        else:
+            _without_batch_norm(child)
+    return model
 
 
 def measure_model(size: int = 32, batch: int = 64, rounds: int = 9, threads: int = 2, width: int = 64,
@@ -118,8 +131,9 @@ def measure_model(size: int = 32, batch: int = 64, rounds: int = 9, threads: int
         seed: 0, for the weights, inputs and labels.
 
     Returns:
-        {"config": {...}, "train": {variant: ms}, "inference": {variant: ms}, "train_ratio": {variant: ratio to
-        torch eager}, "inference_ratio": {...}}.
+        {"config": {...}, "train": {variant: ms}, "inference": {variant: ms}, "train_ratio": {variant: ratio of
+        the medians to torch eager's}, "train_round_ratio": {variant: [lowest, median, highest] of the per-round
+        ratios to torch eager's time in the same round}, and the same three for "inference"}.
     """
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -156,16 +170,28 @@ def measure_model(size: int = 32, batch: int = 64, rounds: int = 9, threads: int
         medians = {name: 1e3 * statistics.median(t) for name, t in times.items()}
         report[label] = medians
         report[f"{label}_ratio"] = {name: ms / medians["torch eager"] for name, ms in medians.items()}
+        report[f"{label}_round_ratio"] = {name: _spread([a / b for a, b in zip(t, times["torch eager"])])
+                                          for name, t in times.items()}
     return report
 
 
+def _spread(values: list[float]) -> list[float]:
+    return [min(values), statistics.median(values), max(values)]
+
+
 def format_model_table(report: dict) -> str:
-    """The report as a Markdown table: variant, training step and inference (ms and ratio to torch eager)."""
+    """The report as a Markdown table: variant, training step and inference (ms, ratio of the medians to torch
+    eager's, and the lowest-highest per-round ratio)."""
     c = report["config"]
     lines = [f"ResNet-18 (width {c['width']}), input {c['batch']}x3x{c['size']}x{c['size']}, {c['threads']} threads, "
-             f"medians of {c['rounds']} interleaved rounds, torch {c['torch']}",
-             "", "| variant | training step (ms) | vs torch | inference (ms) | vs torch |", "|---|---|---|---|---|"]
+             f"medians of {c['rounds']} interleaved rounds, torch {c['torch']}; per round: the lowest and highest "
+             f"ratio to torch eager's time in the same round",
+             "", "| variant | training step (ms) | vs torch | per round | inference (ms) | vs torch | per round |",
+             "|---|---|---|---|---|---|---|"]
     for name in report["train"]:
-        lines.append(f"| {name} | {report['train'][name]:.1f} | {report['train_ratio'][name]:.2f} | "
-                     f"{report['inference'][name]:.1f} | {report['inference_ratio'][name]:.2f} |")
+        cells = []
+        for label in ("train", "inference"):
+            low, _, high = report[f"{label}_round_ratio"][name]
+            cells.append(f"{report[label][name]:.1f} | {report[f'{label}_ratio'][name]:.2f} | {low:.2f}-{high:.2f}")
+        lines.append(f"| {name} | {' | '.join(cells)} |")
     return "\n".join(lines)

@@ -234,7 +234,7 @@ def _eager_batch_norm(input, running_mean, running_var, weight, bias, training, 
 
 
 def _torch_is_faster(input: Tensor, training: bool, weight: Optional[Tensor], bias: Optional[Tensor],
-                     fused: bool) -> bool:
+                     kind: str) -> bool:
     """Whether torch's native batch norm serves this eager call: `kernels.config.BACKEND`, and under "auto" the
     measured crossover `kernels.config.TORCH_BELOW` for the call's mode and layout (an empty input always runs
     on the kernels, whose behaviour for it is defined)."""
@@ -255,7 +255,7 @@ def _torch_is_faster(input: Tensor, training: bool, weight: Optional[Tensor], bi
             return numel < config.FEW_CHANNELS_TRAIN_BELOW  # an input layer (RGB): the kernels' multi-pass path
     elif numel < config.ROWS_MIN * input.shape[1]:  # few rows per channel: too few row blocks for the threads
         return True
-    return numel < config.TORCH_BELOW[mode, layout, fused]
+    return numel < config.TORCH_BELOW[mode, layout, kind]
 
 
 def _native_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps) -> Optional[Tensor]:
@@ -357,7 +357,7 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
         y = torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
         return torch_activation(y, activation, activation_param)
     check_running_not_differentiable(running_mean, running_var)
-    if not compiling and _torch_is_faster(input, training, weight, bias, activation != "identity"):
+    if not compiling and _torch_is_faster(input, training, weight, bias, "plain" if activation == "identity" else "act"):
         y = _native_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
         if y is not None:
             return y if activation == "identity" else _activation_in_place(y, activation, activation_param)

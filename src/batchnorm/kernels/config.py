@@ -169,26 +169,36 @@ POOL_MAX_BYTES = int(number_from_environment("BATCHNORM_POOL_MB", 256, 0, 1 << 2
 BACKEND = choice_from_environment("BATCHNORM_BACKEND", ("auto", "numba", "torch"), "auto")
 
 # The crossover, in elements of the input: "auto" sends an input with fewer elements to torch. Keyed by
-# (mode, layout, fused): mode "train" (training with autograd), "train_nograd" (training forward without autograd:
+# (mode, layout, kind): mode "train" (training with autograd), "train_nograd" (training forward without autograd:
 # recalibration, `torch.no_grad()`) or "eval"; layout "rows" (2-D inputs and channels_last) or "cf" (contiguous
-# (N, C, *spatial)); fused: an activation follows (BatchNormAct), against torch's batch norm + activation.
+# (N, C, *spatial)); kind "plain" (batch norm), "act" (an activation fused in, BatchNormAct, against torch's
+# batch norm + activation) or "add_act" (BatchNormAddAct).
 # Below these sizes torch's lower fixed cost per call wins; above them the kernels' single passes do. Measured
 # with 2 threads, float32, the modules as users call them, by `python bench/crossover.py [--fused]` (the runs
 # behind these numbers are bench/crossover.md and bench/crossover-fused.md); powers of two between the last
 # size torch won and the first from which the kernels won at every measured shape.
 TORCH_BELOW = {
-    ("train", "cf", False): 1 << 17,
-    ("train", "rows", False): 1 << 19,
-    ("train_nograd", "cf", False): 1 << 15,
-    ("train_nograd", "rows", False): 1 << 21,
-    ("eval", "cf", False): 1 << 22,
-    ("eval", "rows", False): 1 << 22,
-    ("train", "cf", True): 1 << 16,
-    ("train", "rows", True): 1 << 18,
-    ("train_nograd", "cf", True): 1 << 14,
-    ("train_nograd", "rows", True): 1 << 19,
-    ("eval", "cf", True): 1 << 19,
-    ("eval", "rows", True): 1 << 17,
+    ("train", "cf", "plain"): 1 << 17,
+    ("train", "rows", "plain"): 1 << 19,
+    ("train_nograd", "cf", "plain"): 1 << 15,
+    ("train_nograd", "rows", "plain"): 1 << 21,
+    ("eval", "cf", "plain"): 1 << 22,
+    ("eval", "rows", "plain"): 1 << 22,
+    ("train", "cf", "act"): 1 << 16,
+    ("train", "rows", "act"): 1 << 18,
+    ("train_nograd", "cf", "act"): 1 << 14,
+    ("train_nograd", "rows", "act"): 1 << 19,
+    ("eval", "cf", "act"): 1 << 19,
+    ("eval", "rows", "act"): 1 << 17,
+    # BatchNormAddAct (batch norm + residual add + activation) against torch's bn(x) + residual, relu_: measured
+    # by `python bench/crossover_add_act.py` (bench/crossover-add-act.md); training without autograd was not
+    # measured separately and takes the eval crossover.
+    ("train", "cf", "add_act"): 1 << 19,
+    ("train", "rows", "add_act"): 1 << 20,
+    ("train_nograd", "cf", "add_act"): 1 << 20,
+    ("train_nograd", "rows", "add_act"): 1 << 20,
+    ("eval", "cf", "add_act"): 1 << 20,
+    ("eval", "rows", "add_act"): 1 << 20,
 }
 # Training with autograd on a channels-first input with too few channels to give every thread
 # FUSED_MIN_CHANNELS_PER_THREAD of them (an input layer: 3 channels) takes the kernels' multi-pass path, whose
