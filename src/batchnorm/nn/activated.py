@@ -60,8 +60,8 @@ class _AddActMixin(_ActivationMixin):
         factor = self._averaging_factor()
         running_mean, running_var = self._buffers_to_update()
         return functional.batch_norm_add_act(input, residual, running_mean, running_var, self._own("weight"),
-                                             self._own("bias"),
-                                             self._uses_batch_stats(), factor, self.eps, **self._activation_kwargs())
+                                             self._own("bias"), self._uses_batch_stats(), factor, self.eps,
+                                             **self._activation_kwargs())
 
     def _forward_identity(self, input: Tensor) -> Tensor:
         activation = self.activation
