@@ -157,3 +157,13 @@ def test_a_full_pool_releases_the_least_recently_used_sizes_first(monkeypatch):
     del big
     assert pool.free_bytes() == 2 * block
     assert _eval(larger, stats, affine).data_ptr() == address
+
+
+def test_the_default_cap_is_a_gibibyte_or_an_eighth_of_the_memory(monkeypatch):
+    import os
+
+    pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": (2 << 30) // 4096}  # a 2 GiB machine
+    monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
+    assert config._default_pool_mb() == 256
+    pages["SC_PHYS_PAGES"] = (64 << 30) // 4096
+    assert config._default_pool_mb() == 1024
