@@ -262,7 +262,7 @@ def _train_forward_rows(n_blocks, x, weight, bias, eps, momentum, running_mean, 
     lo = np.empty(n_chan, x.dtype)
     scale = np.empty(n_chan, x.dtype)
     offset = np.empty(n_chan, x.dtype)
-    for c in range(n_chan):  # written out as in _train_forward_cf, a deliberate speed copy (see the note there)
+    for c in prange(n_chan):  # written out as in _train_forward_cf, a deliberate speed copy (see the note there)
         a1, a2 = _sum_blocks(s1, s2, c)
         m, v = _mean_var(np.float64(shift[c]), a1, a2, n_rows)
         mean[c] = m
@@ -296,7 +296,7 @@ def _train_backward_rows(n_blocks, dy, x, mean, var, weight, bias, eps, batch_st
     hi, lo = _split_center(mean, x)
     scale = np.empty(n_chan, x.dtype)
     offset = np.empty(n_chan, x.dtype)
-    for c in range(n_chan):
+    for c in prange(n_chan):
         scale[c] = _scale_value(w64[c], var[c], eps)
         offset[c] = b64[c]
     p1 = np.zeros((n_blocks, n_chan))
@@ -308,7 +308,7 @@ def _train_backward_rows(n_blocks, dy, x, mean, var, weight, bias, eps, batch_st
     k_dy = np.empty(n_chan, x.dtype)
     k_x = np.empty(n_chan, x.dtype)
     k_0 = np.empty(n_chan, x.dtype)
-    for c in range(n_chan):
+    for c in prange(n_chan):
         a1, a2 = _sum_blocks(p1, p2, c)
         inv_std = 1.0 / np.sqrt(var[c] + eps)
         dbias[c] = a1
