@@ -7,7 +7,7 @@
   numba/        the jitted code, one module per family
   activations   the activation codes and their elementwise functions, fused into every kernel
   config        compilation flags, routing thresholds and every environment variable of the package
-  pool          the output pool for results computed without autograd
+  pool          the output pool: dead outputs of the kernels serve the next ones of the same size
   _cache        clears stale cached machine code before the kernels compile
 
 Only CPU float32/float64 tensors reach these functions; `batchnorm.functional` routes everything else to torch.
