@@ -227,8 +227,9 @@ def test_add_act_paths_match_float64_torch(backend, name, shape, channels_last):
     expected = torch.relu(torch.nn.functional.batch_norm(x64, *running, w64, b64, True, 0.1, 1e-5) + r64)
     expected.backward(dy.double())
     assert torch.allclose(y.double(), expected, **TOL)
-    for ours, oracle in ((xg.grad, x64.grad), (rg.grad, r64.grad), (layer.weight.grad, w64.grad),
-                         (layer.bias.grad, b64.grad), (layer.running_mean, running[0]), (layer.running_var, running[1])):
+    pairs = ((xg.grad, x64.grad), (rg.grad, r64.grad), (layer.weight.grad, w64.grad), (layer.bias.grad, b64.grad),
+             (layer.running_mean, running[0]), (layer.running_var, running[1]))
+    for ours, oracle in pairs:
         assert torch.allclose(ours.double(), oracle, **TOL)
     if len(shape) == 4:
         assert y.is_contiguous(memory_format=torch.channels_last) == channels_last

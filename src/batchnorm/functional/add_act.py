@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
-
-import numpy as np
 
 from .. import kernels
 from ..kernels.algebra import float64_vector, scale_shift

@@ -357,7 +357,8 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
         y = torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
         return torch_activation(y, activation, activation_param)
     check_running_not_differentiable(running_mean, running_var)
-    if not compiling and _torch_is_faster(input, training, weight, bias, "plain" if activation == "identity" else "act"):
+    kind = "plain" if activation == "identity" else "act"
+    if not compiling and _torch_is_faster(input, training, weight, bias, kind):
         y = _native_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
         if y is not None:
             return y if activation == "identity" else _activation_in_place(y, activation, activation_param)
