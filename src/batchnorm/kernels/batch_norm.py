@@ -109,8 +109,8 @@ def train_forward(x: torch.Tensor, weight, bias, eps: float, momentum: float = 0
     y = act((x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c), written to `out` if given (x itself is
     allowed: every block's statistics are complete before it is overwritten), else to a new tensor. The running
     buffers (if given) are updated in place: running <- (1 - momentum) * running + momentum * batch, with the
-    unbiased variance (their version counters move, as with torch's in-place operations). An empty batch gives an empty y, mean 0 and
-    var 1, and leaves the running buffers alone.
+    unbiased variance (their version counters move, as with torch's in-place operations). An empty batch gives an
+    empty y, mean 0 and var 1, and leaves the running buffers alone.
     """
     x, rows = dense_rows(x)
     channels = x.shape[1]
