@@ -15,6 +15,14 @@ from batchnorm.lab.protocol import VERDICTS, Result, judge
 from helpers.lab_quick import quick
 
 
+@pytest.fixture(autouse=True)
+def restore_threads():
+    """Tests here set one torch thread (as the lab's workers run); the next tests get the count back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def check_structure(result: Result, experiment: str) -> None:
     module = load_experiment(experiment)
     cfg = runner.config_for(module, "quick")

@@ -137,7 +137,10 @@ def test_cpu_seconds_count_the_work_done_in_worker_processes():
     assert sum(spent) >= 1.2 and worker_cpu == pytest.approx(sum(spent), abs=0.05)
 
 
-def test_tuning_picks_each_arms_best_validation_rate_and_workers_change_nothing():
+def test_tuning_picks_each_arms_best_validation_rate_and_workers_change_nothing(monkeypatch):
+    from batchnorm.kernels import config
+
+    monkeypatch.setattr(config, "BACKEND", "numba")  # as in the workers (`jobs.use_own_kernels`), whatever the env
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # workers run one thread; compare at the same thread count
     try:
