@@ -95,6 +95,7 @@ def test_the_switch_follows_the_crossover(backend, monkeypatch):
     monkeypatch.setitem(config.TORCH_BELOW, ("train", "cf", "plain"), 1000)
     monkeypatch.setitem(config.TORCH_BELOW, ("train", "rows", "plain"), 50)
     monkeypatch.setattr(config, "ROWS_MIN", 2)
+    monkeypatch.setattr(config, "ROWS_MIN_CHANNELS_LAST", 2)
     assert _path(torch.randn(4, 8, 5, 5)) == "torch"  # cf, 800 elements < 1000
     assert _path(torch.randn(40, 8, 5, 5)) == "numba"  # cf, 8000
     assert _path(torch.randn(4, 8, 5, 5).contiguous(memory_format=torch.channels_last)) == "numba"  # rows, 800
@@ -121,8 +122,9 @@ def test_few_rows_go_to_torch(backend, monkeypatch):
     monkeypatch.setattr(config, "ROWS_MIN", 20)
     assert _path(torch.randn(16, 64)) == "torch"  # 16 rows < 20
     assert _path(torch.randn(32, 64)) == "numba"
-    assert _path(torch.randn(1, 8, 4, 4).contiguous(memory_format=torch.channels_last)) == "torch"  # 16 rows
-    assert _path(torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last)) == "numba"  # 32 rows
+    monkeypatch.setattr(config, "ROWS_MIN_CHANNELS_LAST", 40)
+    assert _path(torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last)) == "torch"  # 32 rows < 40
+    assert _path(torch.randn(3, 8, 4, 4).contiguous(memory_format=torch.channels_last)) == "numba"  # 48 rows
 
 
 def test_modes_have_their_own_crossover(backend, monkeypatch):

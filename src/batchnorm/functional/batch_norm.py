@@ -253,8 +253,8 @@ def _torch_is_faster(input: Tensor, training: bool, weight: Optional[Tensor], bi
     if layout == "cf":
         if mode == "train" and input.shape[1] < config.FUSED_MIN_CHANNELS_PER_THREAD * torch.get_num_threads():
             return numel < config.FEW_CHANNELS_TRAIN_BELOW  # an input layer (RGB): the kernels' multi-pass path
-    elif numel < config.ROWS_MIN * input.shape[1]:  # few rows per channel: too few row blocks for the threads
-        return True
+    elif numel < (config.ROWS_MIN if input.dim() == 2 else config.ROWS_MIN_CHANNELS_LAST) * input.shape[1]:
+        return True  # few rows per channel: too few row blocks for the threads
     return numel < config.TORCH_BELOW[mode, layout, kind]
 
 

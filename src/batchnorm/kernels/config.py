@@ -220,5 +220,8 @@ TORCH_BELOW = {
 FEW_CHANNELS_TRAIN_BELOW = 1 << 18
 # A rows-layout input with fewer rows than this (N for (N, C), N*H*W for channels_last) goes to torch whatever its
 # size: the kernels split the rows between the threads, and (64, 8192) ran 1.42x, (128, 16384) 1.16x torch's time
-# for training forward+backward, (256, 8192) 0.64-0.86x, (512, 4096) 0.74x.
+# for training forward+backward, (256, 8192) 0.64-0.86x, (512, 4096) 0.74x. A channels_last input needs more rows
+# (N*H*W): against torch's channels_last kernel, (2, 2048, 14, 14) (392 rows) ran 1.14x and (4, 1024, 10, 10)
+# 1.33x, (2, 2048, 16, 16) (512 rows) 0.71x, (32, 2048, 7, 7) 0.62x (`BatchNorm2d` on the kernels over torch's).
 ROWS_MIN = 256
+ROWS_MIN_CHANNELS_LAST = 512
