@@ -589,6 +589,52 @@ def test_channel_and_sample_blocks_do_not_change_results(variant, activation):
         assert np.max(np.abs(stats_mean - mean)) <= 1e-12 and np.max(np.abs(stats_var - var)) <= 1e-11
 
 
+@pytest.mark.parametrize("variant", [0, 1], ids=["serial", "parallel"])
+@pytest.mark.parametrize("activation", ["identity", "leaky_relu", "elu"])
+def test_row_blocks_and_channel_tiles_do_not_change_results(variant, activation):
+    """The rows kernels split the rows into blocks and walk the channels in tiles of ROW_TILE; with channels
+    over two tiles and an uneven last tile, every block count gives the float64 reference's results (training
+    forward and backward, inference forward and its backward, and the primitives)."""
+    from batchnorm.kernels.numba import batch_norm as nk
+    from batchnorm.kernels.activations import ACTIVATIONS
+
+    rows, channels = 37, 2 * config.ROW_TILE + 5
+    generator = torch.Generator().manual_seed(22)
+    x = (torch.randn(rows, channels, dtype=torch.float64, generator=generator) * 3 + 1).numpy()
+    dy = torch.randn(rows, channels, dtype=torch.float64, generator=generator).numpy()
+    weight = torch.rand(channels, dtype=torch.float64, generator=generator).numpy() + 0.5
+    bias = torch.randn(channels, dtype=torch.float64, generator=generator).numpy()
+    code, absent = ACTIVATIONS[activation], np.empty(0)
+    xt, w_t, b_t = torch.from_numpy(x).requires_grad_(), torch.from_numpy(weight), torch.from_numpy(bias)
+    y_ref = functional.torch_activation(torch.nn.functional.batch_norm(xt, None, None, w_t, b_t, True, 0.0, EPS),
+                                        activation, 0.1)
+    dx_ref, = torch.autograd.grad(y_ref, xt, torch.from_numpy(dy))
+    for n_blocks in (1, 3):
+        y, mean, var = np.empty_like(x), np.empty(channels), np.empty(channels)
+        nk.train_forward_rows[variant](n_blocks, x, weight, bias, EPS, 0.0, absent, absent, code, 0.1, y, mean, var)
+        assert np.max(np.abs(y - y_ref.detach().numpy())) <= 1e-12, n_blocks
+        dx, dweight, dbias = np.empty_like(x), np.empty(channels), np.empty(channels)
+        nk.train_backward_rows[variant](n_blocks, dy, x, mean, var, weight, bias, EPS, True, code, 0.1, dx, dweight,
+                                        dbias)
+        assert np.max(np.abs(dx - dx_ref.numpy())) <= 1e-11, n_blocks
+        stats_mean, stats_var = np.empty(channels), np.empty(channels)
+        nk.stats_rows[variant](n_blocks, x, stats_mean, stats_var)
+        assert np.max(np.abs(stats_mean - mean)) <= 1e-12 and np.max(np.abs(stats_var - var)) <= 1e-11
+
+        xe = torch.from_numpy(x).requires_grad_()
+        y_eval_ref = functional.torch_activation(
+            torch.nn.functional.batch_norm(xe, torch.from_numpy(mean), torch.from_numpy(var), w_t, b_t, False, 0.0,
+                                           EPS), activation, 0.1)
+        dx_eval_ref, = torch.autograd.grad(y_eval_ref, xe, torch.from_numpy(dy))
+        y_eval = np.empty_like(x)
+        nk.normalize_rows[variant](n_blocks, x, mean, var, weight, bias, EPS, code, 0.1, y_eval)
+        assert np.max(np.abs(y_eval - y_eval_ref.detach().numpy())) <= 1e-12, n_blocks
+        dx_eval = np.empty_like(x)
+        nk.train_backward_rows[variant](n_blocks, dy, x, mean, var, weight, bias, EPS, False, code, 0.1, dx_eval,
+                                        dweight, dbias)
+        assert np.max(np.abs(dx_eval - dx_eval_ref.numpy())) <= 1e-11, n_blocks
+
+
 @pytest.mark.parametrize("shape, channels_last", [((7, 5), False), ((3, 4, 9), False), ((2, 3, 4, 5), False),
                                                   ((2, 3, 4, 5), True), ((2, 3, 2, 4, 5), True), ((0, 3, 4, 5), False),
                                                   ((0, 3, 4, 5), True)])

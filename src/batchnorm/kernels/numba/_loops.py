@@ -13,7 +13,7 @@ import numba
 import numpy as np
 
 from ..activations import LINEAR_MAX_CODE, act, act_grad, linear_act, linear_grad, slope
-from ..config import NJIT_ELEMENTWISE, NJIT_INLINE, NJIT_PARALLEL, NJIT_SERIAL, ROW_FOLD, SHIFT_ROWS
+from ..config import NJIT_ELEMENTWISE, NJIT_INLINE, NJIT_PARALLEL, NJIT_SERIAL, ROW_FOLD, ROW_TILE, SHIFT_ROWS
 
 
 @numba.njit(**NJIT_INLINE)
@@ -241,59 +241,63 @@ def _grad_input_block(dy, x, dx, b0, b1, c0, c1, hi, lo, k, t, k_dy, k_x, k_0, b
 
 @numba.njit(**NJIT_INLINE)
 def _forward_rows(x, y, start, stop, hi, lo, k, t, code, param):
-    """y[r] = act((x[r] - center) * k + t) for rows [start, stop) of the rows layout (per-channel arrays).
-    The activation is chosen outside the loops (a choice inside them keeps LLVM from vectorizing)."""
+    """y[r] = act((x[r] - center) * k + t) for rows [start, stop) of the rows layout (per-channel arrays), one
+    tile of ROW_TILE channels at a time. The activation is chosen outside the loops over channels (a choice inside
+    them keeps LLVM from vectorizing)."""
     n_chan = x.shape[1]
-    if code == 0:
+    a, zero = x.dtype.type(slope(code, param)), x.dtype.type(0.0)
+    for c0 in range(0, n_chan, ROW_TILE):
+        c1 = min(c0 + ROW_TILE, n_chan)
+        h, l, kk, tt = hi[c0:c1], lo[c0:c1], k[c0:c1], t[c0:c1]
         for r in range(start, stop):
-            for c in range(n_chan):
-                y[r, c] = _affine_value(x[r, c], hi[c], lo[c], k[c], t[c])
-    elif code <= LINEAR_MAX_CODE:
-        a, zero = x.dtype.type(slope(code, param)), x.dtype.type(0.0)
-        for r in range(start, stop):
-            for c in range(n_chan):
-                y[r, c] = linear_act(_affine_value(x[r, c], hi[c], lo[c], k[c], t[c]), code, a, zero)
-    else:
-        for r in range(start, stop):
-            for c in range(n_chan):
-                z = (np.float64(x[r, c]) - (np.float64(hi[c]) + np.float64(lo[c]))) * np.float64(k[c]) \
-                    + np.float64(t[c])
-                y[r, c] = act(z, code, param)
+            xr, yr = x[r, c0:c1], y[r, c0:c1]
+            if code == 0:
+                for c in range(c1 - c0):
+                    yr[c] = _affine_value(xr[c], h[c], l[c], kk[c], tt[c])
+            elif code <= LINEAR_MAX_CODE:
+                for c in range(c1 - c0):
+                    yr[c] = linear_act(_affine_value(xr[c], h[c], l[c], kk[c], tt[c]), code, a, zero)
+            else:
+                for c in range(c1 - c0):
+                    z = (np.float64(xr[c]) - (np.float64(h[c]) + np.float64(l[c]))) * np.float64(kk[c]) \
+                        + np.float64(tt[c])
+                    yr[c] = act(z, code, param)
 
 
 @numba.njit(**NJIT_INLINE)
 def _grad_input_rows_range(dy, x, dx, start, stop, hi, lo, k, t, k_dy, k_x, k_0, batch_stats, code, param):
-    """`_grad_input_span` for rows [start, stop) of the rows layout, every choice made outside the loops."""
+    """`_grad_input_span` for rows [start, stop) of the rows layout, one tile of ROW_TILE channels at a time,
+    every choice made outside the loops over channels."""
     n_chan = x.shape[1]
-    if code == 0 and batch_stats:
+    a, zero = x.dtype.type(slope(code, param)), x.dtype.type(0.0)
+    for c0 in range(0, n_chan, ROW_TILE):
+        c1 = min(c0 + ROW_TILE, n_chan)
+        h, l, kk, tt = hi[c0:c1], lo[c0:c1], k[c0:c1], t[c0:c1]
+        kd, kx, k0 = k_dy[c0:c1], k_x[c0:c1], k_0[c0:c1]
         for r in range(start, stop):
-            for c in range(n_chan):
-                dx[r, c] = _grad_value(dy[r, c], x[r, c], hi[c], lo[c], k_dy[c], k_x[c], k_0[c])
-    elif code == 0:
-        for r in range(start, stop):
-            for c in range(n_chan):
-                dx[r, c] = k_dy[c] * dy[r, c]
-    elif code <= LINEAR_MAX_CODE:
-        a, zero = x.dtype.type(slope(code, param)), x.dtype.type(0.0)
-        if batch_stats:
-            for r in range(start, stop):
-                for c in range(n_chan):
-                    g = linear_grad(dy[r, c], _affine_value(x[r, c], hi[c], lo[c], k[c], t[c]), code, a, zero)
-                    dx[r, c] = _grad_value(g, x[r, c], hi[c], lo[c], k_dy[c], k_x[c], k_0[c])
-        else:
-            for r in range(start, stop):
-                for c in range(n_chan):
-                    g = linear_grad(dy[r, c], _affine_value(x[r, c], hi[c], lo[c], k[c], t[c]), code, a, zero)
-                    dx[r, c] = k_dy[c] * g
-    else:
-        for r in range(start, stop):
-            for c in range(n_chan):
-                xc = np.float64(x[r, c]) - (np.float64(hi[c]) + np.float64(lo[c]))
-                g = np.float64(dy[r, c]) * act_grad(xc * np.float64(k[c]) + np.float64(t[c]), code, param)
-                if batch_stats:
-                    dx[r, c] = np.float64(k_dy[c]) * g + np.float64(k_x[c]) * xc + np.float64(k_0[c])
-                else:  # fixed statistics: dx = k_dy g, no 0 * NaN from x
-                    dx[r, c] = np.float64(k_dy[c]) * g
+            gr, xr, dr = dy[r, c0:c1], x[r, c0:c1], dx[r, c0:c1]
+            if code == 0 and batch_stats:
+                for c in range(c1 - c0):
+                    dr[c] = _grad_value(gr[c], xr[c], h[c], l[c], kd[c], kx[c], k0[c])
+            elif code == 0:
+                for c in range(c1 - c0):
+                    dr[c] = kd[c] * gr[c]
+            elif code <= LINEAR_MAX_CODE and batch_stats:
+                for c in range(c1 - c0):
+                    g = linear_grad(gr[c], _affine_value(xr[c], h[c], l[c], kk[c], tt[c]), code, a, zero)
+                    dr[c] = _grad_value(g, xr[c], h[c], l[c], kd[c], kx[c], k0[c])
+            elif code <= LINEAR_MAX_CODE:
+                for c in range(c1 - c0):
+                    g = linear_grad(gr[c], _affine_value(xr[c], h[c], l[c], kk[c], tt[c]), code, a, zero)
+                    dr[c] = kd[c] * g
+            else:
+                for c in range(c1 - c0):
+                    xc = np.float64(xr[c]) - (np.float64(h[c]) + np.float64(l[c]))
+                    g = np.float64(gr[c]) * act_grad(xc * np.float64(kk[c]) + np.float64(tt[c]), code, param)
+                    if batch_stats:
+                        dr[c] = np.float64(kd[c]) * g + np.float64(kx[c]) * xc + np.float64(k0[c])
+                    else:  # fixed statistics: dx = k_dy g, no 0 * NaN from x
+                        dr[c] = np.float64(kd[c]) * g
 
 
 @numba.njit(**NJIT_INLINE)
@@ -351,52 +355,60 @@ def _fold(a1, a2, t1, t2):
 
 @numba.njit(**NJIT_INLINE)
 def _row_block_moments(x, shift, start, stop, a1, a2):
-    """a1 += sum(x - shift), a2 += sum((x - shift)^2) over rows [start, stop): ROW_FOLD rows at a time in x's
-    dtype (one vector lane per channel), folded into the float64 a1, a2."""
+    """a1 += sum(x - shift), a2 += sum((x - shift)^2) over rows [start, stop), one tile of ROW_TILE channels at a
+    time: ROW_FOLD rows at a time in x's dtype (one vector lane per channel), folded into the float64 a1, a2."""
     n_chan = x.shape[1]
-    t1 = np.zeros(n_chan, x.dtype)
-    t2 = np.zeros(n_chan, x.dtype)
-    for begin in range(start, stop, ROW_FOLD):
-        for r in range(begin, min(begin + ROW_FOLD, stop)):
-            xr = x[r]
-            for c in range(n_chan):
-                d = xr[c] - shift[c]
-                t1[c] += d
-                t2[c] += d * d
-        _fold(a1, a2, t1, t2)
+    t1 = np.zeros(min(n_chan, ROW_TILE), x.dtype)
+    t2 = np.zeros(min(n_chan, ROW_TILE), x.dtype)
+    for c0 in range(0, n_chan, ROW_TILE):
+        c1 = min(c0 + ROW_TILE, n_chan)
+        sh, u1, u2 = shift[c0:c1], t1[:c1 - c0], t2[:c1 - c0]
+        for begin in range(start, stop, ROW_FOLD):
+            for r in range(begin, min(begin + ROW_FOLD, stop)):
+                xr = x[r, c0:c1]
+                for c in range(c1 - c0):
+                    d = xr[c] - sh[c]
+                    u1[c] += d
+                    u2[c] += d * d
+            _fold(a1[c0:c1], a2[c0:c1], u1, u2)
 
 
 @numba.njit(**NJIT_INLINE)
 def _row_block_grad_sums(dy, x, hi, lo, k, t, code, param, start, stop, a1, a2):
-    """a1 += sum(g), a2 += sum(g * (x - center)) over rows [start, stop), g = dy * act'(z): folded like
-    `_row_block_moments` for the piecewise-linear family, in float64 for the other activations."""
+    """a1 += sum(g), a2 += sum(g * (x - center)) over rows [start, stop), g = dy * act'(z), one tile of ROW_TILE
+    channels at a time: folded like `_row_block_moments` for the piecewise-linear family, in float64 for the
+    other activations."""
     n_chan = x.shape[1]
-    if code > LINEAR_MAX_CODE:
-        for r in range(start, stop):
-            for c in range(n_chan):
-                xc = np.float64(x[r, c]) - (np.float64(hi[c]) + np.float64(lo[c]))
-                g = np.float64(dy[r, c]) * act_grad(xc * np.float64(k[c]) + np.float64(t[c]), code, param)
-                a1[c] += g
-                a2[c] += g * xc
-        return
     a, zero = x.dtype.type(slope(code, param)), x.dtype.type(0.0)
-    t1 = np.zeros(n_chan, x.dtype)
-    t2 = np.zeros(n_chan, x.dtype)
-    for begin in range(start, stop, ROW_FOLD):
-        end = min(begin + ROW_FOLD, stop)
-        if code == 0:
-            for r in range(begin, end):
-                for c in range(n_chan):
-                    g = dy[r, c]
-                    t1[c] += g
-                    t2[c] += g * _centered(x[r, c], hi[c], lo[c])
-        else:
-            for r in range(begin, end):
-                for c in range(n_chan):
-                    g = linear_grad(dy[r, c], _affine_value(x[r, c], hi[c], lo[c], k[c], t[c]), code, a, zero)
-                    t1[c] += g
-                    t2[c] += g * _centered(x[r, c], hi[c], lo[c])
-        _fold(a1, a2, t1, t2)
+    t1 = np.zeros(min(n_chan, ROW_TILE), x.dtype)
+    t2 = np.zeros(min(n_chan, ROW_TILE), x.dtype)
+    for c0 in range(0, n_chan, ROW_TILE):
+        c1 = min(c0 + ROW_TILE, n_chan)
+        h, l, kk, tt, b1, b2 = hi[c0:c1], lo[c0:c1], k[c0:c1], t[c0:c1], a1[c0:c1], a2[c0:c1]
+        u1, u2 = t1[:c1 - c0], t2[:c1 - c0]
+        if code > LINEAR_MAX_CODE:
+            for r in range(start, stop):
+                gr, xr = dy[r, c0:c1], x[r, c0:c1]
+                for c in range(c1 - c0):
+                    xc = np.float64(xr[c]) - (np.float64(h[c]) + np.float64(l[c]))
+                    g = np.float64(gr[c]) * act_grad(xc * np.float64(kk[c]) + np.float64(tt[c]), code, param)
+                    b1[c] += g
+                    b2[c] += g * xc
+            continue
+        for begin in range(start, stop, ROW_FOLD):
+            for r in range(begin, min(begin + ROW_FOLD, stop)):
+                gr, xr = dy[r, c0:c1], x[r, c0:c1]
+                if code == 0:
+                    for c in range(c1 - c0):
+                        g = gr[c]
+                        u1[c] += g
+                        u2[c] += g * _centered(xr[c], h[c], l[c])
+                else:
+                    for c in range(c1 - c0):
+                        g = linear_grad(gr[c], _affine_value(xr[c], h[c], l[c], kk[c], tt[c]), code, a, zero)
+                        u1[c] += g
+                        u2[c] += g * _centered(xr[c], h[c], l[c])
+            _fold(b1, b2, u1, u2)
 
 
 @numba.njit(**NJIT_INLINE)
