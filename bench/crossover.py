@@ -4,8 +4,11 @@ For input sizes from 2^10 to 2^22 elements, in several shape families per layout
 as users call it on each path (`BATCHNORM_BACKEND` numba and torch, switched at run time) and torch's own
 module, interleaved round by round, medians of the per-round times. Modes: "train" (`module(x)` then
 `.backward(dy)`), "train_nograd" (a training forward under `torch.no_grad()`) and "eval" (`torch.no_grad()`).
-For each (mode, layout) the crossover is the smallest size from which the kernels are at least as fast as
-torch's path at every larger measured size; inputs below it go to torch.
+The whole sweep runs `--runs` times (default 3). For each (mode, layout) and size, the kernels' time over torch's
+path is the geometric mean over that size's shapes and the runs; the crossover is the smallest size from which
+that mean is at most WIN (0.95) at every larger size; inputs below it go to torch. (One sweep decides ties by
+noise: three sweeps of the same code put the training crossover of the rows layout at 2^19, 2^20 and 2^21, with
+single shapes moving by 15% between sweeps.)
 
     python bench/crossover.py                    # writes bench/crossover.md and bench/crossover.json
     python bench/crossover.py --fused --out bench/crossover-fused   # BatchNormAct(relu) vs BN + ReLU
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import pathlib
 import statistics
 
@@ -29,6 +33,7 @@ from batchnorm.kernels import config
 
 SIZES = [1 << k for k in range(10, 23)]  # 1K ... 4M elements
 MODES = ("train", "train_nograd", "eval")
+WIN = 0.95  # the kernels' time over torch's path from which a size goes to the kernels
 
 
 def families(numel: int) -> dict[str, list[tuple[tuple[int, ...], bool]]]:
@@ -41,8 +46,10 @@ def families(numel: int) -> dict[str, list[tuple[tuple[int, ...], bool]]]:
                ((max(2, numel // (256 * 16)), 256, 4, 4), False),
                ((8, 64, max(2, numel // 512)), False)],
         "rows": [((max(2, numel // 256), 256), False),
+                 ((max(2, numel // 512), 512), False),
                  ((max(2, numel // 2048), 2048), False),
-                 ((8, 64, spatial(8, 64), spatial(8, 64)), True)],
+                 ((8, 64, spatial(8, 64), spatial(8, 64)), True),
+                 ((2, 512, spatial(2, 512), spatial(2, 512)), True)],
     }
 
 
@@ -110,13 +117,24 @@ def measure(dims: tuple[int, ...], channels_last: bool, repeats: int, fused: boo
     return {f"{name}/{mode}": statistics.median(v) for (name, mode), v in samples.items()}
 
 
-def crossover(rows: list[dict], mode: str, layout: str) -> int:
-    """The smallest size from which the kernels are at least as fast as torch's path (our module routed to torch)
-    at every measured size and shape of that layout."""
-    below = 0
+def kernel_over_torch(rows: list[dict], mode: str, layout: str) -> dict[int, float]:
+    """Per size: the geometric mean, over the shapes of that size and layout and over the runs, of our module's
+    time on the kernels over its time routed to torch."""
+    logs: dict[int, list[float]] = {}
     for row in rows:
-        if row["layout"] == layout and row["seconds"][f"numba/{mode}"] > row["seconds"][f"routed/{mode}"]:
-            below = max(below, row["numel"] + 1)
+        if row["layout"] == layout:
+            for seconds in row["runs"]:
+                logs.setdefault(row["size"], []).append(math.log(seconds[f"numba/{mode}"] / seconds[f"routed/{mode}"]))
+    return {size: math.exp(sum(v) / len(v)) for size, v in sorted(logs.items())}
+
+
+def crossover(rows: list[dict], mode: str, layout: str) -> int:
+    """The smallest size from which the kernels' mean time over torch's path is at most WIN at every larger
+    size (the TORCH_BELOW value)."""
+    below = SIZES[0]
+    for size, ratio in kernel_over_torch(rows, mode, layout).items():
+        if ratio > WIN:
+            below = 2 * size
     return below
 
 
@@ -124,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=9, help="measured rounds per shape (default 9)")
     parser.add_argument("--threads", type=int, default=2, help="torch and Numba threads (default 2)")
+    parser.add_argument("--runs", type=int, default=3, help="sweeps of all sizes, combined (default 3)")
     parser.add_argument("--fused", action="store_true",
                         help="BatchNormAct(relu) against torch's BatchNorm + ReLU(inplace=True)")
     parser.add_argument("--out", default=str(pathlib.Path(__file__).resolve().parent / "crossover"),
@@ -132,28 +151,33 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     header = suite._header(args.threads, torch.float32)
     rows = []
-    for numel in SIZES:
-        for layout, shapes in families(numel).items():
-            for dims, channels_last in shapes:
-                seconds = measure(dims, channels_last, args.repeats, args.fused)
-                n = 1
-                for d in dims:
-                    n *= d
-                rows.append({"layout": layout, "shape": list(dims), "channels_last": channels_last, "numel": n,
-                             "seconds": seconds})
-                print(f"{layout:4} {str(dims) + (' cl' if channels_last else ''):24} " + "  ".join(
-                    f"{mode} {seconds[f'numba/{mode}'] * 1e6:8.1f} {seconds[f'routed/{mode}'] * 1e6:8.1f} "
-                    f"{seconds[f'torch/{mode}'] * 1e6:8.1f}" for mode in MODES), flush=True)
+    for run in range(args.runs):
+        for size in SIZES:
+            for layout, shapes in families(size).items():
+                for dims, channels_last in shapes:
+                    seconds = measure(dims, channels_last, args.repeats, args.fused)
+                    if run == 0:
+                        rows.append({"layout": layout, "shape": list(dims), "channels_last": channels_last,
+                                     "numel": math.prod(dims), "size": size, "runs": []})
+                    row = next(r for r in rows if r["size"] == size and r["layout"] == layout
+                               and r["shape"] == list(dims) and r["channels_last"] == channels_last)
+                    row["runs"].append(seconds)
+                    print(f"run {run + 1} {layout:4} {str(dims) + (' cl' if channels_last else ''):24} " + "  ".join(
+                        f"{mode} {seconds[f'numba/{mode}'] * 1e6:8.1f} {seconds[f'routed/{mode}'] * 1e6:8.1f} "
+                        f"{seconds[f'torch/{mode}'] * 1e6:8.1f}" for mode in MODES), flush=True)
+    for row in rows:  # per contender and mode: the median over the runs of each run's median
+        row["seconds"] = {key: statistics.median(s[key] for s in row["runs"]) for key in row["runs"][0]}
     config.BACKEND = "auto"
     below = {f"{mode}/{layout}": crossover(rows, mode, layout) for mode in MODES for layout in ("cf", "rows")}
     what = "BatchNormAct(relu) vs BatchNorm + ReLU" if args.fused else "batch norm"
     lines = [f"# Crossover of {what}: our kernels vs torch's native batch norm", "",
-             f"`python bench/crossover.py --repeats {args.repeats} --threads {args.threads}`; {header['machine']} "
+             f"`python bench/crossover.py --repeats {args.repeats} --threads {args.threads} --runs {args.runs}`; "
+             f"{header['machine']} "
              f"({header['logical_cpus']} logical CPUs), load average at start {header['load_average_at_start']}; "
              f"torch {header['torch']}, numba {header['numba']}; {header['date_utc']} UTC.", "",
              "Median microseconds per call of our module on the kernels (numba), our module routed to torch's "
-             "native batch norm (routed), our module with the crossover in force (auto), and torch's module; "
-             "train = forward + backward; auto/torch is the ratio of the medians.", "",
+             "native batch norm (routed), our module with the crossover in force (auto), and torch's module "
+             "(the median over the runs); train = forward + backward; auto/torch is the ratio of the medians.", "",
              "| layout | shape | elements | " + " | ".join(
                  f"{m} numba | {m} routed | {m} auto | {m} torch | {m} auto/torch" for m in MODES) + " |",
              "|---|---|---:|" + "---:|" * (5 * len(MODES))]
@@ -166,8 +190,15 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {row['layout']} | {shape} | {row['numel']} | " + " | ".join(cells) + " |")
     worst = {m: max(row["seconds"][f"auto/{m}"] / row["seconds"][f"torch/{m}"] for row in rows) for m in MODES}
     lines += ["", "Largest auto/torch ratio per mode: " + ", ".join(f"{m} {v:.2f}" for m, v in worst.items())]
-    lines += ["", "Crossover (inputs with fewer elements go to torch): " +
-              ", ".join(f"{key} {value}" for key, value in below.items()), ""]
+    lines += ["", f"Kernels over torch's path (geometric mean over the shapes of a size and the {args.runs} runs):", "",
+              "| mode | layout | " + " | ".join(f"2^{size.bit_length() - 1}" for size in SIZES) + " |",
+              "|---|---|" + "---:|" * len(SIZES)]
+    for mode in MODES:
+        for layout in ("cf", "rows"):
+            ratios = kernel_over_torch(rows, mode, layout)
+            lines.append(f"| {mode} | {layout} | " + " | ".join(f"{ratios[size]:.2f}" for size in SIZES) + " |")
+    lines += ["", f"Crossover (inputs with fewer elements go to torch; the kernels' mean at most {WIN} from there on): "
+              + ", ".join(f"{key} 2^{value.bit_length() - 1}" for key, value in below.items()), ""]
     _atomic.atomic_write(args.out + ".md", "\n".join(lines))
     _atomic.atomic_write(args.out + ".json", json.dumps({"header": header, "fused": args.fused, "rows": rows,
                                                          "torch_below": below},
