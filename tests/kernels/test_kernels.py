@@ -591,14 +591,15 @@ def test_channel_and_sample_blocks_do_not_change_results(variant, activation):
 
 @pytest.mark.parametrize("variant", [0, 1], ids=["serial", "parallel"])
 @pytest.mark.parametrize("activation", ["identity", "leaky_relu", "elu"])
-def test_row_blocks_and_channel_tiles_do_not_change_results(variant, activation):
-    """The rows kernels split the rows into blocks and walk the channels in tiles of ROW_TILE; with channels
-    over two tiles and an uneven last tile, every block count gives the float64 reference's results (training
-    forward and backward, inference forward and its backward, and the primitives)."""
+@pytest.mark.parametrize("rows", [37, config.ROW_TILE_MAX_ROWS + 3], ids=["tiled", "untiled"])
+def test_row_blocks_and_channel_tiles_do_not_change_results(variant, activation, rows):
+    """The rows kernels split the rows into blocks and, with few rows, walk the channels in tiles of ROW_TILE;
+    with channels over two tiles and an uneven last tile, tiled or not, every block count gives the float64
+    reference's results (training forward and backward, inference forward and its backward, the primitives)."""
     from batchnorm.kernels.numba import batch_norm as nk
     from batchnorm.kernels.activations import ACTIVATIONS
 
-    rows, channels = 37, 2 * config.ROW_TILE + 5
+    channels = 2 * config.ROW_TILE + 5
     generator = torch.Generator().manual_seed(22)
     x = (torch.randn(rows, channels, dtype=torch.float64, generator=generator) * 3 + 1).numpy()
     dy = torch.randn(rows, channels, dtype=torch.float64, generator=generator).numpy()

@@ -132,11 +132,15 @@ def channel_blocks(batch: int, channels: int, space: int, itemsize: int, threads
 # SHIFT_ROWS rows before summing, so the sums stay small). float64 input stays exact to float64 rounding.
 ROW_FOLD = 64
 SHIFT_ROWS = 16
-# Rows kernels walk the channels ROW_TILE at a time, so that a tile's per-channel arrays (partial sums, center,
-# scale, shift) stay in the L1 cache while the rows stream past: without tiles, the training forward of
-# (256, 8192) took 1.02-1.09x torch's time (arrays of 8192 channels spill to L2), with tiles of 1024 0.82-0.85x;
-# (2048, 1024) and (4096, 1024) were unchanged (0.76-0.81x).
+# Rows kernels over more than ROW_TILE channels in at most ROW_TILE_MAX_ROWS rows walk the channels ROW_TILE at a
+# time, so that a tile's per-channel arrays (partial sums, center, scale, shift) stay in the L1 cache while the
+# rows stream past: the training forward of (256, 8192) took 1.02-1.09x torch's time without tiles (arrays of
+# 8192 channels spill to L2) and 0.82-0.85x with tiles of 1024, (512, 4096) 1.03 and 0.82 (the kernels alone).
+# Elsewhere the tiles lose: their per-row views cost (65536, 16) 1.35x its time, and with many rows the untiled
+# loops stream whole rows (module training forward+backward of 64x2048x7x7 channels_last: 0.59-0.67x torch's time
+# untiled, 0.84-1.02x tiled).
 ROW_TILE = 1024
+ROW_TILE_MAX_ROWS = 512
 
 
 def sample_blocks(batch: int, channels: int, threads: int) -> int:

@@ -13,7 +13,8 @@ import numba
 import numpy as np
 
 from ..activations import LINEAR_MAX_CODE, act, act_grad, linear_act, linear_grad, slope
-from ..config import NJIT_ELEMENTWISE, NJIT_INLINE, NJIT_PARALLEL, NJIT_SERIAL, ROW_FOLD, ROW_TILE, SHIFT_ROWS
+from ..config import (NJIT_ELEMENTWISE, NJIT_INLINE, NJIT_PARALLEL, NJIT_SERIAL, ROW_FOLD, ROW_TILE, ROW_TILE_MAX_ROWS,
+                      SHIFT_ROWS)
 
 
 @numba.njit(**NJIT_INLINE)
@@ -240,7 +241,29 @@ def _grad_input_block(dy, x, dx, b0, b1, c0, c1, hi, lo, k, t, k_dy, k_x, k_0, b
 
 
 @numba.njit(**NJIT_INLINE)
-def _forward_rows(x, y, start, stop, hi, lo, k, t, code, param):
+def _forward_rows_direct(x, y, start, stop, hi, lo, k, t, code, param):
+    """y[r] = act((x[r] - center) * k + t) for rows [start, stop) of the rows layout (per-channel arrays).
+    The activation is chosen outside the loops (a choice inside them keeps LLVM from vectorizing)."""
+    n_chan = x.shape[1]
+    if code == 0:
+        for r in range(start, stop):
+            for c in range(n_chan):
+                y[r, c] = _affine_value(x[r, c], hi[c], lo[c], k[c], t[c])
+    elif code <= LINEAR_MAX_CODE:
+        a, zero = x.dtype.type(slope(code, param)), x.dtype.type(0.0)
+        for r in range(start, stop):
+            for c in range(n_chan):
+                y[r, c] = linear_act(_affine_value(x[r, c], hi[c], lo[c], k[c], t[c]), code, a, zero)
+    else:
+        for r in range(start, stop):
+            for c in range(n_chan):
+                z = (np.float64(x[r, c]) - (np.float64(hi[c]) + np.float64(lo[c]))) * np.float64(k[c]) \
+                    + np.float64(t[c])
+                y[r, c] = act(z, code, param)
+
+
+@numba.njit(**NJIT_INLINE)
+def _forward_rows_tiled(x, y, start, stop, hi, lo, k, t, code, param):
     """y[r] = act((x[r] - center) * k + t) for rows [start, stop) of the rows layout (per-channel arrays), one
     tile of ROW_TILE channels at a time. The activation is chosen outside the loops over channels (a choice inside
     them keeps LLVM from vectorizing)."""
@@ -265,7 +288,52 @@ def _forward_rows(x, y, start, stop, hi, lo, k, t, code, param):
 
 
 @numba.njit(**NJIT_INLINE)
-def _grad_input_rows_range(dy, x, dx, start, stop, hi, lo, k, t, k_dy, k_x, k_0, batch_stats, code, param):
+def _forward_rows(x, y, start, stop, hi, lo, k, t, code, param):
+    """`_forward_rows_tiled` for more than ROW_TILE channels in at most ROW_TILE_MAX_ROWS rows, else
+    `_forward_rows_direct` (see ROW_TILE)."""
+    if x.shape[1] <= ROW_TILE or x.shape[0] > ROW_TILE_MAX_ROWS:
+        _forward_rows_direct(x, y, start, stop, hi, lo, k, t, code, param)
+    else:
+        _forward_rows_tiled(x, y, start, stop, hi, lo, k, t, code, param)
+
+
+@numba.njit(**NJIT_INLINE)
+def _grad_input_rows_range_direct(dy, x, dx, start, stop, hi, lo, k, t, k_dy, k_x, k_0, batch_stats, code, param):
+    """`_grad_input_span` for rows [start, stop) of the rows layout, every choice made outside the loops."""
+    n_chan = x.shape[1]
+    if code == 0 and batch_stats:
+        for r in range(start, stop):
+            for c in range(n_chan):
+                dx[r, c] = _grad_value(dy[r, c], x[r, c], hi[c], lo[c], k_dy[c], k_x[c], k_0[c])
+    elif code == 0:
+        for r in range(start, stop):
+            for c in range(n_chan):
+                dx[r, c] = k_dy[c] * dy[r, c]
+    elif code <= LINEAR_MAX_CODE:
+        a, zero = x.dtype.type(slope(code, param)), x.dtype.type(0.0)
+        if batch_stats:
+            for r in range(start, stop):
+                for c in range(n_chan):
+                    g = linear_grad(dy[r, c], _affine_value(x[r, c], hi[c], lo[c], k[c], t[c]), code, a, zero)
+                    dx[r, c] = _grad_value(g, x[r, c], hi[c], lo[c], k_dy[c], k_x[c], k_0[c])
+        else:
+            for r in range(start, stop):
+                for c in range(n_chan):
+                    g = linear_grad(dy[r, c], _affine_value(x[r, c], hi[c], lo[c], k[c], t[c]), code, a, zero)
+                    dx[r, c] = k_dy[c] * g
+    else:
+        for r in range(start, stop):
+            for c in range(n_chan):
+                xc = np.float64(x[r, c]) - (np.float64(hi[c]) + np.float64(lo[c]))
+                g = np.float64(dy[r, c]) * act_grad(xc * np.float64(k[c]) + np.float64(t[c]), code, param)
+                if batch_stats:
+                    dx[r, c] = np.float64(k_dy[c]) * g + np.float64(k_x[c]) * xc + np.float64(k_0[c])
+                else:  # fixed statistics: dx = k_dy g, no 0 * NaN from x
+                    dx[r, c] = np.float64(k_dy[c]) * g
+
+
+@numba.njit(**NJIT_INLINE)
+def _grad_input_rows_range_tiled(dy, x, dx, start, stop, hi, lo, k, t, k_dy, k_x, k_0, batch_stats, code, param):
     """`_grad_input_span` for rows [start, stop) of the rows layout, one tile of ROW_TILE channels at a time,
     every choice made outside the loops over channels."""
     n_chan = x.shape[1]
@@ -298,6 +366,16 @@ def _grad_input_rows_range(dy, x, dx, start, stop, hi, lo, k, t, k_dy, k_x, k_0,
                         dr[c] = np.float64(kd[c]) * g + np.float64(kx[c]) * xc + np.float64(k0[c])
                     else:  # fixed statistics: dx = k_dy g, no 0 * NaN from x
                         dr[c] = np.float64(kd[c]) * g
+
+
+@numba.njit(**NJIT_INLINE)
+def _grad_input_rows_range(dy, x, dx, start, stop, hi, lo, k, t, k_dy, k_x, k_0, batch_stats, code, param):
+    """`_grad_input_rows_range_tiled` for more than ROW_TILE channels in at most ROW_TILE_MAX_ROWS rows, else
+    `_grad_input_rows_range_direct` (see ROW_TILE)."""
+    if x.shape[1] <= ROW_TILE or x.shape[0] > ROW_TILE_MAX_ROWS:
+        _grad_input_rows_range_direct(dy, x, dx, start, stop, hi, lo, k, t, k_dy, k_x, k_0, batch_stats, code, param)
+    else:
+        _grad_input_rows_range_tiled(dy, x, dx, start, stop, hi, lo, k, t, k_dy, k_x, k_0, batch_stats, code, param)
 
 
 @numba.njit(**NJIT_INLINE)
@@ -354,7 +432,24 @@ def _fold(a1, a2, t1, t2):
 
 
 @numba.njit(**NJIT_INLINE)
-def _row_block_moments(x, shift, start, stop, a1, a2):
+def _row_block_moments_direct(x, shift, start, stop, a1, a2):
+    """a1 += sum(x - shift), a2 += sum((x - shift)^2) over rows [start, stop): ROW_FOLD rows at a time in x's
+    dtype (one vector lane per channel), folded into the float64 a1, a2."""
+    n_chan = x.shape[1]
+    t1 = np.zeros(n_chan, x.dtype)
+    t2 = np.zeros(n_chan, x.dtype)
+    for begin in range(start, stop, ROW_FOLD):
+        for r in range(begin, min(begin + ROW_FOLD, stop)):
+            xr = x[r]
+            for c in range(n_chan):
+                d = xr[c] - shift[c]
+                t1[c] += d
+                t2[c] += d * d
+        _fold(a1, a2, t1, t2)
+
+
+@numba.njit(**NJIT_INLINE)
+def _row_block_moments_tiled(x, shift, start, stop, a1, a2):
     """a1 += sum(x - shift), a2 += sum((x - shift)^2) over rows [start, stop), one tile of ROW_TILE channels at a
     time: ROW_FOLD rows at a time in x's dtype (one vector lane per channel), folded into the float64 a1, a2."""
     n_chan = x.shape[1]
@@ -374,7 +469,50 @@ def _row_block_moments(x, shift, start, stop, a1, a2):
 
 
 @numba.njit(**NJIT_INLINE)
-def _row_block_grad_sums(dy, x, hi, lo, k, t, code, param, start, stop, a1, a2):
+def _row_block_moments(x, shift, start, stop, a1, a2):
+    """`_row_block_moments_tiled` for more than ROW_TILE channels in at most ROW_TILE_MAX_ROWS rows, else
+    `_row_block_moments_direct` (see ROW_TILE)."""
+    if x.shape[1] <= ROW_TILE or x.shape[0] > ROW_TILE_MAX_ROWS:
+        _row_block_moments_direct(x, shift, start, stop, a1, a2)
+    else:
+        _row_block_moments_tiled(x, shift, start, stop, a1, a2)
+
+
+@numba.njit(**NJIT_INLINE)
+def _row_block_grad_sums_direct(dy, x, hi, lo, k, t, code, param, start, stop, a1, a2):
+    """a1 += sum(g), a2 += sum(g * (x - center)) over rows [start, stop), g = dy * act'(z): folded like
+    `_row_block_moments` for the piecewise-linear family, in float64 for the other activations."""
+    n_chan = x.shape[1]
+    if code > LINEAR_MAX_CODE:
+        for r in range(start, stop):
+            for c in range(n_chan):
+                xc = np.float64(x[r, c]) - (np.float64(hi[c]) + np.float64(lo[c]))
+                g = np.float64(dy[r, c]) * act_grad(xc * np.float64(k[c]) + np.float64(t[c]), code, param)
+                a1[c] += g
+                a2[c] += g * xc
+        return
+    a, zero = x.dtype.type(slope(code, param)), x.dtype.type(0.0)
+    t1 = np.zeros(n_chan, x.dtype)
+    t2 = np.zeros(n_chan, x.dtype)
+    for begin in range(start, stop, ROW_FOLD):
+        end = min(begin + ROW_FOLD, stop)
+        if code == 0:
+            for r in range(begin, end):
+                for c in range(n_chan):
+                    g = dy[r, c]
+                    t1[c] += g
+                    t2[c] += g * _centered(x[r, c], hi[c], lo[c])
+        else:
+            for r in range(begin, end):
+                for c in range(n_chan):
+                    g = linear_grad(dy[r, c], _affine_value(x[r, c], hi[c], lo[c], k[c], t[c]), code, a, zero)
+                    t1[c] += g
+                    t2[c] += g * _centered(x[r, c], hi[c], lo[c])
+        _fold(a1, a2, t1, t2)
+
+
+@numba.njit(**NJIT_INLINE)
+def _row_block_grad_sums_tiled(dy, x, hi, lo, k, t, code, param, start, stop, a1, a2):
     """a1 += sum(g), a2 += sum(g * (x - center)) over rows [start, stop), g = dy * act'(z), one tile of ROW_TILE
     channels at a time: folded like `_row_block_moments` for the piecewise-linear family, in float64 for the
     other activations."""
@@ -409,6 +547,16 @@ def _row_block_grad_sums(dy, x, hi, lo, k, t, code, param, start, stop, a1, a2):
                         u1[c] += g
                         u2[c] += g * _centered(xr[c], h[c], l[c])
             _fold(b1, b2, u1, u2)
+
+
+@numba.njit(**NJIT_INLINE)
+def _row_block_grad_sums(dy, x, hi, lo, k, t, code, param, start, stop, a1, a2):
+    """`_row_block_grad_sums_tiled` for more than ROW_TILE channels in at most ROW_TILE_MAX_ROWS rows, else
+    `_row_block_grad_sums_direct` (see ROW_TILE)."""
+    if x.shape[1] <= ROW_TILE or x.shape[0] > ROW_TILE_MAX_ROWS:
+        _row_block_grad_sums_direct(dy, x, hi, lo, k, t, code, param, start, stop, a1, a2)
+    else:
+        _row_block_grad_sums_tiled(dy, x, hi, lo, k, t, code, param, start, stop, a1, a2)
 
 
 @numba.njit(**NJIT_INLINE)
