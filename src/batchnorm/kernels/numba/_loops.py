@@ -241,6 +241,13 @@ def _grad_input_block(dy, x, dx, b0, b1, c0, c1, hi, lo, k, t, k_dy, k_x, k_0, b
 
 
 @numba.njit(**NJIT_INLINE)
+def _tiles_pay(x):
+    """Whether the rows loops walk x's channels in tiles of ROW_TILE: more than ROW_TILE channels in at most
+    ROW_TILE_MAX_ROWS rows (see ROW_TILE)."""
+    return x.shape[1] > ROW_TILE and x.shape[0] <= ROW_TILE_MAX_ROWS
+
+
+@numba.njit(**NJIT_INLINE)
 def _forward_rows_direct(x, y, start, stop, hi, lo, k, t, code, param):
     """y[r] = act((x[r] - center) * k + t) for rows [start, stop) of the rows layout (per-channel arrays).
     The activation is chosen outside the loops (a choice inside them keeps LLVM from vectorizing)."""
@@ -289,12 +296,11 @@ def _forward_rows_tiled(x, y, start, stop, hi, lo, k, t, code, param):
 
 @numba.njit(**NJIT_INLINE)
 def _forward_rows(x, y, start, stop, hi, lo, k, t, code, param):
-    """`_forward_rows_tiled` for more than ROW_TILE channels in at most ROW_TILE_MAX_ROWS rows, else
-    `_forward_rows_direct` (see ROW_TILE)."""
-    if x.shape[1] <= ROW_TILE or x.shape[0] > ROW_TILE_MAX_ROWS:
-        _forward_rows_direct(x, y, start, stop, hi, lo, k, t, code, param)
-    else:
+    """`_forward_rows_tiled` where `_tiles_pay(x)`, else `_forward_rows_direct`."""
+    if _tiles_pay(x):
         _forward_rows_tiled(x, y, start, stop, hi, lo, k, t, code, param)
+    else:
+        _forward_rows_direct(x, y, start, stop, hi, lo, k, t, code, param)
 
 
 @numba.njit(**NJIT_INLINE)
@@ -370,12 +376,11 @@ def _grad_input_rows_range_tiled(dy, x, dx, start, stop, hi, lo, k, t, k_dy, k_x
 
 @numba.njit(**NJIT_INLINE)
 def _grad_input_rows_range(dy, x, dx, start, stop, hi, lo, k, t, k_dy, k_x, k_0, batch_stats, code, param):
-    """`_grad_input_rows_range_tiled` for more than ROW_TILE channels in at most ROW_TILE_MAX_ROWS rows, else
-    `_grad_input_rows_range_direct` (see ROW_TILE)."""
-    if x.shape[1] <= ROW_TILE or x.shape[0] > ROW_TILE_MAX_ROWS:
-        _grad_input_rows_range_direct(dy, x, dx, start, stop, hi, lo, k, t, k_dy, k_x, k_0, batch_stats, code, param)
-    else:
+    """`_grad_input_rows_range_tiled` where `_tiles_pay(x)`, else `_grad_input_rows_range_direct`."""
+    if _tiles_pay(x):
         _grad_input_rows_range_tiled(dy, x, dx, start, stop, hi, lo, k, t, k_dy, k_x, k_0, batch_stats, code, param)
+    else:
+        _grad_input_rows_range_direct(dy, x, dx, start, stop, hi, lo, k, t, k_dy, k_x, k_0, batch_stats, code, param)
 
 
 @numba.njit(**NJIT_INLINE)
@@ -470,12 +475,11 @@ def _row_block_moments_tiled(x, shift, start, stop, a1, a2):
 
 @numba.njit(**NJIT_INLINE)
 def _row_block_moments(x, shift, start, stop, a1, a2):
-    """`_row_block_moments_tiled` for more than ROW_TILE channels in at most ROW_TILE_MAX_ROWS rows, else
-    `_row_block_moments_direct` (see ROW_TILE)."""
-    if x.shape[1] <= ROW_TILE or x.shape[0] > ROW_TILE_MAX_ROWS:
-        _row_block_moments_direct(x, shift, start, stop, a1, a2)
-    else:
+    """`_row_block_moments_tiled` where `_tiles_pay(x)`, else `_row_block_moments_direct`."""
+    if _tiles_pay(x):
         _row_block_moments_tiled(x, shift, start, stop, a1, a2)
+    else:
+        _row_block_moments_direct(x, shift, start, stop, a1, a2)
 
 
 @numba.njit(**NJIT_INLINE)
@@ -551,12 +555,11 @@ def _row_block_grad_sums_tiled(dy, x, hi, lo, k, t, code, param, start, stop, a1
 
 @numba.njit(**NJIT_INLINE)
 def _row_block_grad_sums(dy, x, hi, lo, k, t, code, param, start, stop, a1, a2):
-    """`_row_block_grad_sums_tiled` for more than ROW_TILE channels in at most ROW_TILE_MAX_ROWS rows, else
-    `_row_block_grad_sums_direct` (see ROW_TILE)."""
-    if x.shape[1] <= ROW_TILE or x.shape[0] > ROW_TILE_MAX_ROWS:
-        _row_block_grad_sums_direct(dy, x, hi, lo, k, t, code, param, start, stop, a1, a2)
-    else:
+    """`_row_block_grad_sums_tiled` where `_tiles_pay(x)`, else `_row_block_grad_sums_direct`."""
+    if _tiles_pay(x):
         _row_block_grad_sums_tiled(dy, x, hi, lo, k, t, code, param, start, stop, a1, a2)
+    else:
+        _row_block_grad_sums_direct(dy, x, hi, lo, k, t, code, param, start, stop, a1, a2)
 
 
 @numba.njit(**NJIT_INLINE)
