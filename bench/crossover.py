@@ -124,7 +124,8 @@ def kernel_over_torch(rows: list[dict], mode: str, layout: str) -> dict[int, flo
     for row in rows:
         if row["layout"] == layout:
             for seconds in row["runs"]:
-                logs.setdefault(row["size"], []).append(math.log(seconds[f"numba/{mode}"] / seconds[f"routed/{mode}"]))
+                ratio = seconds[f"numba/{mode}"] / seconds[f"routed/{mode}"]
+                logs.setdefault(row["size"], []).append(math.log(ratio))
     return {size: math.exp(sum(v) / len(v)) for size, v in sorted(logs.items())}
 
 
@@ -150,21 +151,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     header = suite._header(args.threads, torch.float32)
-    rows = []
+    rows = [{"layout": layout, "shape": list(dims), "channels_last": channels_last, "numel": math.prod(dims),
+             "size": size, "runs": []}
+            for size in SIZES for layout, shapes in families(size).items() for dims, channels_last in shapes]
     for run in range(args.runs):
-        for size in SIZES:
-            for layout, shapes in families(size).items():
-                for dims, channels_last in shapes:
-                    seconds = measure(dims, channels_last, args.repeats, args.fused)
-                    if run == 0:
-                        rows.append({"layout": layout, "shape": list(dims), "channels_last": channels_last,
-                                     "numel": math.prod(dims), "size": size, "runs": []})
-                    row = next(r for r in rows if r["size"] == size and r["layout"] == layout
-                               and r["shape"] == list(dims) and r["channels_last"] == channels_last)
-                    row["runs"].append(seconds)
-                    print(f"run {run + 1} {layout:4} {str(dims) + (' cl' if channels_last else ''):24} " + "  ".join(
-                        f"{mode} {seconds[f'numba/{mode}'] * 1e6:8.1f} {seconds[f'routed/{mode}'] * 1e6:8.1f} "
-                        f"{seconds[f'torch/{mode}'] * 1e6:8.1f}" for mode in MODES), flush=True)
+        for row in rows:
+            dims, channels_last = tuple(row["shape"]), row["channels_last"]
+            seconds = measure(dims, channels_last, args.repeats, args.fused)
+            row["runs"].append(seconds)
+            print(f"run {run + 1} {row['layout']:4} {str(dims) + (' cl' if channels_last else ''):24} " + "  ".join(
+                f"{mode} {seconds[f'numba/{mode}'] * 1e6:8.1f} {seconds[f'routed/{mode}'] * 1e6:8.1f} "
+                f"{seconds[f'torch/{mode}'] * 1e6:8.1f}" for mode in MODES), flush=True)
     for row in rows:  # per contender and mode: the median over the runs of each run's median
         row["seconds"] = {key: statistics.median(s[key] for s in row["runs"]) for key in row["runs"][0]}
     config.BACKEND = "auto"
